@@ -1,0 +1,300 @@
+"""Checkpoints: a folder of safetensors + JSON, saved by swapping whole folders, loaded with checks.
+
+Layout (DESIGN.md 5): `model.safetensors` (weights only), `config.json` (format version,
+architecture, tokenizer, training summary), and for resuming `optimizer.safetensors` +
+`trainer.json`. Nothing is ever unpickled. A save writes a complete new folder beside the
+old one and swaps them with renames, so an interruption at any moment leaves a whole one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from glactl import __version__
+from glactl.errors import InputError
+from glactl.models import LanguageModel, ModelConfig
+from glactl.tokenizer import TOKENIZER_NAME
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_FILE = "trainer.json"
+MAX_JSON_BYTES = 1 << 20  # a config.json larger than 1 MB is not one of ours
+MAX_HEADER_BYTES = 100 << 20
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+_DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+# ---- locating a checkpoint ---------------------------------------------------------------
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder (its `checkpoint/`).
+
+    A folder interrupted mid-swap leaves `NAME.old` only: that one is used.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise InputError(f"{path}: refusing a pickle-based file; glactl loads only safetensors checkpoint folders")
+        if path.name in (MODEL_FILE, CONFIG_FILE):
+            return resolve_checkpoint_dir(path.parent)
+        raise InputError(f"{path}: not a checkpoint folder (expected a folder with {MODEL_FILE} and {CONFIG_FILE})")
+    for candidate in (path, path / "checkpoint"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+        old = candidate.with_name(candidate.name + ".old")
+        if (old / CONFIG_FILE).is_file() and not candidate.exists():
+            return old
+    if not path.exists():
+        raise InputError(f"{path}: no such checkpoint or run folder")
+    raise InputError(f"{path}: no checkpoint here (expected {CONFIG_FILE} and {MODEL_FILE}, or a run folder with checkpoint/)")
+
+
+# ---- saving ------------------------------------------------------------------------------
+def model_config_json(model: LanguageModel, training: dict[str, Any] | None, weights_dtype: str) -> dict[str, Any]:
+    """The config.json document of a checkpoint."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "glactl_version": __version__,
+        "architecture": model.config.to_dict(),
+        "tokenizer": TOKENIZER_NAME,
+        "weights_dtype": weights_dtype,
+        "training": training or {},
+    }
+
+
+def model_tensors(model: LanguageModel, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The tensors saved for a model: its state dict without the tied head, contiguous, on CPU."""
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("head.weight", None)
+    return {name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous() for name, t in state.items()}
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Write JSON and fsync it (used inside a folder that is swapped in afterwards)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def swap_in_folder(target: Path, write_contents: Callable[[Path], None]) -> None:
+    """Write a complete folder beside `target`, then swap it in: target -> .old, new -> target, drop .old."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f"{target.name}.new-{os.getpid()}")
+    old = target.with_name(target.name + ".old")
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        staging.mkdir()
+        write_contents(staging)
+        _fsync_dir(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    elif old.exists() and not (old / CONFIG_FILE).is_file():
+        shutil.rmtree(old)
+    os.replace(staging, target)
+    _fsync_dir(target.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_model(
+    target: str | Path,
+    model: LanguageModel,
+    training: dict[str, Any] | None = None,
+    weights_dtype: str = "float32",
+    extra_files: Callable[[Path], None] | None = None,
+) -> Path:
+    """Save a checkpoint folder atomically; `extra_files(folder)` may add optimizer/trainer files."""
+    if weights_dtype not in _DTYPE_NAMES:
+        raise InputError(f"weights dtype {weights_dtype!r}: choose one of {', '.join(_DTYPE_NAMES)}")
+
+    def write(folder: Path) -> None:
+        tensors = model_tensors(model, _DTYPE_NAMES[weights_dtype])
+        save_file(tensors, str(folder / MODEL_FILE), metadata={"format": "pt"})
+        write_json(folder / CONFIG_FILE, model_config_json(model, training, weights_dtype))
+        if extra_files is not None:
+            extra_files(folder)
+
+    swap_in_folder(Path(target), write)
+    return Path(target)
+
+
+# ---- loading -----------------------------------------------------------------------------
+def read_json(path: Path, what: str) -> Any:
+    """Parse a small JSON file; InputError (one line) if missing, too large or malformed."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise InputError(f"{path}: {what} is {size} bytes, larger than any glactl {what}")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"{path}: unreadable {what} ({type(e).__name__})") from None
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The validated config.json of a checkpoint folder (architecture checked, nothing allocated)."""
+    document = read_json(folder / CONFIG_FILE, "config.json")
+    if not isinstance(document, dict):
+        raise InputError(f"{folder / CONFIG_FILE}: not a JSON object")
+    version = document.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise InputError(f"{folder / CONFIG_FILE}: unsupported format_version {version!r} (this glactl reads 1..{FORMAT_VERSION})")
+    tokenizer = document.get("tokenizer", TOKENIZER_NAME)
+    if tokenizer != TOKENIZER_NAME:
+        raise InputError(f"{folder / CONFIG_FILE}: unsupported tokenizer {tokenizer!r}")
+    try:
+        config = ModelConfig.from_dict(document.get("architecture"))
+    except InputError as e:
+        raise InputError(f"{folder / CONFIG_FILE}: {e}") from None
+    except TypeError as e:
+        raise InputError(f"{folder / CONFIG_FILE}: bad architecture ({e})") from None
+    if not isinstance(document.get("training", {}), dict):
+        raise InputError(f"{folder / CONFIG_FILE}: 'training' must be an object")
+    document["architecture"] = config
+    return document
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse and check a safetensors header against the file size before reading any tensor."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputError(f"{path}: truncated safetensors file ({size} bytes)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > min(MAX_HEADER_BYTES, size - 8):
+                raise InputError(f"{path}: safetensors header claims {header_len} bytes, more than the file holds")
+            header = json.loads(f.read(header_len).decode("utf-8"))
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"{path}: not a safetensors file ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: not a safetensors file (header is not an object)")
+    data_size = size - 8 - header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not isinstance(info.get("data_offsets"), list) or len(info["data_offsets"]) != 2:
+            raise InputError(f"{path}: malformed entry for tensor {name!r}")
+        begin, end = info["data_offsets"]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end)) or not 0 <= begin <= end <= data_size:
+            raise InputError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
+        if info.get("dtype") not in _DTYPES:
+            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
+            raise InputError(f"{path}: tensor {name!r} has a malformed shape")
+        nbytes = math.prod(shape) * _DTYPES[info["dtype"]].itemsize
+        if nbytes != end - begin:
+            raise InputError(f"{path}: tensor {name!r} claims {nbytes} bytes but spans {end - begin}")
+    return header
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes a checkpoint of this architecture holds, from a meta-device model (no allocation)."""
+    with torch.device("meta"):
+        model = LanguageModel(config)
+    return {name: tuple(t.shape) for name, t in model_tensors_meta(model).items()}
+
+
+def model_tensors_meta(model: LanguageModel) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("head.weight", None)
+    return state
+
+
+def check_tensors(path: Path, header: dict[str, Any], config: ModelConfig) -> None:
+    """Every tensor's name and shape must match the architecture; one line naming the mismatches."""
+    expected = expected_tensors(config)
+    found = {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(found) if expected[n] != found[n])
+    problems = []
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_names(unexpected)}")
+    if wrong:
+        problems.append("wrong shape " + ", ".join(f"{n} {list(found[n])} (expected {list(expected[n])})" for n in wrong[:3]))
+    if problems:
+        raise InputError(f"{path}: weights do not match config.json: {'; '.join(problems)}")
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[LanguageModel, dict[str, Any]]:
+    """Load a checkpoint (folder or run folder) as a float32 model in eval mode, with its config document.
+
+    Every failure is an InputError with one line: wrong names/shapes/dtypes, truncation, NaN/inf.
+    """
+    folder = resolve_checkpoint_dir(path)
+    document = read_config(folder)
+    config: ModelConfig = document["architecture"]
+    weights_path = folder / MODEL_FILE
+    header = read_safetensors_header(weights_path)
+    check_tensors(weights_path, header, config)
+    model = LanguageModel(config)
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+    except Exception as e:  # safetensors raises its own error types for corrupt data
+        raise InputError(f"{weights_path}: unreadable weights ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"{weights_path}: tensor {name!r} holds NaN or inf values")
+    if config.tie_embeddings:
+        tensors["head.weight"] = tensors["embed.weight"]
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
+    model.to(device)
+    model.eval()
+    document["path"] = str(folder)
+    return model, document

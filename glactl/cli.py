@@ -1,0 +1,518 @@
+"""The command-line interface: a thin Typer layer that parses, calls the library and prints with rich.
+
+Errors are one line on stderr (`--debug` shows the traceback): exit 2 for bad usage or input,
+1 for runtime failures, 130 for Ctrl-C. Heavy imports happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from glactl.errors import GlactlError
+
+app = typer.Typer(
+    name="glactl",
+    help="Train, sample and evaluate small byte-level language models (Gated Linear Attention and friends).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_debug = {"on": bool(os.environ.get("GLACTL_DEBUG"))}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """glactl: byte-level language models that stream in constant memory."""
+    if debug:
+        _debug["on"] = True
+    if version:
+        from glactl import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one error line to stderr and exit with `code`."""
+    sys.stderr.write(f"glactl: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point: run the app and turn every failure into one line + exit code."""
+    try:
+        code = app(args=argv, prog_name="glactl", standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        hint = f" (see 'glactl {e.ctx.command_path.split(' ', 1)[-1]} --help')" if e.ctx and " " in e.ctx.command_path else ""
+        fail(e.format_message().replace("\n", " ") + hint, 2)
+    except click.exceptions.Abort:
+        fail("interrupted", 130)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except GlactlError as e:
+        if _debug["on"]:
+            traceback.print_exc()
+        fail(str(e).replace("\n", " "), e.exit_code)
+    except click.ClickException as e:
+        fail(e.format_message().replace("\n", " "), e.exit_code)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        finally:
+            raise SystemExit(0)
+    except MemoryError:
+        fail("out of memory", 1)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback
+        if _debug["on"]:
+            traceback.print_exc()
+        fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", 1)
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+# ---- commands ----------------------------------------------------------------------------
+# Each command lives below in its own section; the library does the work.
+
+
+# ---- train (issue 3) ---------------------------------------------------------------------
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: list[str] = typer.Option([], "--data", help="Training text: FILE, folder, glob, wikitext-103, wikitext-2, hf:REPO[:CONFIG] or PATH:CONFIG; repeat to mix, SOURCE@WEIGHT to weigh."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation text (default: each source's validation split, or the last 1% of a local file)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Architecture (mixer name); default gla."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model size: tiny, small (default) or base."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="Override the preset's width."),
+    n_layers: Optional[int] = typer.Option(None, "--n-layers", help="Override the preset's depth."),
+    n_heads: Optional[int] = typer.Option(None, "--n-heads", help="Override the preset's head count."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training window in bytes (default 512)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per micro-batch (default 16)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default 1)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (counting steps done before --resume)."),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="Wall-clock budget, e.g. 30m or 2h (counts across resumes)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: tuned per architecture)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: 2% of --steps, 10..1000)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (to 10% of peak; default) or constant after warmup."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay on matrices (default 0.1)."),
+    clip: Optional[float] = typer.Option(None, "--clip", help="Gradient norm clip (default 1.0; 0 = off)."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default 250)."),
+    eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64)."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Save checkpoint/ every N steps (default 500)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<timestamp>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing run folder."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights with a fresh optimizer (fine-tuning)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu, cuda or mps."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (default), float32, bfloat16 (float16 on GPUs)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    allow_binary: Optional[bool] = typer.Option(None, "--allow-binary", help="Train on files that look binary."),
+) -> None:
+    """Train a model on local text or a Hugging Face dataset; Ctrl-C saves and stops."""
+    from rich.console import Console
+
+    from glactl.training import TrainOptions, parse_duration
+    from glactl.training import train as run_training
+
+    options = TrainOptions(
+        data=list(data), valid=valid, model=model, preset=preset, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+        seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, steps=steps,
+        time_budget=parse_duration(time_budget) if time_budget else None, lr=lr, warmup=warmup, schedule=schedule,
+        weight_decay=weight_decay, clip=clip, eval_every=eval_every, eval_windows=eval_windows, save_every=save_every,
+        log_every=log_every, out=out, resume=resume, force=force, init_from=init_from, seed=seed, device=device,
+        dtype=dtype, threads=threads, allow_binary=allow_binary, command_line=_train_command_line(ctx),
+    )
+    run_training(options, Console())
+
+
+def _train_command_line(ctx: typer.Context) -> list[str]:
+    """The train command as given (options set on the command line), for the checkpoint's summary."""
+    words = ["glactl", "train"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            words.append(flag if value else (param.secondary_opts or [f"--no-{flag[2:]}"])[0])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
+    return words
+
+
+# ---- inference: generate, complete, perplexity, info (issue 4) -------------------------------
+_MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the shipped gla-small-enwiki)."
+_DEVICE_HELP = "auto (default: cuda, then mps, then cpu), cpu, cuda[:N] or mps."
+_THREADS_HELP = "CPU threads for torch (default: torch's choice for reading and scoring, one thread for byte-by-byte decoding)."
+_CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
+
+
+def _load_model(model: Optional[str], device: Optional[str], threads: Optional[int], context: Optional[int] = None):  # noqa: ANN202
+    """Load through the Python API, so the CLI and `glactl.load` behave alike."""
+    from glactl.api import load
+
+    return load(model, device=device or "auto", threads=threads, context=context)
+
+
+def _unescape(text: str) -> str:
+    r"""Turn the escapes \n, \t, \r and \\ of a command-line string into characters (like llama.cpp -e)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "ntr\\":
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _write(stream, text: str) -> None:  # noqa: ANN001
+    """Write text and flush, falling back to UTF-8 bytes where the terminal encoding cannot hold it."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        stream.flush()
+        stream.buffer.write(text.encode("utf-8", errors="replace"))
+    stream.flush()
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument("", help='Prompt text, "-" to read stdin, or @FILE (UTF-8). Empty: start from "\\n".'),
+    model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", help="Bytes to generate per sample (no upper limit for recurrent models)."),
+    temperature: float = typer.Option(0.8, "--temperature", help="Softmax temperature; 0 = greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only among the K most probable bytes."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: smallest set of bytes with probability >= P, in (0, 1]."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalty (>1) on bytes seen in the last 64 bytes (CTRL/HF rule)."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Independent samples, generated as one batch."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same text on the same machine."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop a sample when this string appears (not printed); repeatable; \\n and \\t understood."),
+    no_stream: bool = typer.Option(False, "--no-stream", help="Print the text when generation ends instead of byte by byte."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document: prompt, samples, tokens, tokens_per_second, model, seed."),
+    context: Optional[int] = typer.Option(None, "--context", help=_CONTEXT_HELP),
+) -> None:
+    """Generate text after a prompt, streamed as it is produced (constant memory for recurrent models)."""
+    import json
+
+    from glactl.api import read_prompt
+    from glactl.sampling import SamplingParams, check_positive
+
+    SamplingParams(temperature, top_k, top_p, repetition_penalty).validate()
+    check_positive("--max-new-tokens", max_new_tokens)
+    check_positive("--num-samples", num_samples, 1024)
+    prompt_bytes = read_prompt(prompt)
+    lm = _load_model(model, device, threads, context)
+    run = lm.stream(prompt_bytes, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                    repetition_penalty=repetition_penalty, num_samples=num_samples, seed=seed,
+                    stop=[_unescape(s) for s in stop], keep_text=json_out or no_stream or num_samples > 1)
+    prompt_text = prompt_bytes.decode("utf-8", errors="replace")
+    out, tty = sys.stdout, sys.stdout.isatty()
+    if json_out:
+        for _ in run:
+            pass
+        stats = run.stats
+        document = {"prompt": prompt_text, "samples": stats.samples, "tokens": stats.tokens,
+                    "tokens_per_second": stats.tokens_per_second, "model": lm.path, "seed": stats.seed}
+        _write(out, json.dumps(document) + "\n")
+        return
+    echo = (lambda: _write(out, f"\x1b[1m{prompt_text}\x1b[0m")) if tty else (lambda: None)
+    if num_samples == 1 and not no_stream:
+        echo()
+        for _, piece in run:
+            _write(out, piece)
+    else:
+        for _ in run:
+            pass
+        for i, text in enumerate(run.stats.samples):
+            if num_samples > 1:
+                _write(out, f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num_samples} ---\n")
+            echo()
+            _write(out, text)
+    if tty:
+        _write(out, "\n")
+        stats = run.stats
+        sys.stderr.write(f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s), "
+                         f"state {_human_bytes(stats.state_bytes)}, seed {stats.seed}\n")
+
+
+@app.command()
+def complete(
+    prefix: str = typer.Argument(..., help='Text to continue, "-" to read stdin, or @FILE (UTF-8).'),
+    n: int = typer.Option(5, "--n", help="How many completions."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam width (default 4 x N)."),
+    until: str = typer.Option("word", "--until", help="Where a completion ends: word, line or sentence."),
+    max_chars: int = typer.Option(40, "--max-chars", help="Longest completion in characters."),
+    model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    json_out: bool = typer.Option(False, "--json", help='Print JSON: {"prefix", "completions": [{"text", "probability", "logprob"}], "until", "model", "seconds"}.'),
+) -> None:
+    """The N most probable continuations of a prefix (beam search over bytes), with their probabilities.
+
+    Ranked by total probability, the byte that ends the word/line/sentence included and no
+    length normalisation; leading whitespace does not end a word; completions are distinct.
+    """
+    import json
+    import time
+
+    from glactl.api import read_prompt
+    from glactl.errors import InputError
+    from glactl.sampling import UNTIL_MODES, check_positive
+
+    check_positive("--n", n, 1000)
+    if beam is not None:
+        check_positive("--beam", beam, 4096)
+    check_positive("--max-chars", max_chars, 100_000)
+    if until not in UNTIL_MODES:
+        raise InputError(f"--until must be one of {', '.join(UNTIL_MODES)}, got {until!r}")
+    prefix_bytes = read_prompt(prefix)
+    lm = _load_model(model, device, threads)
+    start = time.perf_counter()
+    completions = lm.complete(prefix_bytes, n=n, beam=beam, until=until, max_chars=max_chars)
+    seconds = time.perf_counter() - start
+    prefix_text = prefix_bytes.decode("utf-8", errors="replace")
+    if json_out:
+        rows = [{"text": c.text, "probability": c.probability, "logprob": c.logprob} for c in completions]
+        document = {"prefix": prefix_text, "completions": rows, "until": until, "model": lm.path, "seconds": seconds}
+        _write(sys.stdout, json.dumps(document) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"completions of {json.dumps(prefix_text[-60:], ensure_ascii=False)} (until {until})")
+    table.add_column("#", justify="right")
+    table.add_column("completion")
+    table.add_column("probability", justify="right")
+    table.add_column("log-prob", justify="right")
+    for i, c in enumerate(completions, 1):
+        table.add_row(str(i), Text(json.dumps(c.text, ensure_ascii=False)), f"{100 * c.probability:.2f}%", f"{c.logprob:.3f}")
+    console = Console()
+    console.print(table)
+    if not completions:
+        console.print("no completion found within --max-chars", style="yellow")
+
+
+_PERPLEXITY_HELP = """Score files (or a dataset split) with the model: bits per byte and char, byte and word perplexity.
+
+Each file streams through the model in --window byte pieces with the state carried, so every byte is conditioned on the whole file before it (attention models: a sliding --context window); the first byte is conditioned on "\\n". Word perplexity follows lm-evaluation-harness: words = len(re.split(r"\\s+", text)). Non-UTF-8 bytes are scored as bytes; characters are counted on the text decoded with replacement (a note says so).
+
+--json prints one document: {"model": PATH, "window": N, "context": N or null, "files": {NAME: METRICS, ...}, "total": METRICS, "notes": [TEXT, ...]}
+
+NAME is the file path (or DATA:SPLIT); METRICS has exactly the keys bits_per_byte, bits_per_char, byte_perplexity, word_perplexity, bytes, chars, words, tokens_per_second (a perplexity too large for a float is null).
+"""
+
+
+@app.command(help=_PERPLEXITY_HELP)
+def perplexity(
+    files: list[str] = typer.Argument(None, help="Text files to score."),
+    data: Optional[str] = typer.Option(None, "--data", help="Score a split of a dataset instead (same names as train --data)."),
+    split: str = typer.Option("test", "--split", help="Split of --data: train, validation or test."),
+    window: int = typer.Option(4096, "--window", help="Bytes read and scored per forward call."),
+    context: Optional[int] = typer.Option(None, "--context", help=_CONTEXT_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (shape above)."),
+) -> None:
+    import json
+    import math
+
+    from glactl.errors import InputError
+    from glactl.evaluation import Score, check_file, score_file, score_split, state_growth
+    from glactl.sampling import check_positive
+
+    check_positive("--window", window)
+    paths = list(dict.fromkeys(files or []))
+    if not paths and data is None:
+        raise InputError("give one or more FILES or --data NAME (see 'glactl perplexity --help')")
+    for path in paths:
+        check_file(path)
+    lm = _load_model(model, device, threads, context)
+    notes: list[str] = []
+    short, long = state_growth(lm.model, 10, 100)
+    if long > short:
+        if lm.config.context is None:
+            notes.append(f"{lm.config.mixer}: attention over the whole file (no --context): memory grows with file length")
+        else:
+            notes.append(f"{lm.config.mixer}: sliding context of {lm.config.context} tokens")
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    err = Console(stderr=True)
+    show = err.is_terminal and not json_out
+    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=err, transient=True, disable=not show)
+    scores = {}
+    with progress:
+        for path in paths:
+            size = os.path.getsize(path)
+            task = progress.add_task(Path(path).name, total=size, visible=size >= 256 * 1024)
+            scores[path] = score_file(lm.model, path, window, lambda k, t=task: progress.advance(t, k))
+        if data is not None:
+            task = progress.add_task(f"{data}:{split}", total=None)
+            scores[f"{data}:{split}"] = score_split(lm.model, data, split, window, lambda k, t=task: progress.advance(t, k))
+    for name, score in scores.items():
+        notes.extend(f"{name}: {note}" for note in score.notes)
+    total = sum(scores.values(), Score())
+
+    def clean(metrics: dict) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+    if json_out:
+        document = {"model": lm.path, "window": window, "context": lm.config.context,
+                    "files": {name: clean(s.metrics()) for name, s in scores.items()},
+                    "total": clean(total.metrics()), "notes": notes}
+        _write(sys.stdout, json.dumps(document) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"perplexity ({Path(lm.path).name}, window {window})")
+    table.add_column("metric", no_wrap=True)
+    rows = list(scores.items()) + ([("total", total)] if len(scores) > 1 else [])
+    for name, _ in rows:
+        table.add_column(name, justify="right", overflow="fold")
+    formats = {"bits_per_byte": "{:.4f}", "bits_per_char": "{:.4f}", "byte_perplexity": "{:.4g}", "word_perplexity": "{:.5g}",
+               "bytes": "{:,}", "chars": "{:,}", "words": "{:,}", "tokens_per_second": "{:,.0f}"}
+    metrics = [score.metrics() for _, score in rows]
+    for key, fmt in formats.items():
+        table.add_row(key.replace("_", " "), *(fmt.format(m[key]) for m in metrics))
+    Console().print(table)
+    for note in notes:
+        err.print(f"note: {note}", style="yellow", highlight=False)
+
+
+@app.command()
+def info(
+    model_arg: Optional[str] = typer.Argument(None, metavar="MODEL", help=_MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help="Same as MODEL."),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the description as one JSON document."),
+) -> None:
+    """Describe a model: architecture, parameters, state size per token of context, training summary, files."""
+    import json
+
+    from glactl.errors import InputError
+
+    if model_arg and model and model_arg != model:
+        raise InputError("give the model once: MODEL or --model, not both")
+    lm = _load_model(model_arg or model, device, threads)
+    described = lm.info()
+    if json_out:
+        _write(sys.stdout, json.dumps(described, default=str) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    arch, state = described["architecture"], described["state"]
+    table = Table(title=f"{described['model']}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("architecture", f"{arch['mixer']}: d_model {arch['d_model']}, {arch['n_layers']} layers, {arch['n_heads']} heads, "
+                  f"context {arch['context'] if arch['context'] is not None else 'unlimited'}")
+    table.add_row("parameters", f"{described['parameters']:,}")
+    if state["growth"] == "constant":
+        growth = f"constant: {_human_bytes(state['bytes_after_100_tokens'])} whatever the context length"
+    else:
+        growth = (f"growing: {state['bytes_per_token']:,.0f} bytes per token of context "
+                  f"({_human_bytes(state['bytes_after_10_tokens'])} at 10 tokens, {_human_bytes(state['bytes_after_100_tokens'])} at 100)")
+        if state["context"] is not None:
+            growth += f", up to the {state['context']}-token window"
+    table.add_row("state", growth)
+    training = described["training"]
+    if training:
+        table.add_row("training", ", ".join(f"{k} {v}" for k, v in training.items() if not isinstance(v, (dict, list))))
+    else:
+        table.add_row("training", "no training summary in config.json")
+    for name, size in described["files"].items():
+        table.add_row(f"file {name}", _human_bytes(size))
+    Console().print(table)
+
+
+# ---- compare (issue 6) ---------------------------------------------------------------------
+@app.command()
+def compare(
+    models: str = typer.Option(..., "--models", help="Comma-separated architectures, e.g. gla,transformer,performer,infinite,reflex,mingru,minlstm."),
+    data: list[str] = typer.Option([], "--data", help="Training text as for train (repeatable); default wikitext-103."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation text (default: each source's validation split)."),
+    preset: str = typer.Option("small", "--preset", help="Model size for every model: tiny, small (default) or base."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps per model."),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="Wall-clock budget per model, e.g. 10m."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Training window in bytes."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Windows per optimizer step."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default 0)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat every run with these seeds (e.g. 0,1,2) and report mean and spread."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate for all models (default: each architecture's tuned one)."),
+    contexts: str = typer.Option("1k,8k,32k", "--contexts", help="Context lengths in bytes for the generation speed and state measurements."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: a tenth of --steps, or 100)."),
+    eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt for the samples (a string, - or @path; default: a line of the validation text)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default compare/<preset>-<budget>)."),
+    force: bool = typer.Option(False, "--force", help="Redo runs that are already finished."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    device: str = typer.Option("auto", "--device", help="auto (default), cpu, cuda or mps."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (default), float32, bfloat16 (float16 on GPUs) for training."),
+) -> None:
+    """Train several architectures on the same data and budget, then compare speed, memory and bits per byte."""
+    from rich.console import Console
+
+    from glactl.api import read_prompt
+    from glactl.compare import CompareOptions, markdown_table, parse_contexts, parse_models, parse_seeds, run_compare, table
+    from glactl.errors import InputError
+    from glactl.training import parse_duration
+
+    if seed is not None and seeds is not None:
+        raise InputError("give --seed or --seeds, not both")
+    options = CompareOptions(
+        models=parse_models(models), data=list(data), valid=valid, preset=preset, steps=steps,
+        time_budget=parse_duration(time_budget) if time_budget else None, seq_len=seq_len, batch_size=batch_size,
+        seeds=parse_seeds(seeds) if seeds is not None else [seed if seed is not None else 0], spread=seeds is not None,
+        lr=lr, contexts=parse_contexts(contexts), eval_every=eval_every, eval_windows=eval_windows,
+        prompt=read_prompt(prompt) if prompt is not None else None, out=out, force=force, threads=threads, device=device,
+        dtype=dtype, command_line=["glactl", *sys.argv[1:]],
+    )
+    console = Console()
+    entries = run_compare(options, console)
+    if console.is_terminal:
+        from rich.table import Table
+
+        header, rows = table(entries)
+        shown = Table(title="glactl compare")
+        for i, name in enumerate(header):
+            shown.add_column(name, justify="left" if i == 0 else "right")
+        for row in rows:
+            shown.add_row(*row)
+        console.print(shown)
+    else:
+        typer.echo(markdown_table(entries))

@@ -1,0 +1,562 @@
+"""`glactl compare`: train several architectures on the same data and budget, then measure them side by side.
+
+Every (model, seed) pair is an ordinary run folder `OUT/<model>-seed<seed>` (loadable with `--model`)
+that also holds `compare.json`: the settings it was trained and measured with, and its measurements.
+A rerun skips folders whose settings match, resumes an interrupted training, re-measures when only
+the measurement settings changed, and redoes everything with `--force`. The comparison itself goes
+to `OUT/results.json`, `OUT/results.md`, `OUT/loss.png` and `OUT/scaling.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glactl.errors import InputError, RunFailure
+
+DEFAULT_DATA = "wikitext-103"
+DEFAULT_CONTEXTS = (1024, 8192, 32768)
+MAX_CONTEXT = 1 << 20
+DECODE_STEPS = 64  # timed model.step calls per context length
+WARMUP_STEPS = 2  # untimed steps before them
+PREFILL_PIECE = 1024  # bytes per parallel-form call while reading a context
+SAMPLE_BYTES = 200
+SAMPLE_TEMPERATURE = 0.8
+PROMPT_BYTES = 48
+RUN_FILE = "compare.json"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+RESULT_KEYS = ("model", "parameters", "train_tokens_per_second", "val_bits_per_byte", "curve",
+               "generate_tokens_per_second", "state_bytes", "sample")
+SPREAD_KEYS = ("val_bits_per_byte_std", "seeds")
+
+
+# ---- options -------------------------------------------------------------------------------
+@dataclass
+class CompareOptions:
+    """What `glactl compare` takes; `spread` is True when --seeds was given (mean and spread are reported)."""
+
+    models: list[str]
+    data: list[str] = field(default_factory=list)
+    valid: str | None = None
+    preset: str = "small"
+    steps: int | None = None
+    time_budget: float | None = None  # seconds, per model and seed
+    seq_len: int = 512
+    batch_size: int = 16
+    seeds: list[int] = field(default_factory=lambda: [0])
+    spread: bool = False
+    lr: float | None = None
+    contexts: list[int] = field(default_factory=lambda: list(DEFAULT_CONTEXTS))
+    eval_every: int | None = None
+    eval_windows: int | None = None
+    prompt: bytes | None = None
+    decode_steps: int = DECODE_STEPS
+    sample_bytes: int = SAMPLE_BYTES
+    out: str | None = None
+    force: bool = False
+    threads: int | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    command_line: list[str] | None = None
+
+
+def parse_models(text: str) -> list[str]:
+    """'gla,transformer' -> ['gla', 'transformer']; InputError naming the valid models otherwise."""
+    from glactl.models.registry import MIXERS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    valid = ", ".join(MIXERS)
+    if not names:
+        raise InputError(f"--models: name at least one model; valid models: {valid}")
+    unknown = [name for name in names if name not in MIXERS]
+    if unknown:
+        raise InputError(f"--models: unknown model{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(n) for n in unknown)}; valid models: {valid}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(f"--models: {', '.join(repeated)} named more than once")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] (whole numbers >= 0, no repeats)."""
+    seeds = []
+    for part in (p.strip() for p in text.split(",")):
+        if not re.fullmatch(r"\d{1,18}", part):
+            raise InputError(f"--seeds {text!r}: expected whole numbers >= 0 separated by commas, e.g. 0,1,2")
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds {text!r}: a seed is repeated")
+    return seeds
+
+
+def parse_contexts(text: str) -> list[int]:
+    """'1k,8k,32k' -> [1024, 8192, 32768] (k = 1024 bytes); sorted, without repeats."""
+    lengths = set()
+    for part in (p.strip().lower() for p in text.split(",")):
+        match = re.fullmatch(r"(\d{1,9})(k?)", part)
+        if not match:
+            raise InputError(f"--contexts {text!r}: expected byte counts like 1k,8k,32k or 512,2048")
+        value = int(match.group(1)) * (1024 if match.group(2) else 1)
+        if not 1 <= value <= MAX_CONTEXT:
+            raise InputError(f"--contexts: {part} is outside 1..{MAX_CONTEXT // 1024}k bytes")
+        lengths.add(value)
+    return sorted(lengths)
+
+
+def context_label(length: int) -> str:
+    """1024 -> '1k', 32768 -> '32k', 300 -> '300'."""
+    return f"{length // 1024}k" if length % 1024 == 0 else str(length)
+
+
+def default_out(options: CompareOptions) -> Path:
+    """compare/<preset>-<budget>: stable, so rerunning the same command resumes it."""
+    budget = f"{options.steps}steps" if options.steps is not None else ""
+    if options.time_budget is not None:
+        budget += ("-" if budget else "") + f"{options.time_budget / 60:g}min"
+    return Path("compare") / f"{options.preset}-{budget}"
+
+
+def check_options(options: CompareOptions) -> None:
+    """Reject bad settings before any training starts (one InputError line)."""
+    from glactl.models import ModelConfig
+
+    if options.steps is None and options.time_budget is None:
+        raise InputError("give a budget: --steps N or --time DURATION (per model, e.g. --time 10m)")
+    if options.steps is not None and options.steps < 1:
+        raise InputError("--steps must be at least 1")
+    for name in ("seq_len", "batch_size", "decode_steps", "sample_bytes"):
+        if int(getattr(options, name)) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("eval_every", "eval_windows"):
+        if getattr(options, name) is not None and getattr(options, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    if options.lr is not None and not (0 < options.lr < 10):
+        raise InputError(f"--lr {options.lr}: must be in (0, 10)")
+    if not options.contexts:
+        raise InputError("--contexts: give at least one context length")
+    if not options.seeds:
+        raise InputError("--seeds: give at least one seed")
+    for model in options.models:
+        ModelConfig.preset(options.preset, mixer=model).validate()
+
+
+# ---- the comparison ------------------------------------------------------------------------------
+def run_compare(options: CompareOptions, console: Any | None = None) -> list[dict[str, Any]]:
+    """Train (or reuse) every model and seed, measure them, write the four result files; returns the entries."""
+    from glactl.data import load_training_data
+    from glactl.devices import set_threads
+    from glactl.training import Reporter
+
+    options.data = list(options.data) or [DEFAULT_DATA]
+    if options.eval_every is None:
+        options.eval_every = max(1, options.steps // 10) if options.steps is not None else 100
+    check_options(options)
+    out = Path(options.out) if options.out else default_out(options)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    say = Reporter(console)
+    set_threads(options.threads)
+    try:
+        data = load_training_data(options.data, options.valid, options.seq_len, say.prepare)
+    finally:
+        say.end_prepare()
+    text = reference_text(data, max(options.contexts))
+    prompt = options.prompt if options.prompt is not None else default_prompt(data)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [(model, seed) for model in options.models for seed in options.seeds]
+    results: dict[str, list[dict[str, Any]]] = {}
+    failures: list[str] = []
+    for number, (model, seed) in enumerate(runs, 1):
+        label = f"[{number}/{len(runs)}] {model} seed {seed}"
+        try:
+            result = run_one(options, model, seed, out / f"{model}-seed{seed}", text, prompt, say, label)
+        except RunFailure as e:
+            say.line(f"{label}: failed: {e}")
+            failures.append(f"{model}-seed{seed} ({e})")
+            continue
+        results.setdefault(model, []).append(result)
+    entries = [summarize(model, results[model], options.spread) for model in options.models if model in results]
+    if entries:
+        write_results(out, entries, options, prompt)
+        say.line(f"wrote {out / RESULTS_JSON}, {out / RESULTS_MD}, {out / 'loss.png'} and {out / 'scaling.png'}")
+    if failures:
+        raise RunFailure(f"{len(failures)} of {len(runs)} runs failed: {'; '.join(failures)}; "
+                         "the others are in the results; rerun the command to retry (maybe with another --lr)")
+    return entries
+
+
+def training_settings(options: CompareOptions, model: str, seed: int) -> dict[str, Any]:
+    """What a run was trained with: a change here means the run has to be redone."""
+    from glactl.models.registry import default_lr
+
+    return {"model": model, "seed": seed, "preset": options.preset, "data": list(options.data),
+            "valid": options.valid, "seq_len": options.seq_len, "batch_size": options.batch_size,
+            "steps": options.steps, "time_budget": options.time_budget,
+            "lr": options.lr if options.lr is not None else default_lr(model),
+            "eval_every": options.eval_every, "eval_windows": options.eval_windows}
+
+
+def measurement_settings(options: CompareOptions, prompt: bytes) -> dict[str, Any]:
+    """What a run was measured with: a change here only re-measures."""
+    return {"contexts": list(options.contexts), "decode_steps": options.decode_steps,
+            "sample_bytes": options.sample_bytes, "prompt": prompt.decode("utf-8", errors="replace")}
+
+
+def run_one(options: CompareOptions, model: str, seed: int, folder: Path, text: bytes, prompt: bytes,
+            say: Any, label: str) -> dict[str, Any]:
+    """Train (or resume, or skip) one run and measure it; returns its measurements."""
+    trained_with = training_settings(options, model, seed)
+    measured_with = measurement_settings(options, prompt)
+    record = None if options.force else read_record(folder)
+    if record is None and not options.force and _holds_run(folder):
+        raise InputError(f"{folder}: holds a run that compare did not make; pass --force to replace it or use another --out")
+    if record is not None and record.get("training") != trained_with:
+        changed = sorted(k for k in trained_with if record.get("training", {}).get(k) != trained_with[k])
+        raise InputError(f"{folder}: was trained with other settings ({', '.join(changed)}); "
+                         "pass --force to redo it or use another --out")
+    if record is not None and record.get("status") == "done" and record.get("measurement") == measured_with:
+        say.line(f"{label}: already finished in {folder}, skipping (--force redoes it)")
+        return record["result"]
+    if record is None or record.get("status") == "training":
+        resume = record is not None and _has_checkpoint(folder)
+        say.line(f"{label}: {'resuming' if resume else 'training'} in {folder}")
+        write_record(folder, {"status": "training", "training": trained_with})
+        train_run(options, model, seed, folder, resume, say.console)
+        record = {"status": "trained", "training": trained_with}
+        write_record(folder, record)
+    else:
+        say.line(f"{label}: trained in {folder}; measuring again with the new measurement settings")
+    say.line(f"{label}: measuring generation speed and state after "
+             f"{', '.join(context_label(c) for c in options.contexts)} bytes of context, and a {options.sample_bytes}-byte sample")
+    result = measure_run(folder, options, text, prompt, seed)
+    write_record(folder, {**record, "status": "done", "measurement": measured_with, "result": result})
+    return result
+
+
+def train_run(options: CompareOptions, model: str, seed: int, folder: Path, resume: bool, console: Any) -> None:
+    """One ordinary training run through the training library (same loop as `glactl train`)."""
+    from glactl.training import TrainingInterrupted, TrainOptions, train
+
+    train_options = TrainOptions(
+        data=list(options.data), valid=options.valid, model=model, preset=options.preset,
+        seq_len=options.seq_len, batch_size=options.batch_size, steps=options.steps,
+        time_budget=options.time_budget, lr=options.lr, eval_every=options.eval_every,
+        eval_windows=options.eval_windows, out=str(folder), resume=resume, force=not resume, seed=seed,
+        device=options.device, dtype=options.dtype, threads=options.threads,
+        command_line=options.command_line or ["glactl", "compare", "--models", model, "--seed", str(seed)],
+    )
+    try:
+        train(train_options, console)
+    except TrainingInterrupted:
+        raise TrainingInterrupted(f"interrupted while training {model} seed {seed}; its checkpoint is saved in "
+                                  f"{folder}; rerun the same glactl compare command to continue") from None
+
+
+# ---- run records ------------------------------------------------------------------------------
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The folder's compare.json, or None when it is missing or unreadable (then the run is redone)."""
+    try:
+        record = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / RUN_FILE, record)
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write JSON beside `path`, then rename over it: a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _holds_run(folder: Path) -> bool:
+    from glactl.training import RUN_ENTRIES
+
+    return folder.is_dir() and any((folder / name).exists() for name in RUN_ENTRIES)
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return any((folder / name / "trainer.json").is_file() for name in ("checkpoint", "checkpoint.old"))
+
+
+# ---- measurements -----------------------------------------------------------------------------------
+def measure_run(folder: Path, options: CompareOptions, text: bytes, prompt: bytes, seed: int) -> dict[str, Any]:
+    """Parameters, training speed, validation curve (metrics.jsonl); generation speed, state, sample (checkpoint)."""
+    from glactl.checkpoint import load_model
+    from glactl.devices import select_device
+
+    device = select_device(options.device)
+    model, _ = load_model(folder, device)
+    records = read_metrics(folder)
+    curve = validation_curve(records)
+    if not curve:
+        raise RunFailure(f"{folder}: metrics.jsonl holds no validation result")
+    speeds, sizes = measure_generation(model, text, options.contexts, options.decode_steps)
+    return {
+        "parameters": model.num_parameters(),
+        "train_tokens_per_second": round(training_speed(records), 1),
+        "val_bits_per_byte": curve[-1]["val_bits_per_byte"],
+        "curve": curve,
+        "generate_tokens_per_second": speeds,
+        "state_bytes": sizes,
+        "sample": draw_sample(model, prompt, options.sample_bytes, seed),
+        "run": str(folder),
+    }
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in file order (unreadable lines are left out)."""
+    from glactl.training import METRICS_FILE
+
+    records = []
+    try:
+        lines = (folder / METRICS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        raise RunFailure(f"{folder}: no {METRICS_FILE} to read the training results from") from None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("wall_time"), (int, float)):
+            records.append(record)
+    return records
+
+
+def validation_curve(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{step, tokens, val_bits_per_byte}] by step; a step evaluated twice (after a resume) keeps the later value."""
+    by_step = {}
+    for r in records:
+        if r.get("kind") == "eval" and isinstance(r.get("val_bpb"), (int, float)):
+            by_step[int(r["step"])] = {"step": int(r["step"]), "tokens": int(r["tokens"]),
+                                       "val_bits_per_byte": round(float(r["val_bpb"]), 6)}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def training_speed(records: list[dict[str, Any]]) -> float:
+    """Training tokens per second with evaluation time left out.
+
+    The time from any record to the next training record is training time (a training
+    record closes a logging window; an evaluation record closes the evaluation after it), so
+    evaluations do not count. The first window holds start-up and the step-0 evaluation and
+    is dropped when there are others.
+    """
+    windows = []
+    previous = None
+    for r in records:
+        if previous is not None and r.get("kind") == "train":
+            seconds = float(r["wall_time"]) - float(previous["wall_time"])
+            tokens = int(r.get("tokens", 0)) - int(previous.get("tokens", 0))
+            if seconds > 0 and tokens > 0:
+                windows.append((tokens, seconds))
+        previous = r
+    if len(windows) > 1:
+        windows = windows[1:]
+    seconds = sum(s for _, s in windows)
+    return sum(t for t, _ in windows) / seconds if seconds > 0 else 0.0
+
+
+def measure_generation(model: Any, text: bytes, contexts: list[int], decode_steps: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Generation tokens/s and state bytes after each context length.
+
+    The context is read with the parallel form in pieces carrying the state; at each length
+    the state's size is taken, then `decode_steps` greedy `model.step` calls are timed on a
+    copy of the state, so the reading goes on from exactly that many bytes.
+    """
+    from glactl.models.state import expand_state
+
+    speeds: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    device = model.device
+    with torch.inference_mode():
+        state, logits, done = None, None, 0
+        for length in contexts:
+            while done < length:
+                piece = text[done:min(length, done + PREFILL_PIECE)]
+                out, state = model(torch.tensor([list(piece)], dtype=torch.long, device=device), state)
+                logits = out[:, -1]
+                done += len(piece)
+            sizes[str(length)] = int(model.state_nbytes(state))
+            speeds[str(length)] = round(decode_speed(model, expand_state(state, 1), logits, decode_steps), 1)
+    return speeds, sizes
+
+
+def decode_speed(model: Any, state: Any, logits: torch.Tensor, steps: int) -> float:
+    """Tokens per second of `steps` greedy model.step calls (batch 1) after a short untimed warm-up."""
+    token = logits.argmax(-1)
+    for _ in range(WARMUP_STEPS):
+        logits, state = model.step(token, state)
+        token = logits.argmax(-1)
+    _synchronize(model.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits, state = model.step(token, state)
+        token = logits.argmax(-1)
+    _synchronize(model.device)
+    return steps / max(time.perf_counter() - start, 1e-9)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def draw_sample(model: Any, prompt: bytes, length: int, seed: int) -> str:
+    """`length` bytes sampled after the prompt (temperature 0.8, the run's seed): the same draw for every model."""
+    from glactl.sampling import SamplingParams, generate
+
+    stats = generate(model, prompt, max_new_tokens=length, params=SamplingParams(temperature=SAMPLE_TEMPERATURE), seed=seed)
+    return stats.samples[0]
+
+
+def reference_text(data: Any, length: int) -> bytes:
+    """`length` bytes of real text for the context measurements: validation text if long enough, else training text."""
+    for stream in [*data.valid, *data.train]:
+        if len(stream) >= length:
+            return bytes(stream.tokens[:length])
+    longest = max([*data.valid, *data.train], key=len)
+    body = bytes(longest.tokens[:])
+    return (body * (length // max(1, len(body)) + 1))[:length]  # a short text is repeated to reach the length
+
+
+def default_prompt(data: Any) -> bytes:
+    """The start of the first whole line of the validation text, cut at a space: the same prompt for every model."""
+    head = bytes(data.valid[0].tokens[:4096])
+    newline = head.find(b"\n")
+    line = head[newline + 1:] if 0 <= newline < len(head) - 1 else head
+    line = line.split(b"\n")[0] if line.split(b"\n")[0].strip() else line.lstrip()
+    piece = line[:PROMPT_BYTES]
+    if len(line) > PROMPT_BYTES and b" " in piece.strip():
+        piece = piece[:piece.rstrip().rfind(b" ") + 1]
+    prompt = piece.decode("utf-8", errors="ignore").encode("utf-8")
+    return prompt if prompt.strip() else b"The "
+
+
+# ---- summary over seeds ------------------------------------------------------------------------
+def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[str, Any]:
+    """One results.json entry: means over seeds (with --seeds, also the spread and the seeds' values)."""
+    first = results[0]
+    bpbs = [r["val_bits_per_byte"] for r in results]
+    entry = {
+        "model": model,
+        "parameters": first["parameters"],
+        "train_tokens_per_second": round(statistics.fmean(r["train_tokens_per_second"] for r in results), 1),
+        "val_bits_per_byte": round(statistics.fmean(bpbs), 6),
+        "curve": mean_curve([r["curve"] for r in results]),
+        "generate_tokens_per_second": {k: round(statistics.fmean(r["generate_tokens_per_second"][k] for r in results), 1)
+                                       for k in first["generate_tokens_per_second"]},
+        "state_bytes": dict(first["state_bytes"]),
+        "sample": first["sample"],
+    }
+    if spread:
+        entry["val_bits_per_byte_std"] = round(statistics.stdev(bpbs), 6) if len(bpbs) > 1 else 0.0
+        entry["seeds"] = [{"seed": _seed_of(r), "val_bits_per_byte": r["val_bits_per_byte"], "run": r.get("run")}
+                          for r in results]
+    return entry
+
+
+def _seed_of(result: dict[str, Any]) -> int | None:
+    match = re.search(r"-seed(\d+)$", str(result.get("run", "")))
+    return int(match.group(1)) if match else None
+
+
+def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Point-by-point mean of several seeds' curves over the points they all have."""
+    length = min(len(c) for c in curves)
+    return [{"step": round(statistics.fmean(c[i]["step"] for c in curves)),
+             "tokens": round(statistics.fmean(c[i]["tokens"] for c in curves)),
+             "val_bits_per_byte": round(statistics.fmean(c[i]["val_bits_per_byte"] for c in curves), 6)}
+            for i in range(length)]
+
+
+# ---- reports ----------------------------------------------------------------------------------
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (shared by the terminal and results.md)."""
+    contexts = list(entries[0]["state_bytes"]) if entries else []
+    spread = any("val_bits_per_byte_std" in e for e in entries)
+    header = ["model", "params", "train tok/s", "val bpb" + (" (± sd)" if spread else "")]
+    header += [f"gen tok/s @{context_label(int(c))}" for c in contexts]
+    header += [f"state @{context_label(int(c))}" for c in contexts]
+    rows = []
+    for e in entries:
+        bpb = f"{e['val_bits_per_byte']:.4f}" + (f" ± {e['val_bits_per_byte_std']:.4f}" if "val_bits_per_byte_std" in e else "")
+        row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}", bpb]
+        row += [f"{e['generate_tokens_per_second'][c]:,.0f}" for c in contexts]
+        row += [human_bytes(e["state_bytes"][c]) for c in contexts]
+        rows.append(row)
+    return header, rows
+
+
+def markdown_table(entries: list[dict[str, Any]]) -> str:
+    header, rows = table(entries)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def describe_budget(options: CompareOptions) -> str:
+    parts = []
+    if options.steps is not None:
+        parts.append(f"{options.steps} steps")
+    if options.time_budget is not None:
+        parts.append(f"{options.time_budget / 60:g} minutes")
+    return " or ".join(parts) + " per model" + (" and seed" if len(options.seeds) > 1 else "")
+
+
+def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, prompt: bytes) -> str:
+    """results.md: the settings, the table, the plots and each model's sample."""
+    lr = f"{options.lr:g} for all" if options.lr is not None else "each architecture's default"
+    seeds = ", ".join(str(s) for s in options.seeds)
+    lines = [
+        "# glactl compare", "",
+        f"Data: {', '.join(options.data)}. Preset {options.preset}, sequence length {options.seq_len}, "
+        f"batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
+        "Validation bits per byte is the last evaluation" + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
+        + "; training tokens/s leaves evaluation time out; generation is batch 1, greedy `model.step` after "
+        "the given bytes of context, read with the parallel form.", "",
+        markdown_table(entries), "",
+        "![validation bits per byte against training tokens](loss.png)", "",
+        "![state memory and generation speed against context length](scaling.png)", "",
+        f"## Samples ({options.sample_bytes} bytes, temperature {SAMPLE_TEMPERATURE}, seed {options.seeds[0]})", "",
+        f"Prompt: `{prompt.decode('utf-8', errors='replace').replace('`', chr(39))}`", "",
+    ]
+    for e in entries:
+        body = prompt.decode("utf-8", errors="replace") + e["sample"]
+        fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", body)), default=0))
+        lines += [f"### {e['model']}", "", fence + "text", body, fence, ""]
+    return "\n".join(lines)
+
+
+def write_results(out: Path, entries: list[dict[str, Any]], options: CompareOptions, prompt: bytes) -> None:
+    """results.json, results.md, loss.png and scaling.png in `out`."""
+    from glactl.plots import plot_loss, plot_scaling
+
+    write_json_atomic(out / RESULTS_JSON, entries)
+    (out / RESULTS_MD).write_text(results_markdown(entries, options, prompt), encoding="utf-8")
+    title = f"{', '.join(options.data)}; {options.preset}, {describe_budget(options)}"
+    plot_loss(entries, out / "loss.png", title)
+    plot_scaling(entries, out / "scaling.png", title)
+

@@ -1,0 +1,100 @@
+"""Device, precision and thread selection shared by every command that runs a model (DESIGN.md 8)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from glactl.errors import InputError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """auto picks cuda, then mps, then cpu; asking for a missing device is an InputError naming the choices."""
+    name = (name or "auto").lower()
+    base = name.split(":", 1)[0]
+    if base not in DEVICE_CHOICES:
+        raise InputError(f"--device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if _mps_available() else [])
+    if base == "auto":
+        return torch.device("cuda" if "cuda" in available else "mps" if "mps" in available else "cpu")
+    if base not in available:
+        raise InputError(f"--device {name}: not available on this machine; valid choices here: auto, {', '.join(available)}")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 math (AVX512-BF16 or AMX), as oneDNN reports it."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return _cpuinfo_has("avx512_bf16") or _cpuinfo_has("amx_bf16")
+
+
+def _cpuinfo_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs: autocast dtype (None = plain float32) and whether a gradient scaler is needed."""
+
+    name: str
+    autocast_dtype: torch.dtype | None
+    use_scaler: bool
+
+    def autocast(self, device: torch.device) -> Any:
+        """The autocast context for forward passes (a no-op for float32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+def select_precision(name: str, device: torch.device) -> Precision:
+    """--dtype: auto = bfloat16 autocast where supported, float16 + scaler on older GPUs, float32 elsewhere."""
+    name = (name or "auto").lower()
+    if name not in DTYPE_CHOICES:
+        raise InputError(f"--dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        elif device.type == "cpu":
+            name = "bfloat16" if cpu_supports_bf16() else "float32"
+        else:
+            name = "float32"
+    if name == "float32":
+        return Precision("float32", None, False)
+    if name == "bfloat16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise InputError("--dtype bfloat16: this GPU does not support bfloat16; use float16 or auto")
+        return Precision("bfloat16", torch.bfloat16, False)
+    if device.type == "cpu":
+        raise InputError("--dtype float16: not supported for training on CPU; use bfloat16, float32 or auto")
+    return Precision("float16", torch.float16, device.type == "cuda")
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None = leave torch's default); returns the count in use."""
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"--threads {threads}: must be at least 1")
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    return torch.get_num_threads()

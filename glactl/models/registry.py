@@ -1,0 +1,46 @@
+"""Mixer registry: a name -> the class that implements it, imported only when used.
+
+A new architecture plugs in with one line here; lm.py never names an architecture.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from glactl.errors import InputError
+
+# name -> "module:Class"
+MIXERS: dict[str, str] = {
+    "gla": "glactl.models.gla:GatedLinearAttention",
+    "mingru": "glactl.models.mingru:MinGRU",
+    "minlstm": "glactl.models.mingru:MinLSTM",
+    "transformer": "glactl.models.attention:CausalSelfAttention",
+    "reflex": "glactl.models.reflex:ReflexAttention",
+    "performer": "glactl.models.performer:Performer",
+    "infinite": "glactl.models.infinite:InfinityFormer",
+}
+
+# Default peak learning rate per architecture (AdamW, warmup then cosine to 10%); see README.
+DEFAULT_LR: dict[str, float] = {
+    "gla": 3e-3,
+    "mingru": 3e-3,
+    "minlstm": 3e-3,
+    "transformer": 3e-3,
+    "reflex": 3e-3,
+    "performer": 3e-3,
+    "infinite": 3e-3,
+}
+FALLBACK_LR = 1e-3
+
+
+def mixer_class(name: str) -> type:
+    """The class registered under `name`; InputError listing the valid names otherwise."""
+    if name not in MIXERS:
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(MIXERS)}")
+    module_name, class_name = MIXERS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def default_lr(name: str) -> float:
+    """The tuned default peak learning rate of an architecture."""
+    return DEFAULT_LR.get(name, FALLBACK_LR)

@@ -1,0 +1,62 @@
+"""Where a model comes from: `--model` as a run/checkpoint folder or a shipped name, or the default weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from glactl.errors import InputError
+
+DEFAULT_WEIGHTS = "gla-small-enwiki"
+NO_WEIGHTS_MESSAGE = "no shipped weights found; pass --model RUN_OR_CHECKPOINT_FOLDER"
+
+
+def weights_dirs() -> list[Path]:
+    """Folders that may hold shipped checkpoints: package data first, then `weights/` beside the repo."""
+    dirs: list[Path] = []
+    try:
+        from importlib.resources import files
+
+        package = files("glactl") / "weights"
+        if package.is_dir():
+            dirs.append(Path(str(package)))
+    except (ModuleNotFoundError, TypeError, OSError):
+        pass
+    repo_weights = Path(__file__).resolve().parents[1] / "weights"
+    if repo_weights.is_dir() and repo_weights not in dirs:
+        dirs.append(repo_weights)
+    return dirs
+
+
+def shipped_model(name: str) -> Path | None:
+    """The folder of a shipped checkpoint called `name`, or None."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    for folder in weights_dirs():
+        candidate = folder / name
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def shipped_names() -> list[str]:
+    """Names of every shipped checkpoint found."""
+    names = {p.name for folder in weights_dirs() for p in folder.iterdir() if (p / "config.json").is_file()}
+    return sorted(names)
+
+
+def resolve_model(path_or_name: str | Path | None) -> Path:
+    """The folder to load: an existing path as given, else a shipped name, else InputError (one line)."""
+    if path_or_name is None or str(path_or_name) == "":
+        found = shipped_model(DEFAULT_WEIGHTS)
+        if found is None:
+            raise InputError(NO_WEIGHTS_MESSAGE)
+        return found
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    found = shipped_model(str(path_or_name))
+    if found is not None:
+        return found
+    shipped = shipped_names()
+    hint = f" or a shipped name ({', '.join(shipped)})" if shipped else ""
+    raise InputError(f"{path_or_name}: no such run or checkpoint folder; pass a folder{hint}")

@@ -1,0 +1,703 @@
+"""The training loop behind `glactl train`: AdamW, warmup + cosine, evaluation, resumable checkpoints.
+
+A run folder holds `metrics.jsonl`, `train.lock` while training, `checkpoint/` (latest, with
+optimizer.safetensors + trainer.json) and `best/` (lowest validation bits per byte). Batches
+are a pure function of (seed, step), so `--resume` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from glactl import __version__
+from glactl.checkpoint import load_model, resolve_checkpoint_dir, save_model
+from glactl.data import TrainingData, WindowSampler, eval_batches, fixed_windows, load_training_data
+from glactl.devices import Precision, select_device, select_precision, set_threads
+from glactl.errors import GlactlError, InputError, RunFailure
+from glactl.models import LanguageModel, ModelConfig
+from glactl.models.registry import default_lr
+from glactl.train_state import load_optimizer, read_trainer, restore_rng, write_trainer_files
+
+LOCK_FILE = "train.lock"
+METRICS_FILE = "metrics.jsonl"
+RUN_ENTRIES = ("checkpoint", "checkpoint.old", "best", "best.old", METRICS_FILE)
+MIN_LR_RATIO = 0.1
+LN2 = math.log(2.0)
+
+
+class TrainingInterrupted(GlactlError):
+    """Ctrl-C during training: a checkpoint was saved; exit 130."""
+
+    exit_code = 130
+
+
+# ---- options ---------------------------------------------------------------------------
+@dataclass
+class TrainOptions:
+    """Everything `glactl train` takes; None means 'not given' (default, or the saved value on --resume)."""
+
+    data: list[str] = field(default_factory=list)
+    valid: str | None = None
+    model: str | None = None
+    preset: str | None = None
+    d_model: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    seq_len: int | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    steps: int | None = None
+    time_budget: float | None = None  # seconds
+    lr: float | None = None
+    warmup: int | None = None
+    schedule: str | None = None  # cosine | constant
+    weight_decay: float | None = None
+    clip: float | None = None
+    eval_every: int | None = None
+    eval_windows: int | None = None
+    save_every: int | None = None
+    log_every: int | None = None
+    out: str | None = None
+    resume: bool = False
+    force: bool = False
+    init_from: str | None = None
+    seed: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    allow_binary: bool | None = None
+    command_line: list[str] | None = None
+
+
+# Architecture defaults (used only for a new model; a checkpoint brings its own).
+MODEL_DEFAULTS: dict[str, str] = {"model": "gla", "preset": "small"}
+DEFAULTS: dict[str, Any] = {
+    "seq_len": 512, "batch_size": 16, "grad_accum": 1,
+    "weight_decay": 0.1, "clip": 1.0, "eval_every": 250, "eval_windows": 64, "save_every": 500,
+    "log_every": 10, "seed": 0, "schedule": "cosine", "device": "auto", "dtype": "auto", "allow_binary": False,
+}
+# Settings a resumed run takes from trainer.json unless given again.
+RESUMED = ("seq_len", "batch_size", "grad_accum", "weight_decay", "clip", "eval_every", "eval_windows",
+           "save_every", "log_every", "seed", "schedule", "warmup", "lr", "valid", "steps", "time_budget",
+           "device", "dtype", "threads", "allow_binary")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h', '1h30m', '1.5h' or plain seconds -> seconds; InputError otherwise."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        seconds = float(value)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", value)
+        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])", "", value).strip():
+            raise InputError(f"--time {text!r}: expected a duration like 90s, 30m, 2h or 1h30m")
+        seconds = sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+    if not 0 < seconds < 1e9:
+        raise InputError(f"--time {text!r}: must be a positive duration")
+    return seconds
+
+
+# ---- schedule ----------------------------------------------------------------------------
+@dataclass
+class Schedule:
+    """Linear warmup to `peak`, then cosine down to 10% of it (or constant) over steps or the time budget."""
+
+    peak: float
+    warmup: int
+    total_steps: int | None
+    time_budget: float | None
+    kind: str = "cosine"
+
+    def lr(self, step: int, elapsed: float) -> float:
+        """Learning rate for the update that makes step `step + 1`."""
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if self.kind == "constant":
+            return self.peak
+        progress = 0.0
+        if self.total_steps is not None:
+            progress = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        if self.time_budget is not None:
+            progress = max(progress, elapsed / self.time_budget)
+        progress = min(1.0, max(0.0, progress))
+        return self.peak * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "peak_lr": self.peak, "warmup": self.warmup, "total_steps": self.total_steps,
+                "time_budget_seconds": self.time_budget, "min_lr_ratio": MIN_LR_RATIO}
+
+
+def default_warmup(total_steps: int | None) -> int:
+    """2% of the steps, clamped to [10, 1000] and at most a tenth of the run; 100 for a time budget."""
+    if total_steps is None:
+        return 100
+    return max(1, min(max(10, min(1000, round(0.02 * total_steps))), total_steps // 10))
+
+
+# ---- run folder and lock -------------------------------------------------------------------
+class RunLock:
+    """`train.lock` holding the pid: a live holder refuses a second run; a dead one's lock is taken over."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _read_pid(self.path)
+                if pid is not None and pid != os.getpid() and _alive(pid):
+                    raise InputError(f"{self.path.parent}: another glactl train (pid {pid}) is using this run folder")
+                try:
+                    self.path.unlink()  # stale: its process is gone
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            return
+        raise InputError(f"{self.path}: could not take the run lock")
+
+    def release(self) -> None:
+        if self.held and _read_pid(self.path) == os.getpid():
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        self.held = False
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_run_folder(options: TrainOptions, mixer: str) -> Path:
+    """The run folder: created, or checked for --resume / --force."""
+    out = Path(options.out) if options.out else Path("runs") / f"{mixer}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _has_run(out: Path) -> bool:
+    return any((out / name).exists() for name in RUN_ENTRIES)
+
+
+# ---- the reporter: rich on a terminal, plain lines otherwise -------------------------------------
+class Reporter:
+    """Shows preparation and training progress: a rich bar on a terminal, plain log lines when piped."""
+
+    def __init__(self, console: Any | None) -> None:
+        self.console = console
+        self.rich = bool(console is not None and getattr(console, "is_terminal", False))
+        self.progress: Any = None
+        self.task: Any = None
+        self._prep: dict[str, Any] = {}
+        self._last_prep_line = 0.0
+
+    def line(self, text: str) -> None:
+        if self.console is None:
+            return
+        if self.rich:
+            self.console.print(text, highlight=False, markup=False)
+        else:
+            self.console.file.write(text + "\n")
+            self.console.file.flush()
+
+    # data preparation
+    def prepare(self, description: str, done: int, total: int | None) -> None:
+        if self.console is None:
+            return
+        if not self.rich:
+            now = time.monotonic()
+            if now - self._last_prep_line > 10 or (total and done >= total):
+                if description != self._prep.get("last") or now - self._last_prep_line > 10:
+                    self.line(f"{description}: {done:,}/{total:,}" if total else description)
+                    self._prep["last"] = description
+                    self._last_prep_line = now
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if "bar" not in self._prep:
+            self._prep["bar"] = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                         TimeRemainingColumn(), console=self.console, transient=True)
+            self._prep["bar"].start()
+        bar = self._prep["bar"]
+        if self._prep.get("description") != description:
+            self._prep["task"] = bar.add_task(description, total=total)
+            self._prep["description"] = description
+        bar.update(self._prep["task"], completed=done, total=total)
+
+    def end_prepare(self) -> None:
+        if "bar" in self._prep:
+            self._prep["bar"].stop()
+        self._prep = {}
+
+    # training
+    def start(self, total: float, completed: float, unit: str) -> None:
+        if not self.rich:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=completed, info="")
+        self.unit = unit
+
+    def update(self, completed: float, info: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=completed, info=info)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ---- the trainer ---------------------------------------------------------------------------
+class Trainer:
+    """One training run: set up from options (fresh, --init-from or --resume), then `run()`."""
+
+    def __init__(self, options: TrainOptions, console: Any | None = None,
+                 on_step: Callable[["Trainer"], None] | None = None) -> None:
+        self.options = options
+        self.report = Reporter(console)
+        self.on_step = on_step
+        self.stop_requested = False
+        self.lock: RunLock | None = None
+
+    # -- setup --------------------------------------------------------------------------------
+    def _resolve(self, saved: dict[str, Any]) -> None:
+        """Fill every unset option from the saved run (on --resume) or the defaults."""
+        o = self.options
+        saved_settings = saved.get("settings", {})
+        for name in RESUMED + tuple(DEFAULTS):
+            if getattr(o, name, None) is None and name in saved_settings:
+                setattr(o, name, saved_settings[name])
+            if getattr(o, name, None) is None and name in DEFAULTS:
+                setattr(o, name, DEFAULTS[name])
+        if not o.data and saved.get("data"):
+            o.data = list(saved["data"])
+        for name in ("seq_len", "batch_size", "grad_accum", "eval_windows", "eval_every", "save_every", "log_every"):
+            if int(getattr(o, name)) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        if o.steps is not None and o.steps < 1:
+            raise InputError("--steps must be at least 1")
+        if o.steps is None and o.time_budget is None:
+            raise InputError("give --steps N or --time DURATION (e.g. --time 30m)")
+        if o.lr is not None and not (0 < o.lr < 10):
+            raise InputError(f"--lr {o.lr}: must be in (0, 10)")
+        if o.weight_decay < 0 or o.clip < 0:
+            raise InputError("--weight-decay and --clip must not be negative")
+        if o.schedule not in ("cosine", "constant"):
+            raise InputError(f"--schedule {o.schedule!r}: choose cosine or constant")
+        if o.warmup is not None and o.warmup < 0:
+            raise InputError("--warmup must not be negative")
+
+    def _build_model(self, resume_dir: Path | None) -> tuple[LanguageModel, dict[str, Any]]:
+        o = self.options
+        if resume_dir is not None or o.init_from:
+            model, document = load_model(resume_dir if resume_dir is not None else o.init_from, "cpu")
+            model.train()
+            self._check_architecture(model.config, "--resume" if resume_dir is not None else "--init-from")
+            return model, ({} if resume_dir is not None else {"init_from": document.get("path")})
+        overrides = {k: v for k, v in (("d_model", o.d_model), ("n_layers", o.n_layers), ("n_heads", o.n_heads)) if v is not None}
+        config = ModelConfig.preset(o.preset or MODEL_DEFAULTS["preset"], mixer=o.model or MODEL_DEFAULTS["model"], **overrides)
+        config.validate()
+        return LanguageModel(config), {}
+
+    def _check_architecture(self, config: ModelConfig, flag: str) -> None:
+        """Architecture flags given with --resume/--init-from must agree with the checkpoint's."""
+        o = self.options
+        asked = {"mixer": o.model, "d_model": o.d_model, "n_layers": o.n_layers, "n_heads": o.n_heads}
+        if o.preset is not None:
+            preset = ModelConfig.preset(o.preset)
+            for name in ("d_model", "n_layers", "n_heads"):
+                asked[name] = asked[name] if asked[name] is not None else getattr(preset, name)
+        wrong = [f"{k} {v} (checkpoint: {getattr(config, k)})" for k, v in asked.items() if v is not None and v != getattr(config, k)]
+        if wrong:
+            raise InputError(f"{flag}: the checkpoint's architecture differs from the flags: {', '.join(wrong)}; "
+                             "drop the architecture flags to use the checkpoint's")
+
+    def setup(self) -> None:
+        """Lock the run folder, load data and model, build optimizer and schedule."""
+        o = self.options
+        mixer = o.model or MODEL_DEFAULTS["model"]
+        out = Path(o.out) if o.out else None
+        created = out is None or not out.exists()
+        self.out = prepare_run_folder(o, mixer)
+        self.lock = RunLock(self.out)
+        self.lock.acquire()
+        try:
+            self._setup_locked()
+        except BaseException:
+            self.lock.release()
+            if created:  # leave no empty run folder behind a failed start
+                try:
+                    self.out.rmdir()
+                except OSError:
+                    pass
+            raise
+
+    def _setup_locked(self) -> None:
+        o = self.options
+        saved: dict[str, Any] = {}
+        resume_dir: Path | None = None
+        if o.resume and o.force:
+            raise InputError("--resume and --force contradict each other: --resume continues, --force starts over")
+        if o.resume:
+            if o.init_from:
+                raise InputError("--resume continues a run; --init-from starts a new one from other weights: pick one")
+            try:
+                resume_dir = resolve_checkpoint_dir(self.out / "checkpoint")
+            except InputError:
+                raise InputError(f"--resume: {self.out} has no checkpoint to resume from") from None
+            saved = read_trainer(resume_dir)
+        elif _has_run(self.out):
+            if not o.force:
+                raise InputError(f"--out {self.out}: already holds a run; pass --resume to continue it or --force to start over")
+            for name in RUN_ENTRIES:
+                target = self.out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        self._resolve(saved)
+        self.device = select_device(o.device)
+        self.precision: Precision = select_precision(o.dtype, self.device)
+        self.threads = set_threads(o.threads)
+        torch.manual_seed(o.seed)
+        model, info = self._build_model(resume_dir)
+        if resume_dir is not None or o.init_from:
+            o.model = model.config.mixer
+        self.model = model.to(self.device)
+        self.model.train()
+        self.config = model.config
+        self.init_from = info.get("init_from")
+        # data
+        try:
+            data = load_training_data(o.data, o.valid, o.seq_len, self.report.prepare, o.allow_binary)
+        finally:
+            self.report.end_prepare()
+        for message in data.messages:
+            self.report.line(message)
+        self.data: TrainingData = data
+        self.sampler = WindowSampler(data.train, data.weights, o.seq_len, o.seed)
+        self.eval_windows = fixed_windows(data.valid, data.valid_weights, o.eval_windows, o.seq_len)
+        # optimizer and schedule
+        decay = [p for _, p in self.model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for _, p in self.model.named_parameters() if p.dim() < 2]
+        peak = o.lr if o.lr is not None else default_lr(self.config.mixer)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=peak, betas=(0.9, 0.95), eps=1e-8,
+        )
+        warmup = o.warmup if o.warmup is not None else default_warmup(o.steps)
+        self.schedule = Schedule(peak, warmup, o.steps, o.time_budget, o.schedule)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_scaler else None
+        self.step = 0
+        self.tokens_seen = 0
+        self.elapsed_before = 0.0
+        self.best_bpb: float | None = None
+        self.last_bpb: float | None = None
+        self.start_bpb: float | None = None
+        if resume_dir is not None:
+            load_optimizer(resume_dir, self.optimizer, saved)
+            restore_rng(saved, str(resume_dir / "trainer.json"))
+            self.step = saved["step"]
+            self.tokens_seen = saved["tokens_seen"]
+            self.elapsed_before = float(saved["elapsed_seconds"])
+            self.best_bpb = saved.get("best_val_bpb")
+            self.last_bpb = saved.get("last_val_bpb")
+            self.start_bpb = saved.get("start_val_bpb")
+            if self.scaler is not None and saved.get("scaler"):
+                self.scaler.load_state_dict(saved["scaler"])
+            self.report.line(f"resuming {self.out} from step {self.step} ({self.tokens_seen:,} tokens, "
+                             f"{_clock(self.elapsed_before)} trained)")
+        self.resume_dir = resume_dir
+
+    # -- saving ---------------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        o = self.options
+        return {name: getattr(o, name) for name in RESUMED}
+
+    def summary(self) -> dict[str, Any]:
+        """The training summary stored in config.json."""
+        o = self.options
+        return {
+            "steps": self.step, "tokens_seen": self.tokens_seen,
+            "data": [{k: v for k, v in s.items() if k != "cache"} for s in self.data.sources],
+            "valid": o.valid, "val_bits_per_byte": self.last_bpb, "best_val_bits_per_byte": self.best_bpb,
+            "wall_time_seconds": round(self.elapsed(), 3), "glactl_version": __version__,
+            "command": " ".join(o.command_line) if o.command_line else None,
+            "seq_len": o.seq_len, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
+            "lr": self.schedule.peak, "seed": o.seed, "device": self.device.type, "dtype": self.precision.name,
+            "threads": self.threads, "init_from": self.init_from,
+        }
+
+    def trainer_document(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed(),
+            "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb, "start_val_bpb": self.start_bpb,
+            "schedule": self.schedule.to_dict(), "settings": self.settings(), "data": list(self.options.data),
+            "data_position": {"sampler": "random-windows-v1", "seed": self.options.seed, "next_step": self.step},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def save_checkpoint(self) -> None:
+        """Save `checkpoint/` (weights, optimizer, trainer state) by a whole-folder swap."""
+        trainer = self.trainer_document()
+        save_model(self.out / "checkpoint", self.model, training=self.summary(),
+                   extra_files=lambda folder: write_trainer_files(folder, self.optimizer, trainer))
+
+    def save_best(self) -> None:
+        save_model(self.out / "best", self.model, training=self.summary())
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Validation bits per byte on the fixed windows."""
+        was_training = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0
+        o = self.options
+        for x, y in eval_batches(self.data.valid, self.eval_windows, o.seq_len, o.batch_size):
+            x, y = x.to(self.device), y.to(self.device)
+            with self.precision.autocast(self.device):
+                logits, _ = self.model(x)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+            total += loss.item()
+            count += y.numel()
+        self.model.train(was_training)
+        return total / count / LN2
+
+    # -- the loop -------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    def done(self) -> bool:
+        o = self.options
+        if o.steps is not None and self.step >= o.steps:
+            return True
+        return o.time_budget is not None and self.elapsed() >= o.time_budget
+
+    def request_stop(self) -> None:
+        """Ask the loop to save and stop after the current step (what Ctrl-C does)."""
+        self.stop_requested = True
+
+    def train_step(self) -> float:
+        """One optimizer update over grad_accum micro-batches; returns the mean loss (nats per byte)."""
+        o = self.options
+        lr = self.schedule.lr(self.step, self.elapsed())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.current_lr = lr
+        windows = self.sampler.windows(self.step, o.batch_size * o.grad_accum)
+        total = 0.0
+        for micro in range(o.grad_accum):
+            chosen = windows[micro * o.batch_size:(micro + 1) * o.batch_size]
+            x, y = self.sampler.gather(chosen)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.precision.autocast(self.device):
+                logits, _ = self.model(x)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._non_finite(f"loss is {value}")
+            scaled = loss / o.grad_accum
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total += value
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, o.clip if o.clip > 0 else float("inf"))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if not torch.isfinite(norm):
+                raise self._non_finite("the gradient norm is not finite")
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / o.grad_accum
+
+    def _non_finite(self, what: str) -> RunFailure:
+        try:
+            last: Path | None = resolve_checkpoint_dir(self.out / "checkpoint")
+        except InputError:
+            last = None
+        kept = f"the last good checkpoint stays in {last}" if last else "no checkpoint was saved"
+        return RunFailure(f"{what} at step {self.step + 1}; stopped without saving ({kept}); try a lower --lr")
+
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run(self) -> dict[str, Any]:
+        """Train until --steps or --time is reached; returns the final summary."""
+        o = self.options
+        self._t0 = time.monotonic()
+        previous = self._install_sigint()
+        try:
+            return self._loop()
+        finally:
+            self.report.stop()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            if self.lock is not None:
+                self.lock.release()
+
+    def _install_sigint(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        return signal.signal(signal.SIGINT, handler)
+
+    def _loop(self) -> dict[str, Any]:
+        o = self.options
+        n_params = self.model.num_parameters()
+        target = f"{o.steps} steps" if o.steps is not None else ""
+        if o.time_budget is not None:
+            target += (" or " if target else "") + f"{_clock(o.time_budget)} of training"
+        self.report.line(
+            f"training {self.config.mixer} ({n_params / 1e6:.2f}M parameters, d {self.config.d_model}, "
+            f"{self.config.n_layers} layers) on {self.device.type}/{self.precision.name}, {self.threads} threads, "
+            f"seq {o.seq_len} x batch {o.batch_size}" + (f" x {o.grad_accum} accum" if o.grad_accum > 1 else "")
+            + f", lr {self.schedule.peak:g}, until {target}; run folder {self.out}")
+        if self.step == 0 and self.start_bpb is None:
+            self.start_bpb = self.last_bpb = self.evaluate()
+            self.write_metrics({"kind": "eval", "step": 0, "tokens": 0, "val_bpb": self.start_bpb, "wall_time": 0.0})
+            self.report.line(f"step 0 | val bpb {self.start_bpb:.4f}")
+        use_steps = o.steps is not None
+        self.report.start(o.steps if use_steps else o.time_budget, self.step if use_steps else self.elapsed(), "step")
+        tokens_per_step = o.seq_len * o.batch_size * o.grad_accum
+        window_t, window_tokens = time.monotonic(), 0
+        loss_sum, loss_n = 0.0, 0
+        last_eval_step = self.step if self.resume_dir is not None else 0
+        last_save_step = self.step if self.resume_dir is not None else None
+        self.current_lr = self.schedule.lr(self.step, self.elapsed())
+        while not self.done() and not self.stop_requested:
+            loss = self.train_step()
+            self.step += 1
+            self.tokens_seen += tokens_per_step
+            window_tokens += tokens_per_step
+            loss_sum += loss
+            loss_n += 1
+            now = time.monotonic()
+            finished = self.done()
+            if self.step % o.log_every == 0 or finished or self.stop_requested:
+                rate = window_tokens / max(now - window_t, 1e-9)
+                mean = loss_sum / loss_n
+                record = {"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": round(mean, 6),
+                          "bpb": round(mean / LN2, 6), "lr": self.current_lr, "tokens_per_s": round(rate, 1),
+                          "wall_time": round(self.elapsed(), 3)}
+                self.write_metrics(record)
+                parts = [f"step {self.step}" + (f"/{o.steps}" if use_steps else ""), f"loss {mean:.4f}",
+                         f"bpb {mean / LN2:.3f}", f"lr {self.current_lr:.2e}", f"{rate:,.0f} tok/s"]
+                if self.report.rich:
+                    self.report.update(self.step if use_steps else self.elapsed(), "  ".join(parts))
+                else:
+                    self.report.line(" | ".join(parts + [f"elapsed {_clock(self.elapsed())}", f"ETA {_clock(self._eta(rate))}"]))
+                window_t, window_tokens, loss_sum, loss_n = now, 0, 0.0, 0
+            if self.step % o.eval_every == 0 or finished:
+                self._evaluate_and_keep_best()
+                last_eval_step = self.step
+            if self.step % o.save_every == 0 or finished:
+                self.save_checkpoint()
+                last_save_step = self.step
+            if self.on_step is not None:
+                self.on_step(self)
+        if self.stop_requested:
+            if last_save_step != self.step:
+                self.save_checkpoint()
+            self.report.stop()
+            command = f"glactl train --out {self.out} --resume"
+            raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved in {self.out / 'checkpoint'}; "
+                                      f"resume with: {command}")
+        if last_eval_step != self.step:
+            self._evaluate_and_keep_best()
+        if last_save_step != self.step:
+            self.save_checkpoint()
+        self.report.stop()
+        summary = self.summary()
+        summary["start_val_bits_per_byte"] = self.start_bpb
+        summary["run_folder"] = str(self.out)
+        self.report.line(f"done: step {self.step}, {self.tokens_seen:,} tokens, val bpb {self.last_bpb:.4f} "
+                         f"(best {self.best_bpb:.4f}), {_clock(self.elapsed())}; checkpoint in {self.out / 'checkpoint'}")
+        return summary
+
+    def _eta(self, rate: float) -> float:
+        o = self.options
+        left = []
+        if o.steps is not None and rate > 0:
+            left.append((o.steps - self.step) * o.seq_len * o.batch_size * o.grad_accum / rate)
+        if o.time_budget is not None:
+            left.append(o.time_budget - self.elapsed())
+        return max(0.0, min(left)) if left else 0.0
+
+    def _evaluate_and_keep_best(self) -> None:
+        bpb = self.evaluate()
+        self.last_bpb = bpb
+        improved = self.best_bpb is None or bpb < self.best_bpb
+        if improved:
+            self.best_bpb = bpb
+            self.save_best()
+        self.write_metrics({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, "val_bpb": round(bpb, 6),
+                            "lr": self.current_lr, "wall_time": round(self.elapsed(), 3)})
+        line = f"eval step {self.step} | val bpb {bpb:.4f} | best {self.best_bpb:.4f}" + (" (saved best/)" if improved else "")
+        if self.report.progress is not None:
+            self.report.progress.console.print(line, highlight=False, markup=False)
+        else:
+            self.report.line(line)
+
+
+def train(options: TrainOptions, console: Any | None = None,
+          on_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+    """Run `glactl train` with these options; returns the training summary."""
+    trainer = Trainer(options, console, on_step)
+    trainer.setup()
+    return trainer.run()

@@ -1,0 +1,37 @@
+"""Shared test helpers: offline mode, the shared data folder, relative error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models run fastest on one thread, and two threads fight badly on a loaded 2-core machine.
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """DESIGN.md 3.1: max|a - b| / max|b| over the whole tensor (b is the reference)."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+def shared_file(relative: str) -> Path:
+    """A file under ../shared/data, or skip the test with a reason when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test's glactl cache out of the user's home."""
+    monkeypatch.setenv("GLACTL_CACHE", str(tmp_path_factory.getbasetemp() / "glactl-cache"))

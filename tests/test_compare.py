@@ -1,0 +1,180 @@
+"""`glactl compare`: result files with the documented keys, resumable runs, seeds, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glactl.cli import main
+from glactl.compare import (
+    RESULT_KEYS,
+    SPREAD_KEYS,
+    parse_contexts,
+    parse_models,
+    parse_seeds,
+    summarize,
+    training_speed,
+    validation_curve,
+)
+from glactl.errors import InputError
+from glactl.models.registry import MIXERS
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run glactl in-process; returns (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    return int(info.value.code or 0), captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 30 KB of varied English-like text (no shared data needed)."""
+    words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
+             "but have an they you were her she there been one all we their has would when what if more").split()
+    lines, state = [], 12345
+    for i in range(700):
+        state = (state * 1103515245 + 12345) % (1 << 31)
+        count = 5 + state % 9
+        line = " ".join(words[(state >> (3 + j)) % len(words)] for j in range(count))
+        lines.append(line.capitalize() + ("." if i % 3 else ","))
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_args(corpus: Path, out: Path, models: str, *extra: str) -> list[str]:
+    return ["compare", "--models", models, "--preset", "tiny", "--steps", "3", "--seq-len", "32", "--batch-size", "2",
+            "--contexts", "64,256", "--eval-windows", "2", "--data", str(corpus), "--out", str(out),
+            "--threads", "1", "--device", "cpu", *extra]
+
+
+def test_compare_writes_results_then_skips_finished_runs(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three models: four files with the exact keys; a rerun skips all; other settings need --force."""
+    out = tmp_path / "cmp"
+    code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla,transformer,mingru"), capsys)
+    assert code == 0, stderr
+    for name in ("results.json", "results.md", "loss.png", "scaling.png"):
+        assert (out / name).is_file(), name
+    for name in ("loss.png", "scaling.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    entries = json.loads((out / "results.json").read_text())
+    assert [e["model"] for e in entries] == ["gla", "transformer", "mingru"]
+    for e in entries:
+        assert list(e) == list(RESULT_KEYS)
+        assert e["parameters"] > 0 and e["train_tokens_per_second"] > 0
+        assert set(e["generate_tokens_per_second"]) == set(e["state_bytes"]) == {"64", "256"}
+        assert all(v > 0 for v in e["generate_tokens_per_second"].values())
+        assert [p["step"] for p in e["curve"]] == [0, 1, 2, 3]
+        assert e["curve"][-1]["val_bits_per_byte"] == e["val_bits_per_byte"]
+        assert isinstance(e["sample"], str) and e["sample"]
+        assert (out / f"{e['model']}-seed0" / "checkpoint" / "model.safetensors").is_file()
+    by_name = {e["model"]: e for e in entries}
+    assert by_name["gla"]["state_bytes"]["64"] == by_name["gla"]["state_bytes"]["256"]  # constant state
+    assert by_name["transformer"]["state_bytes"]["256"] == 4 * by_name["transformer"]["state_bytes"]["64"]  # KV cache
+    markdown = (out / "results.md").read_text()
+    assert "| model | params | train tok/s | val bpb |" in markdown and "loss.png" in markdown
+    assert all(f"### {name}" in markdown for name in by_name)
+    assert "| gla |" in stdout  # the table, as plain lines when piped
+
+    metrics = {name: (out / f"{name}-seed0" / "metrics.jsonl").read_text() for name in by_name}
+    code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla,transformer,mingru"), capsys)
+    assert code == 0, stderr
+    assert stdout.count("already finished") == 3 and "training in" not in stdout
+    assert metrics == {name: (out / f"{name}-seed0" / "metrics.jsonl").read_text() for name in by_name}
+    assert json.loads((out / "results.json").read_text()) == entries
+
+    code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla", "--lr", "0.01"), capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "--force" in stderr and "lr" in stderr
+
+    code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla", "--force"), capsys)
+    assert code == 0, stderr
+    assert "training in" in stdout and "already finished" not in stdout
+    assert [e["model"] for e in json.loads((out / "results.json").read_text())] == ["gla"]
+
+
+def test_compare_seeds_report_mean_and_spread(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--seeds 0,1: one entry per model with the spread keys; each seed is its own run folder."""
+    out = tmp_path / "seeds"
+    code, _, stderr = run_cli(tiny_args(corpus, out, "minlstm", "--seeds", "0,1"), capsys)
+    assert code == 0, stderr
+    (entry,) = json.loads((out / "results.json").read_text())
+    assert list(entry) == list(RESULT_KEYS) + list(SPREAD_KEYS)
+    assert [s["seed"] for s in entry["seeds"]] == [0, 1]
+    values = [s["val_bits_per_byte"] for s in entry["seeds"]]
+    assert entry["val_bits_per_byte"] == pytest.approx(sum(values) / 2, abs=1e-6)
+    assert entry["val_bits_per_byte_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-5)
+    assert (out / "minlstm-seed0").is_dir() and (out / "minlstm-seed1").is_dir()
+
+
+def test_unknown_model_is_one_line_listing_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, stderr = run_cli(["compare", "--models", "gla,lstm", "--steps", "1", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "'lstm'" in stderr and all(name in stderr for name in MIXERS)
+    assert not (tmp_path / "x").exists()
+
+
+def test_default_data_offline_without_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --data means wikitext-103; offline with no cache it exits 2 with one line pointing at --data PATH."""
+    for name in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "offline"
+    code, _, stderr = run_cli(["compare", "--models", "gla", "--preset", "tiny", "--steps", "1", "--out", str(out)], capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "wikitext-103" in stderr and "--data PATH" in stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_budget_and_seed_conflicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, stderr = run_cli(["compare", "--models", "gla", "--data", "x.txt"], capsys)
+    assert code == 2 and "--steps" in stderr and stderr.count("\n") == 1
+    code, _, stderr = run_cli(["compare", "--models", "gla", "--steps", "1", "--seed", "1", "--seeds", "0,1"], capsys)
+    assert code == 2 and "--seeds" in stderr
+
+
+def test_parsers() -> None:
+    assert parse_contexts("1k, 8k,32k") == [1024, 8192, 32768]
+    assert parse_contexts("256,64,256") == [64, 256]
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_models(" gla , mingru") == ["gla", "mingru"]
+    for bad in ("", "1m", "0", "-5"):
+        with pytest.raises(InputError):
+            parse_contexts(bad)
+    for bad in ("0,0", "a", "1,,2", "-1"):
+        with pytest.raises(InputError):
+            parse_seeds(bad)
+    with pytest.raises(InputError, match="more than once"):
+        parse_models("gla,gla")
+
+
+def test_training_speed_leaves_evaluations_out() -> None:
+    """Windows that close with a training record count; time spent in evaluations does not; the first is dropped."""
+    records = [
+        {"kind": "eval", "step": 0, "tokens": 0, "val_bpb": 8.0, "wall_time": 0.0},
+        {"kind": "train", "step": 10, "tokens": 1000, "wall_time": 9.0},  # start-up + eval 0: dropped
+        {"kind": "eval", "step": 10, "tokens": 1000, "val_bpb": 5.0, "wall_time": 14.0},  # a 5 s evaluation
+        {"kind": "train", "step": 20, "tokens": 2000, "wall_time": 16.0},
+        {"kind": "train", "step": 30, "tokens": 3000, "wall_time": 18.0},
+        {"kind": "eval", "step": 30, "tokens": 3000, "val_bpb": 4.0, "wall_time": 25.0},
+        {"kind": "eval", "step": 30, "tokens": 3000, "val_bpb": 3.9, "wall_time": 26.0},  # re-evaluated after a resume
+    ]
+    assert training_speed(records) == pytest.approx(2000 / 4.0)
+    curve = validation_curve(records)
+    assert [(p["step"], p["val_bits_per_byte"]) for p in curve] == [(0, 8.0), (10, 5.0), (30, 3.9)]
+
+
+def test_summarize_single_seed_has_exactly_the_result_keys() -> None:
+    result = {"parameters": 10, "train_tokens_per_second": 100.0, "val_bits_per_byte": 3.0,
+              "curve": [{"step": 0, "tokens": 0, "val_bits_per_byte": 8.0}, {"step": 5, "tokens": 50, "val_bits_per_byte": 3.0}],
+              "generate_tokens_per_second": {"64": 10.0}, "state_bytes": {"64": 512}, "sample": "x", "run": "out/gla-seed0"}
+    assert list(summarize("gla", [result], spread=False)) == list(RESULT_KEYS)
+    two = summarize("gla", [result, {**result, "val_bits_per_byte": 4.0, "run": "out/gla-seed1"}], spread=True)
+    assert two["val_bits_per_byte"] == 3.5 and two["val_bits_per_byte_std"] == pytest.approx(0.707107, abs=1e-6)
+    assert [s["seed"] for s in two["seeds"]] == [0, 1]

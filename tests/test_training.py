@@ -1,0 +1,226 @@
+"""`glactl train`: learning on real text, the summary it saves, flags, failures and progress output."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from conftest import shared_file
+from glactl.checkpoint import load_model
+from glactl.cli import main
+from glactl.errors import InputError, RunFailure
+from glactl.training import Schedule, TrainOptions, Trainer, default_warmup, parse_duration, train
+
+FAST = ["--preset", "tiny", "--d-model", "64", "--n-layers", "1", "--seq-len", "16", "--batch-size", "2",
+        "--eval-windows", "4", "--threads", "1", "--dtype", "float32"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads() -> Iterator[None]:
+    """Training sets torch's thread count; put it back for the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run glactl in-process: exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    return int(info.value.code or 0), captured.out, captured.err
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 300)
+    return path
+
+
+def test_200_steps_on_tinyshakespeare_lower_bits_per_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = shared_file("prose/tinyshakespeare.txt")
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--data", str(data), "--preset", "tiny", "--seq-len", "32", "--batch-size", "4",
+                              "--steps", "200", "--eval-every", "100", "--eval-windows", "8", "--log-every", "50",
+                              "--dtype", "float32", "--threads", "1", "--out", str(run)], capsys)
+    assert code == 0, err
+    evals = [m for m in metrics(run) if m["kind"] == "eval"]
+    assert [m["step"] for m in evals] == [0, 100, 200]
+    assert evals[0]["val_bpb"] - evals[-1]["val_bpb"] >= 1.0
+    trains = [m for m in metrics(run) if m["kind"] == "train"]
+    assert [m["step"] for m in trains] == [50, 100, 150, 200]
+    assert all({"loss", "bpb", "lr", "tokens_per_s", "tokens", "wall_time"} <= set(m) for m in trains)
+    assert "step 200/200" in out and "val bpb" in out  # plain log lines when not a terminal
+    config = json.loads((run / "checkpoint" / "config.json").read_text())
+    summary = config["training"]
+    assert summary["steps"] == 200 and summary["tokens_seen"] == 200 * 32 * 4
+    assert summary["data"][0]["source"] == str(data)
+    assert math.isclose(summary["val_bits_per_byte"], evals[-1]["val_bpb"], rel_tol=1e-5)
+    assert summary["wall_time_seconds"] > 0 and summary["glactl_version"] and "--steps 200" in summary["command"]
+    assert {p.name for p in (run / "checkpoint").iterdir()} == {"model.safetensors", "config.json", "optimizer.safetensors", "trainer.json"}
+    assert {p.name for p in (run / "best").iterdir()} == {"model.safetensors", "config.json"}
+    assert not (run / "train.lock").exists()
+    model, _ = load_model(run)
+    assert model.config.d_model == 128
+
+
+def test_grad_accum_matches_a_bigger_batch(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["train", "--data", str(text_file), *FAST, "--steps", "3", "--eval-every", "100"]
+    assert run_cli([*common, "--out", str(tmp_path / "a"), "--batch-size", "4"], capsys)[0] == 0
+    assert run_cli([*common, "--out", str(tmp_path / "b"), "--batch-size", "2", "--grad-accum", "2"], capsys)[0] == 0
+    a = load_file(str(tmp_path / "a" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_nan_loss_stops_and_saves_nothing_new(tmp_path: Path, text_file: Path) -> None:
+    run = tmp_path / "run"
+
+    def poison(trainer: Trainer) -> None:
+        if trainer.step == 3:
+            with torch.no_grad():
+                trainer.model.embed.weight.fill_(float("nan"))
+
+    options = TrainOptions(data=[str(text_file)], preset="tiny", d_model=64, n_layers=1, seq_len=16, batch_size=2,
+                           eval_windows=4, steps=10, save_every=2, eval_every=100, out=str(run), dtype="float32", threads=1)
+    with pytest.raises(RunFailure, match="step 4") as info:
+        train(options, on_step=poison)
+    assert info.value.exit_code == 1 and "\n" not in str(info.value)
+    assert json.loads((run / "checkpoint" / "trainer.json").read_text())["step"] == 2
+    model, _ = load_model(run)  # the last good checkpoint loads (finite weights)
+    assert torch.isfinite(model.embed.weight).all()
+    assert max(m["step"] for m in metrics(run)) <= 3
+    assert not (run / "train.lock").exists()
+
+
+def test_time_budget_counts_across_resumes(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--time", "2s", "--out", str(run)], capsys)
+    assert code == 0, err
+    first = json.loads((run / "checkpoint" / "trainer.json").read_text())
+    assert first["elapsed_seconds"] >= 2.0 and first["schedule"]["time_budget_seconds"] == 2.0
+    code, out, err = run_cli(["train", "--out", str(run), "--resume"], capsys)
+    assert code == 0, err
+    second = json.loads((run / "checkpoint" / "trainer.json").read_text())
+    assert second["step"] == first["step"]  # the budget was already spent: no new steps
+
+
+def test_init_from_starts_from_weights_with_a_fresh_optimizer(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base"
+    assert run_cli(["train", "--data", str(text_file), *FAST, "--steps", "6", "--out", str(base)], capsys)[0] == 0
+    tuned = tmp_path / "tuned"
+    code, _, err = run_cli(["train", "--data", str(text_file), "--init-from", str(base), "--seq-len", "16", "--batch-size", "2",
+                            "--eval-windows", "4", "--dtype", "float32", "--threads", "1", "--steps", "2", "--out", str(tuned)], capsys)
+    assert code == 0, err
+    base_final = [m for m in metrics(base) if m["kind"] == "eval"][-1]["val_bpb"]
+    tuned_start = [m for m in metrics(tuned) if m["kind"] == "eval"][0]
+    assert tuned_start["step"] == 0 and math.isclose(tuned_start["val_bpb"], base_final, rel_tol=1e-4)
+    trainer = json.loads((tuned / "checkpoint" / "trainer.json").read_text())
+    assert trainer["step"] == 2
+    optimizer = load_file(str(tuned / "checkpoint" / "optimizer.safetensors"))
+    assert {v.item() for k, v in optimizer.items() if k.endswith(".step")} == {2.0}
+    summary = json.loads((tuned / "checkpoint" / "config.json").read_text())["training"]
+    assert summary["init_from"].endswith("checkpoint")
+    code, _, err = run_cli(["train", "--data", str(text_file), "--init-from", str(base), "--d-model", "128",
+                            "--steps", "2", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "d_model" in err
+
+
+def test_rich_progress_on_a_terminal(tmp_path: Path, text_file: Path) -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=120)
+    options = TrainOptions(data=[str(text_file)], preset="tiny", d_model=64, n_layers=1, seq_len=16, batch_size=2,
+                           eval_windows=4, steps=4, log_every=1, out=str(tmp_path / "run"), dtype="float32", threads=1)
+    summary = train(options, console)
+    assert summary["steps"] == 4
+    shown = buffer.getvalue()
+    assert "\x1b[" in shown and "tok/s" in shown and "val bpb" in shown
+
+
+def test_run_folder_rules(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    base = ["train", "--data", str(text_file), *FAST, "--steps", "2", "--out", str(run)]
+    code, _, err = run_cli(["train", "--data", str(text_file), "--steps", "2", "--out", str(run), "--resume"], capsys)
+    assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert run_cli(base, capsys)[0] == 0
+    code, _, err = run_cli(base, capsys)
+    assert code == 2 and "--resume" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli([*base, "--force"], capsys)
+    assert code == 0, err
+    assert [m["step"] for m in metrics(run) if m["kind"] == "eval"] == [0, 2]  # started over
+    code, _, err = run_cli([*base[:-2], "--out", str(run), "--resume", "--steps", "4", "--model", "gla", "--n-layers", "3"], capsys)
+    assert code == 2 and "n_layers" in err
+
+
+def test_stale_lock_is_taken_over(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.lock").write_text("999999999\n")  # no such process
+    code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--steps", "1", "--out", str(run)], capsys)
+    assert code == 0, err
+    assert not (run / "train.lock").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--time", "ten minutes"], "--time"),
+        (["--dtype", "float64"], "--dtype"),
+        (["--device", "tpu"], "--device"),
+        (["--schedule", "linear"], "--schedule"),
+        (["--preset", "huge"], "preset"),
+        (["--model", "nope"], "nope"),
+    ],
+)
+def test_bad_flags_are_one_line(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str) -> None:
+    code, _, err = run_cli(["train", "--data", str(text_file), "--steps", "2", "--threads", "1", "--out", str(tmp_path / "r"), *flags], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_missing_cuda_lists_the_choices(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["train", "--data", str(text_file), "--steps", "2", "--device", "cuda", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "valid choices" in err and "cpu" in err
+
+
+def test_bad_data_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, _, err = run_cli(["train", "--data", str(empty), "--steps", "2", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_wikitext_offline_no_cache_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code, _, err = run_cli(["train", "--data", "wikitext-103", "--steps", "2", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "--data PATH" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_schedule_and_durations() -> None:
+    cosine = Schedule(1.0, warmup=10, total_steps=110, time_budget=None)
+    assert cosine.lr(0, 0) == pytest.approx(0.1) and cosine.lr(9, 0) == pytest.approx(1.0)
+    assert cosine.lr(10, 0) == pytest.approx(1.0) and cosine.lr(110, 0) == pytest.approx(0.1)
+    assert cosine.lr(60, 0) == pytest.approx(0.55)
+    timed = Schedule(1.0, warmup=0, total_steps=None, time_budget=100.0)
+    assert timed.lr(5, 50.0) == pytest.approx(0.55) and timed.lr(5, 100.0) == pytest.approx(0.1)
+    assert Schedule(1.0, 2, 100, None, "constant").lr(50, 0) == 1.0
+    assert default_warmup(200) == 10 and default_warmup(40) == 4 and default_warmup(10**6) == 1000
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2h") == 7200
+    with pytest.raises(InputError):
+        parse_duration("0m")
