@@ -140,6 +140,13 @@ class Model:
 
         short, long = state_growth(self.model, 10, 100)
         per_token = (long - short) / 90
+        window = self.config.context
+        if long != short and window is not None and window < 100:
+            # A window caps the cache: measure the growth per token below it, not across the cap.
+            top = max(2, window)
+            low = max(1, min(10, top // 2))
+            below_low, below_top = state_growth(self.model, low, top)
+            per_token = (below_top - below_low) / (top - low)
         folder = Path(self.path) if self.path else None
         files = {}
         if folder is not None and folder.is_dir():
@@ -177,23 +184,26 @@ def load(
     device: str = "auto",
     threads: int | None = None,
     context: int | None = None,
+    kernels: str | None = None,
 ) -> Model:
-    """Load a run folder, checkpoint folder or shipped model (default: the shipped gla-small-enwiki).
+    """Load a run folder, checkpoint folder or shipped model (default: the shipped gla-enwiki).
 
     `context` overrides the attention window W in tokens (sliding window for attention models;
-    no effect on recurrent ones).
+    no effect on recurrent ones). `kernels="fla"` runs GLA's chunk form through flash-linear-attention
+    (CUDA only; an InputError where it cannot run).
     """
     from glactl.checkpoint import load_model
-    from glactl.devices import select_device, set_threads
+    from glactl.devices import select_device, select_kernels, set_threads, use_kernels
     from glactl.paths import resolve_model
 
     set_threads(threads)
     torch_device = select_device(device)
+    kernel_choice = select_kernels(kernels, torch_device)
     folder = resolve_model(path_or_name)
     model, document = load_model(folder, device="cpu")
     if context is not None:
         model = _with_context(model, context)
-    model.to(torch_device)
+    use_kernels(model.to(torch_device), kernel_choice)
     return Model(model, document, torch_device, threads)
 
 

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from glactl import __version__
-from glactl.errors import InputError
+from glactl.errors import InputError, RunFailure
 from glactl.models import LanguageModel, ModelConfig
 from glactl.tokenizer import TOKENIZER_NAME
 
@@ -58,6 +58,10 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
             return old
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint or run folder")
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES) if path.is_dir() else []
+    if pickles:
+        raise InputError(f"{path}: holds only pickle-based weights ({', '.join(pickles[:3])}), which glactl refuses to load; "
+                         f"it loads only safetensors checkpoint folders ({CONFIG_FILE} + {MODEL_FILE})")
     raise InputError(f"{path}: no checkpoint here (expected {CONFIG_FILE} and {MODEL_FILE}, or a run folder with checkpoint/)")
 
 
@@ -99,12 +103,16 @@ def swap_in_folder(target: Path, write_contents: Callable[[Path], None]) -> None
     old = target.with_name(target.name + ".old")
     if staging.exists():
         shutil.rmtree(staging)
+    _remove_stale_staging(target)
     try:
         staging.mkdir()
         write_contents(staging)
         _fsync_dir(staging)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):  # disk full, quota, read-only file system: the old folder was never touched
+            kept = "the previous one is intact" if (target / CONFIG_FILE).is_file() else "nothing was saved"
+            raise RunFailure(f"could not save {target}: {e.strerror or e}; {kept}") from None
         raise
     if target.exists():
         if old.exists():
@@ -116,6 +124,24 @@ def swap_in_folder(target: Path, write_contents: Callable[[Path], None]) -> None
     _fsync_dir(target.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Drop `NAME.new-PID` folders left by a saving process that was killed (kill -9, power loss)."""
+    for folder in target.parent.glob(f"{target.name}.new-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -246,14 +272,19 @@ def model_tensors_meta(model: LanguageModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_tensors(path: Path, header: dict[str, Any], config: ModelConfig) -> None:
-    """Every tensor's name and shape must match the architecture; one line naming the mismatches."""
+def check_tensors(path: Path, header: dict[str, Any], config: ModelConfig, weights_dtype: str | None = None) -> None:
+    """Every tensor's name, shape (and dtype, if given) must match the config; one line naming the mismatches."""
     expected = expected_tensors(config)
     found = {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     wrong = sorted(n for n in set(expected) & set(found) if expected[n] != found[n])
     problems = []
+    if weights_dtype is not None:
+        code = {v: k for k, v in _DTYPES.items()}[_DTYPE_NAMES[weights_dtype]]
+        off = sorted(n for n in set(expected) & set(found) if header[n]["dtype"] != code)
+        if off:
+            problems.append(f"wrong dtype {_names(off)} ({header[off[0]]['dtype']}, config.json says {weights_dtype})")
     if missing:
         problems.append(f"missing {_names(missing)}")
     if unexpected:
@@ -278,8 +309,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[La
     document = read_config(folder)
     config: ModelConfig = document["architecture"]
     weights_path = folder / MODEL_FILE
+    weights_dtype = document.get("weights_dtype", "float32")
+    if not isinstance(weights_dtype, str) or weights_dtype not in _DTYPE_NAMES:
+        raise InputError(f"{folder / CONFIG_FILE}: weights_dtype {weights_dtype!r} is not one of {', '.join(_DTYPE_NAMES)}")
     header = read_safetensors_header(weights_path)
-    check_tensors(weights_path, header, config)
+    check_tensors(weights_path, header, config, weights_dtype)
     model = LanguageModel(config)
     tensors: dict[str, torch.Tensor] = {}
     try:

@@ -46,19 +46,49 @@ def _root(
 
 def fail(message: str, code: int = 1) -> None:
     """Print one error line to stderr and exit with `code`."""
+    if code == 130 and _process["on"]:
+        _ignore_sigint()  # exiting after Ctrl-C: a further Ctrl-C must not turn the exit into a traceback
     sys.stderr.write(f"glactl: error: {message}\n")
     sys.stderr.flush()
     raise SystemExit(code)
 
 
+_process = {"on": False}  # main() runs as the process itself (console script, python -m glactl), not called in-process
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
+# Newer typer releases carry their own copy of click, whose exceptions are not click's: catch both.
+try:
+    from typer._click import exceptions as _typer_click
+except ImportError:  # typer that uses click itself
+    _typer_click = click.exceptions
+_USAGE_ERRORS = (click.exceptions.UsageError, _typer_click.UsageError)
+_ABORTS = (click.exceptions.Abort, getattr(_typer_click, "Abort", click.exceptions.Abort), typer.Abort)
+_CLICK_ERRORS = (click.ClickException, _typer_click.ClickException)
+_NO_ARGS_IS_HELP = getattr(_typer_click, "NoArgsIsHelpError", ())
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: run the app and turn every failure into one line + exit code."""
+    _process["on"] = argv is None
     try:
         code = app(args=argv, prog_name="glactl", standalone_mode=False)
-    except click.exceptions.UsageError as e:
+    except _NO_ARGS_IS_HELP as e:  # `glactl` alone: the help (rich has printed it already), exit 2 as click does
+        if e.format_message().strip():
+            sys.stderr.write(e.format_message().rstrip("\n") + "\n")
+        raise SystemExit(e.exit_code) from None
+    except _USAGE_ERRORS as e:
         hint = f" (see 'glactl {e.ctx.command_path.split(' ', 1)[-1]} --help')" if e.ctx and " " in e.ctx.command_path else ""
         fail(e.format_message().replace("\n", " ") + hint, 2)
-    except click.exceptions.Abort:
+    except _ABORTS:
         fail("interrupted", 130)
     except KeyboardInterrupt:
         fail("interrupted", 130)
@@ -66,7 +96,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if _debug["on"]:
             traceback.print_exc()
         fail(str(e).replace("\n", " "), e.exit_code)
-    except click.ClickException as e:
+    except _CLICK_ERRORS as e:
         fail(e.format_message().replace("\n", " "), e.exit_code)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
@@ -80,6 +110,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if _debug["on"]:
             traceback.print_exc()
         fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", 1)
+    if code == 130:  # a Ctrl-C that typer caught itself: still one line
+        fail("interrupted", 130)
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
@@ -120,6 +152,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu, cuda or mps."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (default), float32, bfloat16 (float16 on GPUs)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    kernels: Optional[str] = typer.Option(None, "--kernels", help="GLA kernels: torch (default) or fla (flash-linear-attention; CUDA only, needs the fla package)."),
     allow_binary: Optional[bool] = typer.Option(None, "--allow-binary", help="Train on files that look binary."),
 ) -> None:
     """Train a model on local text or a Hugging Face dataset; Ctrl-C saves and stops."""
@@ -134,7 +167,7 @@ def train(
         time_budget=parse_duration(time_budget) if time_budget else None, lr=lr, warmup=warmup, schedule=schedule,
         weight_decay=weight_decay, clip=clip, eval_every=eval_every, eval_windows=eval_windows, save_every=save_every,
         log_every=log_every, out=out, resume=resume, force=force, init_from=init_from, seed=seed, device=device,
-        dtype=dtype, threads=threads, allow_binary=allow_binary, command_line=_train_command_line(ctx),
+        dtype=dtype, threads=threads, kernels=kernels, allow_binary=allow_binary, command_line=_train_command_line(ctx),
     )
     run_training(options, Console())
 
@@ -159,17 +192,19 @@ def _train_command_line(ctx: typer.Context) -> list[str]:
 
 
 # ---- inference: generate, complete, perplexity, info (issue 4) -------------------------------
-_MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the shipped gla-small-enwiki)."
+_MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the shipped gla-enwiki)."
 _DEVICE_HELP = "auto (default: cuda, then mps, then cpu), cpu, cuda[:N] or mps."
 _THREADS_HELP = "CPU threads for torch (default: torch's choice for reading and scoring, one thread for byte-by-byte decoding)."
+_KERNELS_HELP = "GLA kernels: torch (default) or fla (flash-linear-attention; CUDA only, needs the fla package)."
 _CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
 
 
-def _load_model(model: Optional[str], device: Optional[str], threads: Optional[int], context: Optional[int] = None):  # noqa: ANN202
+def _load_model(model: Optional[str], device: Optional[str], threads: Optional[int], context: Optional[int] = None,
+                kernels: Optional[str] = None):  # noqa: ANN202
     """Load through the Python API, so the CLI and `glactl.load` behave alike."""
     from glactl.api import load
 
-    return load(model, device=device or "auto", threads=threads, context=context)
+    return load(model, device=device or "auto", threads=threads, context=context, kernels=kernels)
 
 
 def _unescape(text: str) -> str:
@@ -209,6 +244,7 @@ def generate(
     model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    kernels: Optional[str] = typer.Option(None, "--kernels", help=_KERNELS_HELP),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", help="Bytes to generate per sample (no upper limit for recurrent models)."),
     temperature: float = typer.Option(0.8, "--temperature", help="Softmax temperature; 0 = greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only among the K most probable bytes."),
@@ -231,7 +267,7 @@ def generate(
     check_positive("--max-new-tokens", max_new_tokens)
     check_positive("--num-samples", num_samples, 1024)
     prompt_bytes = read_prompt(prompt)
-    lm = _load_model(model, device, threads, context)
+    lm = _load_model(model, device, threads, context, kernels)
     run = lm.stream(prompt_bytes, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                     repetition_penalty=repetition_penalty, num_samples=num_samples, seed=seed,
                     stop=[_unescape(s) for s in stop], keep_text=json_out or no_stream or num_samples > 1)
@@ -343,6 +379,7 @@ def perplexity(
     model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    kernels: Optional[str] = typer.Option(None, "--kernels", help=_KERNELS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (shape above)."),
 ) -> None:
     import json
@@ -358,7 +395,7 @@ def perplexity(
         raise InputError("give one or more FILES or --data NAME (see 'glactl perplexity --help')")
     for path in paths:
         check_file(path)
-    lm = _load_model(model, device, threads, context)
+    lm = _load_model(model, device, threads, context, kernels)
     notes: list[str] = []
     short, long = state_growth(lm.model, 10, 100)
     if long > short:
@@ -409,7 +446,7 @@ def perplexity(
         table.add_row(key.replace("_", " "), *(fmt.format(m[key]) for m in metrics))
     Console().print(table)
     for note in notes:
-        err.print(f"note: {note}", style="yellow", highlight=False)
+        err.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)  # one line per note, even when piped
 
 
 @app.command()

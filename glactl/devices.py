@@ -59,6 +59,7 @@ class Precision:
     name: str
     autocast_dtype: torch.dtype | None
     use_scaler: bool
+    warning: str | None = None  # set when the asked dtype was replaced (e.g. bfloat16 on hardware without it)
 
     def autocast(self, device: torch.device) -> Any:
         """The autocast context for forward passes (a no-op for float32)."""
@@ -83,7 +84,11 @@ def select_precision(name: str, device: torch.device) -> Precision:
         return Precision("float32", None, False)
     if name == "bfloat16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise InputError("--dtype bfloat16: this GPU does not support bfloat16; use float16 or auto")
+            return Precision("float16", torch.float16, True, "--dtype bfloat16: this GPU does not support bfloat16; "
+                             "using float16 with loss scaling instead")
+        if device.type == "cpu" and not cpu_supports_bf16():
+            return Precision("float32", None, False, "--dtype bfloat16: this CPU has no native bfloat16 (AVX512-BF16/AMX); "
+                             "using float32 instead")
         return Precision("bfloat16", torch.bfloat16, False)
     if device.type == "cpu":
         raise InputError("--dtype float16: not supported for training on CPU; use bfloat16, float32 or auto")
@@ -98,3 +103,34 @@ def set_threads(threads: int | None) -> int:
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     return torch.get_num_threads()
+
+
+KERNEL_CHOICES = ("torch", "fla")
+
+
+def select_kernels(name: str | None, device: torch.device) -> str:
+    """--kernels: torch (default; our PyTorch GLA forms) or fla (flash-linear-attention's chunk kernel, CUDA only).
+
+    Asking for fla where it cannot run is an InputError (exit 2), never a silent fallback.
+    """
+    from glactl.ops.gla import fla_available
+
+    name = (name or "torch").lower()
+    if name not in KERNEL_CHOICES:
+        raise InputError(f"--kernels {name!r}: choose one of {', '.join(KERNEL_CHOICES)}")
+    if name == "fla":
+        if device.type != "cuda":
+            raise InputError(f"--kernels fla: flash-linear-attention runs on CUDA only, not on {device.type}; "
+                             "use --kernels torch")
+        if not fla_available():
+            raise InputError("--kernels fla: the fla package is not installed or does not import "
+                             "(pip install flash-linear-attention); use --kernels torch")
+    return name
+
+
+def use_kernels(model: Any, kernels: str) -> Any:
+    """Point every GLA mixer of `model` at `kernels` (other mixers have one form); returns the model."""
+    for module in model.modules():
+        if hasattr(module, "kernels"):
+            module.kernels = kernels
+    return model

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from glactl.errors import InputError
 
-DEFAULT_WEIGHTS = "gla-small-enwiki"
+DEFAULT_WEIGHTS = "gla-enwiki"
 NO_WEIGHTS_MESSAGE = "no shipped weights found; pass --model RUN_OR_CHECKPOINT_FOLDER"
 
 

@@ -23,10 +23,16 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows: the pid file alone
+    _fcntl = None  # type: ignore[assignment]
+
 from glactl import __version__
 from glactl.checkpoint import load_model, resolve_checkpoint_dir, save_model
 from glactl.data import TrainingData, WindowSampler, eval_batches, fixed_windows, load_training_data
-from glactl.devices import Precision, select_device, select_precision, set_threads
+from glactl.devices import Precision, select_device, select_kernels, select_precision, set_threads, use_kernels
+from glactl.distributed import Distributed
 from glactl.errors import GlactlError, InputError, RunFailure
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import default_lr
@@ -79,6 +85,7 @@ class TrainOptions:
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
+    kernels: str | None = None  # torch | fla (GLA chunk form through flash-linear-attention, CUDA only)
     allow_binary: bool | None = None
     command_line: list[str] | None = None
 
@@ -88,12 +95,12 @@ MODEL_DEFAULTS: dict[str, str] = {"model": "gla", "preset": "small"}
 DEFAULTS: dict[str, Any] = {
     "seq_len": 512, "batch_size": 16, "grad_accum": 1,
     "weight_decay": 0.1, "clip": 1.0, "eval_every": 250, "eval_windows": 64, "save_every": 500,
-    "log_every": 10, "seed": 0, "schedule": "cosine", "device": "auto", "dtype": "auto", "allow_binary": False,
+    "log_every": 10, "seed": 0, "schedule": "cosine", "device": "auto", "dtype": "auto", "kernels": "torch", "allow_binary": False,
 }
 # Settings a resumed run takes from trainer.json unless given again.
 RESUMED = ("seq_len", "batch_size", "grad_accum", "weight_decay", "clip", "eval_every", "eval_windows",
            "save_every", "log_every", "seed", "schedule", "warmup", "lr", "valid", "steps", "time_budget",
-           "device", "dtype", "threads", "allow_binary")
+           "device", "dtype", "threads", "kernels", "allow_binary")
 
 
 def parse_duration(text: str) -> float:
@@ -150,13 +157,21 @@ def default_warmup(total_steps: int | None) -> int:
 
 # ---- run folder and lock -------------------------------------------------------------------
 class RunLock:
-    """`train.lock` holding the pid: a live holder refuses a second run; a dead one's lock is taken over."""
+    """`train.lock` holding the pid: a live holder refuses a second run; a dead one's lock is taken over.
+
+    Where the OS has flock (Linux, macOS) the holder also keeps an exclusive flock on the file:
+    the kernel drops it when the process dies, so a lock is stale exactly when nobody holds the
+    flock, and a lock whose pid is not written yet is not mistaken for a stale one.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK_FILE
         self.held = False
+        self._fd: int | None = None
 
     def acquire(self) -> None:
+        if _fcntl is not None:
+            return self._acquire_flock()
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -175,8 +190,44 @@ class RunLock:
             return
         raise InputError(f"{self.path}: could not take the run lock")
 
+    def _acquire_flock(self) -> None:
+        for _ in range(5):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                pid = None
+                for _ in range(20):  # the holder may be between taking the lock and writing its pid
+                    pid = _read_pid(self.path)
+                    if pid is not None:
+                        break
+                    time.sleep(0.05)
+                who = f"pid {pid}" if pid is not None else "pid not yet written"
+                raise InputError(f"{self.path.parent}: another glactl train ({who}) is using this run folder") from None
+            try:  # a holder that was releasing may have unlinked the file we locked: then lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)  # whatever pid a dead holder left
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            self.held = True
+            return
+        raise InputError(f"{self.path}: could not take the run lock")
+
     def release(self) -> None:
-        if self.held and _read_pid(self.path) == os.getpid():
+        if self._fd is not None:
+            try:
+                self.path.unlink()  # while still holding the flock, so nobody takes a file about to vanish
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+        elif self.held and _read_pid(self.path) == os.getpid():
             try:
                 self.path.unlink()
             except FileNotFoundError:
@@ -300,7 +351,8 @@ class Trainer:
     def __init__(self, options: TrainOptions, console: Any | None = None,
                  on_step: Callable[["Trainer"], None] | None = None) -> None:
         self.options = options
-        self.report = Reporter(console)
+        self.dist = Distributed.from_env()  # torchrun's RANK/WORLD_SIZE; one process without them
+        self.report = Reporter(console if self.dist.is_main else None)  # rank 0 alone logs
         self.on_step = on_step
         self.stop_requested = False
         self.lock: RunLock | None = None
@@ -332,6 +384,9 @@ class Trainer:
             raise InputError(f"--schedule {o.schedule!r}: choose cosine or constant")
         if o.warmup is not None and o.warmup < 0:
             raise InputError("--warmup must not be negative")
+        if o.batch_size % self.dist.world:
+            raise InputError(f"--batch-size {o.batch_size} (the global batch) must be divisible by the {self.dist.world} "
+                             "processes, which split each micro-batch evenly")
 
     def _build_model(self, resume_dir: Path | None) -> tuple[LanguageModel, dict[str, Any]]:
         o = self.options
@@ -341,7 +396,9 @@ class Trainer:
             self._check_architecture(model.config, "--resume" if resume_dir is not None else "--init-from")
             return model, ({} if resume_dir is not None else {"init_from": document.get("path")})
         overrides = {k: v for k, v in (("d_model", o.d_model), ("n_layers", o.n_layers), ("n_heads", o.n_heads)) if v is not None}
-        config = ModelConfig.preset(o.preset or MODEL_DEFAULTS["preset"], mixer=o.model or MODEL_DEFAULTS["model"], **overrides)
+        # The training window becomes the attention window W (DESIGN.md 3.3); recurrent mixers ignore it.
+        config = ModelConfig.preset(o.preset or MODEL_DEFAULTS["preset"], mixer=o.model or MODEL_DEFAULTS["model"],
+                                    context=o.seq_len, **overrides)
         config.validate()
         return LanguageModel(config), {}
 
@@ -366,11 +423,13 @@ class Trainer:
         created = out is None or not out.exists()
         self.out = prepare_run_folder(o, mixer)
         self.lock = RunLock(self.out)
-        self.lock.acquire()
+        if self.dist.is_main:  # one lock for the whole job
+            self.lock.acquire()
         try:
             self._setup_locked()
         except BaseException:
             self.lock.release()
+            self.dist.close()
             if created:  # leave no empty run folder behind a failed start
                 try:
                     self.out.rmdir()
@@ -395,27 +454,32 @@ class Trainer:
         elif _has_run(self.out):
             if not o.force:
                 raise InputError(f"--out {self.out}: already holds a run; pass --resume to continue it or --force to start over")
-            for name in RUN_ENTRIES:
+            for name in RUN_ENTRIES if self.dist.is_main else ():
                 target = self.out / name
                 if target.is_dir():
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
         self._resolve(saved)
-        self.device = select_device(o.device)
+        self.device = self.dist.start(select_device(o.device))  # torchrun: join the group; cuda:LOCAL_RANK
         self.precision: Precision = select_precision(o.dtype, self.device)
+        if self.precision.warning:
+            sys.stderr.write(f"glactl: warning: {self.precision.warning}\n")
+        self.kernels = select_kernels(o.kernels, self.device)
         self.threads = set_threads(o.threads)
         torch.manual_seed(o.seed)
         model, info = self._build_model(resume_dir)
         if resume_dir is not None or o.init_from:
             o.model = model.config.mixer
-        self.model = model.to(self.device)
+        self.model = use_kernels(model.to(self.device), self.kernels)
         self.model.train()
+        self.train_model = self.dist.wrap(self.model)  # DDP in a torchrun job; checkpoints save self.model
         self.config = model.config
         self.init_from = info.get("init_from")
         # data
         try:
-            data = load_training_data(o.data, o.valid, o.seq_len, self.report.prepare, o.allow_binary)
+            with self.dist.main_first():  # rank 0 fills the data cache, the others then read it
+                data = load_training_data(o.data, o.valid, o.seq_len, self.report.prepare, o.allow_binary)
         finally:
             self.report.end_prepare()
         for message in data.messages:
@@ -485,11 +549,15 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Save `checkpoint/` (weights, optimizer, trainer state) by a whole-folder swap."""
+        if not self.dist.is_main:  # every rank holds the same weights; rank 0 writes them
+            return
         trainer = self.trainer_document()
         save_model(self.out / "checkpoint", self.model, training=self.summary(),
                    extra_files=lambda folder: write_trainer_files(folder, self.optimizer, trainer))
 
     def save_best(self) -> None:
+        if not self.dist.is_main:
+            return
         save_model(self.out / "best", self.model, training=self.summary())
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -500,7 +568,9 @@ class Trainer:
         self.model.eval()
         total, count = 0.0, 0
         o = self.options
-        for x, y in eval_batches(self.data.valid, self.eval_windows, o.seq_len, o.batch_size):
+        # Ranks score their share of the windows; the sums are then the same on every rank.
+        for x, y in eval_batches(self.data.valid, self.dist.shard(self.eval_windows), o.seq_len,
+                                 max(1, o.batch_size // self.dist.world)):
             x, y = x.to(self.device), y.to(self.device)
             with self.precision.autocast(self.device):
                 logits, _ = self.model(x)
@@ -508,6 +578,7 @@ class Trainer:
             total += loss.item()
             count += y.numel()
         self.model.train(was_training)
+        total, count = self.dist.sum(total, count)
         return total / count / LN2
 
     # -- the loop -------------------------------------------------------------------------------
@@ -518,7 +589,7 @@ class Trainer:
         o = self.options
         if o.steps is not None and self.step >= o.steps:
             return True
-        return o.time_budget is not None and self.elapsed() >= o.time_budget
+        return o.time_budget is not None and self.dist.from_main(self.elapsed()) >= o.time_budget  # rank 0's clock
 
     def request_stop(self) -> None:
         """Ask the loop to save and stop after the current step (what Ctrl-C does)."""
@@ -527,24 +598,25 @@ class Trainer:
     def train_step(self) -> float:
         """One optimizer update over grad_accum micro-batches; returns the mean loss (nats per byte)."""
         o = self.options
-        lr = self.schedule.lr(self.step, self.elapsed())
+        lr = self.schedule.lr(self.step, self.dist.from_main(self.elapsed()) if o.time_budget else self.elapsed())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.current_lr = lr
         windows = self.sampler.windows(self.step, o.batch_size * o.grad_accum)
         total = 0.0
         for micro in range(o.grad_accum):
-            chosen = windows[micro * o.batch_size:(micro + 1) * o.batch_size]
+            chosen = self.dist.shard(windows[micro * o.batch_size:(micro + 1) * o.batch_size])  # this rank's part
             x, y = self.sampler.gather(chosen)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.precision.autocast(self.device):
-                logits, _ = self.model(x)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-            value = loss.item()
-            if not math.isfinite(value):
-                raise self._non_finite(f"loss is {value}")
-            scaled = loss / o.grad_accum
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            with self.dist.no_sync(self.train_model, micro == o.grad_accum - 1):  # all-reduce once per step
+                with self.precision.autocast(self.device):
+                    logits, _ = self.train_model(x)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+                value = self.dist.mean(loss)  # the global micro-batch's loss, the same on every rank
+                if not math.isfinite(value):
+                    raise self._non_finite(f"loss is {value}")
+                scaled = loss / o.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += value
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -569,6 +641,8 @@ class Trainer:
         return RunFailure(f"{what} at step {self.step + 1}; stopped without saving ({kept}); try a lower --lr")
 
     def write_metrics(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -578,13 +652,27 @@ class Trainer:
         self._t0 = time.monotonic()
         previous = self._install_sigint()
         try:
-            return self._loop()
+            summary = self._loop()
+            self.dist.barrier()  # the other ranks wait until rank 0 has written the last checkpoint
+            return summary
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now; a save it cut short left the previous checkpoint whole
+            raise TrainingInterrupted(self._interrupted_again()) from None
         finally:
             self.report.stop()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             if self.lock is not None:
                 self.lock.release()
+            self.dist.close()
+
+    def _interrupted_again(self) -> str:
+        try:
+            kept = resolve_checkpoint_dir(self.out / "checkpoint")
+            step = json.loads((kept / "trainer.json").read_text())["step"]
+            where = f"the last saved checkpoint (step {step}) stays in {kept}; resume with: glactl train --out {self.out} --resume"
+        except (InputError, OSError, ValueError, KeyError, TypeError):
+            where = "no checkpoint was saved"
+        return f"interrupted again at step {self.step}, without waiting for a save; {where}"
 
     def _install_sigint(self) -> Any:
         if threading.current_thread() is not threading.main_thread():
@@ -607,6 +695,7 @@ class Trainer:
             f"training {self.config.mixer} ({n_params / 1e6:.2f}M parameters, d {self.config.d_model}, "
             f"{self.config.n_layers} layers) on {self.device.type}/{self.precision.name}, {self.threads} threads, "
             f"seq {o.seq_len} x batch {o.batch_size}" + (f" x {o.grad_accum} accum" if o.grad_accum > 1 else "")
+            + (f" over {self.dist.world} processes ({self.dist.backend})" if self.dist.enabled else "")
             + f", lr {self.schedule.peak:g}, until {target}; run folder {self.out}")
         if self.step == 0 and self.start_bpb is None:
             self.start_bpb = self.last_bpb = self.evaluate()
@@ -620,7 +709,7 @@ class Trainer:
         last_eval_step = self.step if self.resume_dir is not None else 0
         last_save_step = self.step if self.resume_dir is not None else None
         self.current_lr = self.schedule.lr(self.step, self.elapsed())
-        while not self.done() and not self.stop_requested:
+        while not self.done() and not self._stop_agreed():
             loss = self.train_step()
             self.step += 1
             self.tokens_seen += tokens_per_step
@@ -629,6 +718,7 @@ class Trainer:
             loss_n += 1
             now = time.monotonic()
             finished = self.done()
+            self._stop_agreed()
             if self.step % o.log_every == 0 or finished or self.stop_requested:
                 rate = window_tokens / max(now - window_t, 1e-9)
                 mean = loss_sum / loss_n
@@ -654,6 +744,7 @@ class Trainer:
         if self.stop_requested:
             if last_save_step != self.step:
                 self.save_checkpoint()
+            self.dist.barrier()  # no rank exits (and makes torchrun stop the job) before rank 0 has saved
             self.report.stop()
             command = f"glactl train --out {self.out} --resume"
             raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved in {self.out / 'checkpoint'}; "
@@ -669,6 +760,11 @@ class Trainer:
         self.report.line(f"done: step {self.step}, {self.tokens_seen:,} tokens, val bpb {self.last_bpb:.4f} "
                          f"(best {self.best_bpb:.4f}), {_clock(self.elapsed())}; checkpoint in {self.out / 'checkpoint'}")
         return summary
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: under torchrun all ranks must stop after the same step."""
+        self.stop_requested = self.dist.any(self.stop_requested)
+        return self.stop_requested
 
     def _eta(self, rate: float) -> float:
         o = self.options

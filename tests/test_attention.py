@@ -88,6 +88,25 @@ def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
 
 
+def rope_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, sink: int) -> torch.Tensor:
+    """Attention of unrotated q, k [B, H, T, D] with RoPE written pair by pair: query i sees key j at
+    distance i - j, except a sink key j < sink once i >= W, seen at the cache distance W - 1 - j."""
+    length, dim = q.shape[-2], q.shape[-1]
+    cos, sin = rope_range(0, length, dim, 10000.0, torch.float64)
+    q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    scores = torch.full((*q.shape[:2], length, length), float("-inf"), dtype=q.dtype)
+    for i in range(length):
+        for j in range(length):
+            if not visible(i, j, window, sink):
+                continue
+            if window is not None and j < min(sink, window - 1) and i >= window:
+                at = window - 1  # the query rotated to W - 1 meets key j at distance W - 1 - j
+                scores[..., i, j] = (apply_rope(q[..., i, :], cos[at], sin[at]) * k_rot[..., j, :]).sum(-1)
+            else:
+                scores[..., i, j] = (q_rot[..., i, :] * k_rot[..., j, :]).sum(-1)
+    return torch.softmax(scores / math.sqrt(dim), dim=-1) @ v
+
+
 # ---- RoPE ------------------------------------------------------------------------------------------
 
 
@@ -188,8 +207,7 @@ def test_mixer_matches_an_independent_reference(window: int | None) -> None:
     mixer = attention_mixer(window)
     x = torch.randn(2, 60, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     qkv = mixer.qkv_proj(x).view(2, 60, 3, 4, 32).permute(2, 0, 3, 1, 4)
-    cos, sin = rope_range(0, 60, 32, 10000.0, torch.float64)
-    o = dense_reference(apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin), qkv[2], window, 4)
+    o = rope_reference(qkv[0], qkv[1], qkv[2], window, 4)
     expected = mixer.out_proj(o.transpose(1, 2).reshape(2, 60, 128))
     y, _ = mixer(x)
     assert rel_err(y, expected) < 1e-10

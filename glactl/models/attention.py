@@ -3,7 +3,8 @@
 The state is a plain dict {"k": [B, H, L, Dh], "v": [B, H, L, Dh], "pos": int}: cached keys (already
 rotated by their absolute positions) and values, and the number of tokens seen. With a window W
 (`config.context`) the cache keeps the first `config.sink_tokens` tokens plus the last W - sink, so
-generation never stops and the state stops growing at W tokens; the parallel form applies the same
+generation never stops and the state stops growing at W tokens (sinks scored at cache distance, as in
+StreamingLLM: glactl/ops/attention.py); the parallel form applies the same
 visibility (glactl/ops/attention.py), so one call, pieces and token-by-token steps agree.
 """
 
@@ -96,7 +97,7 @@ class CausalSelfAttention(Mixer):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: KeyLayout
     ) -> torch.Tensor:
         """Windowed causal attention, heads merged and projected: [B, T, d]."""
-        o = windowed_attention(q, k, v, layout, self.window, self.sink, self.query_block)
+        o = windowed_attention(q, k, v, layout, self.window, self.sink, self.query_block, self.rope_base)
         batch, _, length, _ = o.shape
         return self.out_proj(o.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim))
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from glactl.models.config import ModelConfig
 from glactl.models.layers import Mixer
-from glactl.ops.gla import gate_log, gla_chunk, gla_recurrent, gla_step, state_dtype
+from glactl.ops.gla import gate_log, gla_chunk, gla_chunk_fla, gla_recurrent, gla_step, state_dtype
 
 
 class GatedLinearAttention(Mixer):
@@ -33,6 +33,7 @@ class GatedLinearAttention(Mixer):
         self.out_proj = nn.Linear(self.value_dim, d, bias=False)
         self.chunk_size = config.chunk_size
         self.form = config.gla_form
+        self.kernels = "torch"  # or "fla": set at run time by glactl.devices.use_kernels, never saved
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x [..., d] -> q, k, log_a [..., H, K] and v, r [..., H, V] (r: output gate, flat)."""
@@ -61,6 +62,8 @@ class GatedLinearAttention(Mixer):
         q, k, v, log_a = (t.transpose(1, 2) for t in (q, k, v, log_a))  # [B, H, T, *]
         if self.form == "recurrent":
             o, state = gla_recurrent(q, k, v, log_a, state)
+        elif self.kernels == "fla" and q.is_cuda and q.dtype != torch.float64:
+            o, state = gla_chunk_fla(q, k, v, log_a, state)
         else:
             o, state = gla_chunk(q, k, v, log_a, state, chunk_size=self.chunk_size)
         return self._output(o.transpose(1, 2), r), state

@@ -42,6 +42,8 @@ InfiniteState = dict[str, Any]
 class InfinityFormer(Mixer):
     """H-head segment attention (short-term) + continuous long-term memory of N RBFs per head."""
 
+    conditional_parameters = True  # windows within one segment leave the memory weights unused (DDP must know)
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         d = config.d_model

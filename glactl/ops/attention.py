@@ -13,7 +13,11 @@ everything is kept (n_head = 0, run_start = 0). With a window W and `sink` atten
 which is exactly what a cache holding the first `sink` tokens plus the last W - sink tokens sees.
 The parallel form applies that visibility with an explicit mask (SDPA's `is_causal=True` aligns the
 triangle top-left, wrong when queries follow cached keys), so one call, pieces and single steps agree.
-Keys carry RoPE by the absolute position at which they were written (not re-positioned in the cache).
+Keys carry RoPE by the absolute position at which they were written. With RoPE (`rope_base` given),
+the sink keys are scored as StreamingLLM positions them inside its cache: a query at position
+p >= W sees sink j at distance W - 1 - j (right before the window), never farther than the W - 1
+seen in training. Measured on a d384 model trained at W = 512: scoring 6 KB of wiki.test.raw, sinks
+at their absolute positions gave 2.26 bits per byte, no sinks 1.53.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from glactl.ops.rope import apply_rope, rope_tables
 
 DEFAULT_QUERY_BLOCK = 1024  # queries per SDPA call when a mask is needed: bounds the mask's memory
 
@@ -93,8 +99,12 @@ def windowed_attention(
     window: int | None,
     sink: int,
     query_block: int = DEFAULT_QUERY_BLOCK,
+    rope_base: float | None = None,
 ) -> torch.Tensor:
-    """Attention of q [B, H, Tq, D] (the newest Tq positions) over keys/values [B, H, Lk, D] laid out by `layout`."""
+    """Attention of q [B, H, Tq, D] (the newest Tq positions) over keys/values [B, H, Lk, D] laid out by `layout`.
+
+    `rope_base`: q and k carry RoPE with this base; sink keys are then scored at cache distance (module doc).
+    """
     n_queries = q.shape[-2]
     if k.shape[-2] != layout.length or n_queries > layout.length - layout.n_head:
         raise ValueError("key layout does not match the key tensor or the queries")
@@ -125,8 +135,26 @@ def windowed_attention(
                 key_pos = torch.cat((key_pos[:n_sink], key_pos[lo:]))
             query_pos = torch.arange(first, last + 1, dtype=torch.int64, device=q.device)
             mask = visibility_mask(query_pos, key_pos, window, s)
-        outputs.append(F.scaled_dot_product_attention(q[..., a:b, :], k_sel, v_sel, attn_mask=mask))
+        q_blk = q[..., a:b, :]
+        if rope_base is not None and window is not None and n_sink and last >= window:
+            q_blk, k_sel = _sinks_at_cache_distance(q_blk, k_sel, n_sink, first, window, rope_base)
+        outputs.append(F.scaled_dot_product_attention(q_blk, k_sel, v_sel, attn_mask=mask, scale=q.shape[-1] ** -0.5))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
+
+
+def _sinks_at_cache_distance(
+    q: torch.Tensor, k: torch.Tensor, n_sink: int, first: int, window: int, rope_base: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score the first `n_sink` keys with each query rotated back by max(0, p - W + 1), one SDPA call.
+
+    Features are doubled: [q, q_back] . [k, 0] for window keys and [q, q_back] . [0, k] for sinks.
+    """
+    positions = torch.arange(first, first + q.shape[-2], dtype=torch.int64, device=q.device)
+    cos, sin = rope_tables(-(positions - window + 1).clamp(min=0), q.shape[-1], rope_base, q.dtype)
+    is_sink = (torch.arange(k.shape[-2], device=k.device) < n_sink)[:, None].to(k.dtype)
+    q_aug = torch.cat((q, apply_rope(q, cos, sin)), dim=-1)
+    k_aug = torch.cat((k * (1 - is_sink), k * is_sink), dim=-1)
+    return q_aug, k_aug
 
 
 def trim_cache(

@@ -16,6 +16,8 @@ so the clamp is part of the model and of the recurrent reference alike.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -143,6 +145,50 @@ def gla_chunk(
     out = out.to(s.dtype) + torch.matmul(q_decayed, prev)
     out = out.reshape(batch, heads, n_chunks * chunk_size, value_dim)[:, :, :length]
     return out.to(v.dtype), s
+
+
+def fla_available() -> bool:
+    """Whether flash-linear-attention's GLA chunk kernel imports here (it needs CUDA and Triton to run)."""
+    try:
+        from fla.ops.gla import chunk_gla  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing package, missing Triton, incompatible torch: all mean "no"
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _fla_has_head_first() -> bool:
+    import inspect
+
+    from fla.ops.gla import chunk_gla
+
+    return "head_first" in inspect.signature(chunk_gla).parameters
+
+
+def gla_chunk_fla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_a: torch.Tensor,
+    state: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk form through flash-linear-attention's `chunk_gla` (CUDA tensors only); same math as gla_chunk.
+
+    fla's conventions, checked against ours: tensors are [B, T, H, K] (ours are head-first, so only
+    transposes differ); `g` is the per-step natural-log forget gate (fla forms the cumulative sums);
+    q is scaled by K^-1/2 by default; the state is [B, H, K, V] in float32 and must be float32 on input.
+    Older fla releases default to head-first tensors, so `head_first=False` is passed where it exists.
+    """
+    from fla.ops.gla import chunk_gla
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    extra = {"head_first": False} if _fla_has_head_first() else {}
+    o, final = chunk_gla(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), log_a.transpose(1, 2).float(), scale=scale,
+        initial_state=None if state is None else state.float(), output_final_state=True, **extra,
+    )
+    return o.transpose(1, 2).to(v.dtype), final
 
 
 def gla_quadratic(
