@@ -28,7 +28,8 @@ from glactl.models.registry import MIXERS
 
 ALL_MODELS = ["gla", "gla-recurrent", "transformer"] + [m for m in MIXERS if m not in ("gla", "transformer")]
 # How a step's cost grows with the length at constant tokens per batch (exponent of L / L_prev),
-# used only to estimate whether a cell fits in --max-seconds: the recurrent loop runs L Python steps,
+# used only to estimate whether a cell fits in --max-seconds (when the same model was measured at both
+# lengths in another dtype, that measured growth is used instead): the recurrent loop runs L Python steps,
 # full attention costs B * L^2 = tokens * L; the rest are linear in tokens.
 GROWTH = {"gla-recurrent": 1.0, "transformer": 1.0, "reflex": 1.0}
 
@@ -108,6 +109,7 @@ def main() -> None:
     tps: dict[tuple[str, str, int], float] = {}
     notes: dict[tuple[str, str, int], str] = {}
     params: dict[str, int] = {}
+    seconds_of: dict[tuple[str, str, int], float] = {}
     run_start = time.perf_counter()
     for dtype in dtypes:  # all models in float32 first: with --max-total-seconds, bfloat16 cells go first
         for name in models:
@@ -120,7 +122,11 @@ def main() -> None:
                     continue
                 if previous is not None:
                     prev_len, prev_sec = previous
-                    estimate = prev_sec * (length / prev_len) ** GROWTH.get(name, 0.0) * (args.warmup + args.steps)
+                    growth = (length / prev_len) ** GROWTH.get(name, 0.0)
+                    measured = [seconds_of.get((name, d, n)) for d in dtypes if d != dtype for n in (prev_len, length)]
+                    if len(measured) == 2 and all(measured):  # the same model's growth in another dtype
+                        growth = measured[1] / measured[0]
+                    estimate = prev_sec * growth * (args.warmup + args.steps)
                     if estimate > args.max_seconds:
                         notes[key] = f"skipped (est. {estimate:.0f}s > --max-seconds {args.max_seconds:g})"
                         print(f"{name} {dtype} T={length}: {notes[key]}", flush=True)
@@ -138,6 +144,7 @@ def main() -> None:
                     del model
                     gc.collect()
                 tps[key] = batch * length / seconds
+                seconds_of[key] = seconds
                 previous = (length, seconds)
                 print(f"{name} {dtype} T={length} B={batch}: {seconds:.3f} s/step, {tps[key]:,.0f} tok/s", flush=True)
 

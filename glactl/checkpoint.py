@@ -247,7 +247,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         begin, end = info["data_offsets"]
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end)) or not 0 <= begin <= end <= data_size:
             raise InputError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
-        if info.get("dtype") not in _DTYPES:
+        if not isinstance(info.get("dtype"), str) or info["dtype"] not in _DTYPES:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
         shape = info.get("shape")
         if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):

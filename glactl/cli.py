@@ -29,19 +29,23 @@ app = typer.Typer(
 _debug = {"on": bool(os.environ.get("GLACTL_DEBUG"))}
 
 
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """glactl: byte-level language models that stream in constant memory."""
-    if debug:
-        _debug["on"] = True
-    if version:
+def _print_version(value: bool) -> None:
+    """--version: eager, so it answers before click asks for a command."""
+    if value:
         from glactl import __version__
 
         typer.echo(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """glactl: byte-level language models that stream in constant memory."""
+    if debug:
+        _debug["on"] = True
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -131,7 +135,7 @@ def train(
     n_layers: Optional[int] = typer.Option(None, "--n-layers", help="Override the preset's depth."),
     n_heads: Optional[int] = typer.Option(None, "--n-heads", help="Override the preset's head count."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training window in bytes (default 512)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per micro-batch (default 16)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per micro-batch (default 16); under torchrun the global micro-batch, split across the processes."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default 1)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (counting steps done before --resume)."),
     time_budget: Optional[str] = typer.Option(None, "--time", help="Wall-clock budget, e.g. 30m or 2h (counts across resumes)."),
@@ -391,6 +395,7 @@ def perplexity(
 
     check_positive("--window", window)
     paths = list(dict.fromkeys(files or []))
+    paths = ["/dev/stdin" if p == "-" and os.path.exists("/dev/stdin") else p for p in paths]  # "-": score stdin
     if not paths and data is None:
         raise InputError("give one or more FILES or --data NAME (see 'glactl perplexity --help')")
     for path in paths:

@@ -198,6 +198,8 @@ def local_files(spec: str) -> list[Path]:
         if not files:
             raise InputError(f"--data {spec}: the pattern matches no files")
         return files
+    if path.exists():  # a FIFO, a pipe such as /dev/stdin, a device: training reads its data more than once
+        raise InputError(f"--data {spec}: not a regular file (a pipe or device); save the text to a file and pass that")
     hint = ""
     if ":" not in spec and "/" not in spec and "." not in spec:
         hint = f" (known dataset names: {', '.join(WIKITEXT)}, or hf:REPO[:CONFIG])"

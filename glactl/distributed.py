@@ -42,6 +42,7 @@ class Distributed:
     local_rank: int = 0
     backend: str | None = None  # set once the process group is joined
     device: Any = None  # this rank's torch.device, once joined
+    owns_group: bool = False  # whether start() created the process group (and close() should end it)
 
     @classmethod
     def from_env(cls) -> "Distributed":
@@ -85,6 +86,7 @@ class Distributed:
             raise InputError(f"--device {device.type}: several processes need cpu (gloo) or cuda (nccl)")
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world)
+            self.owns_group = True
         self.backend = backend
         self.device = device
         return device
@@ -95,9 +97,9 @@ class Distributed:
             return
         import torch.distributed as dist
 
-        if dist.is_initialized():
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
-        self.backend = None
+        self.backend, self.owns_group = None, False
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model to train with: DistributedDataParallel over `model` (checkpoints keep `model` itself)."""

@@ -14,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import torch
@@ -183,7 +184,10 @@ def check_file(path: str | Path) -> Path:
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a file")
     try:
-        size = path.stat().st_size
+        stat = path.stat()
+        size = stat.st_size
+        if not S_ISREG(stat.st_mode):  # a FIFO or pipe (e.g. /dev/stdin): a test read would eat its data
+            return path
         with open(path, "rb") as f:
             first = f.read(1)
     except OSError as e:

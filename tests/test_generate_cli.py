@@ -234,6 +234,19 @@ def test_bad_values_exit_2_with_one_line(gla_folder: Path, capsys: pytest.Captur
     assert_one_line_error(code, out, err, word)
 
 
+def test_usage_errors_exit_2_with_one_line_and_version_answers(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--no-such-option"], capsys)
+    assert_one_line_error(code, out, err, "--no-such-option", "glactl generate --help")
+    code, out, err = run_cli(["generate", PROMPT, "--temperature", "hot"], capsys)
+    assert_one_line_error(code, out, err, "--temperature")
+    code, out, err = run_cli(["no-such-command"], capsys)
+    assert_one_line_error(code, out, err, "no-such-command")
+    import glactl
+
+    code, out, err = run_cli(["--version"], capsys)
+    assert (code, out.strip(), err) == (0, glactl.__version__, "")
+
+
 def test_missing_prompt_file_and_model_folder_exit_2(gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(["generate", f"@{tmp_path / 'nope.txt'}", "--model", str(gla_folder)], capsys)
     assert_one_line_error(code, out, err, "nope.txt")

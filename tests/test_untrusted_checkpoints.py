@@ -276,6 +276,10 @@ def test_wrong_dtype_and_shape_are_named(tmp_path: Path, capsys: pytest.CaptureF
     code, _, err = run_cli(["info", str(folder)], capsys)
     assert_one_line(code, err, "weights_dtype")
     (folder / "config.json").write_text(json.dumps(document))
+    header["norm.weight"].update(dtype=["F32"], shape=[32])  # unhashable dtype (found by the fuzz below)
+    _write_safetensors(weights, header, data)
+    code, _, err = run_cli(["info", str(folder)], capsys)
+    assert_one_line(code, err, "norm.weight", "dtype")
     header["norm.weight"].update(dtype="F32", shape=[32])
     header["bogus"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
     _write_safetensors(weights, header, data)
