@@ -128,11 +128,16 @@ class Schedule:
     total_steps: int | None
     time_budget: float | None
     kind: str = "cosine"
+    warmup_seconds: float | None = None  # with a time budget: the warmup also ends once this much time has passed
 
     def lr(self, step: int, elapsed: float) -> float:
         """Learning rate for the update that makes step `step + 1`."""
         if step < self.warmup:
-            return self.peak * (step + 1) / self.warmup
+            ramp = (step + 1) / self.warmup
+            if self.warmup_seconds:
+                ramp = max(ramp, elapsed / self.warmup_seconds)
+            if ramp < 1.0:
+                return self.peak * ramp
         if self.kind == "constant":
             return self.peak
         progress = 0.0
@@ -145,7 +150,13 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "peak_lr": self.peak, "warmup": self.warmup, "total_steps": self.total_steps,
-                "time_budget_seconds": self.time_budget, "min_lr_ratio": MIN_LR_RATIO}
+                "time_budget_seconds": self.time_budget, "warmup_seconds": self.warmup_seconds,
+                "min_lr_ratio": MIN_LR_RATIO}
+
+
+# A run with only a time budget warms up for 100 steps or 2% of the budget, whichever ends first, so a
+# short budget on a slow machine (a 2-minute CPU run makes ~40 steps of the small preset) still trains.
+TIME_WARMUP_FRACTION = 0.02
 
 
 def default_warmup(total_steps: int | None) -> int:
@@ -496,7 +507,9 @@ class Trainer:
             lr=peak, betas=(0.9, 0.95), eps=1e-8,
         )
         warmup = o.warmup if o.warmup is not None else default_warmup(o.steps)
-        self.schedule = Schedule(peak, warmup, o.steps, o.time_budget, o.schedule)
+        timed_warmup = o.warmup is None and o.steps is None and o.time_budget is not None
+        self.schedule = Schedule(peak, warmup, o.steps, o.time_budget, o.schedule,
+                                 TIME_WARMUP_FRACTION * o.time_budget if timed_warmup else None)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_scaler else None
         self.step = 0
         self.tokens_seen = 0

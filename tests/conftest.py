@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
+
+from glactl import checkpoint
+from glactl.cli import main
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,3 +39,31 @@ def shared_file(relative: str) -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's glactl cache out of the user's home."""
     monkeypatch.setenv("GLACTL_CACHE", str(tmp_path_factory.getbasetemp() / "glactl-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads() -> Iterator[None]:
+    """Commands set torch's thread count; put it back for the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make glactl.load (and so the CLI) run checkpoints in float64, for exact comparisons."""
+    original = checkpoint.load_model
+
+    def load64(path, device="cpu"):  # noqa: ANN001, ANN202
+        model, document = original(path, device)
+        return model.double(), document
+
+    monkeypatch.setattr(checkpoint, "load_model", load64)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run glactl in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    return int(info.value.code or 0), captured.out, captured.err

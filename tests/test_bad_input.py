@@ -15,27 +15,19 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
 import glactl.evaluation as evaluation
 from glactl.checkpoint import save_model
-from glactl.cli import main
 from glactl.models import LanguageModel, ModelConfig
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--preset", "tiny", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16", "--batch-size", "2",
          "--eval-windows", "2", "--threads", "1", "--dtype", "float32", "--steps", "2"]
 PROSE = "the quick brown fox jumps over the lazy dog. "
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -50,13 +42,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     save_model(folder, LanguageModel(ModelConfig.tiny(d_model=32, n_layers=1, n_heads=2)))
     return folder
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def assert_one_line(code: int, err: str, *needles: str) -> None:

@@ -9,26 +9,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from glactl.checkpoint import load_model
-from glactl.cli import main
 from glactl.training import TrainingInterrupted, TrainOptions, Trainer, train
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--preset", "tiny", "--d-model", "64", "--n-layers", "1", "--seq-len", "16", "--batch-size", "2",
         "--eval-windows", "4", "--eval-every", "10", "--save-every", "7", "--threads", "1", "--dtype", "float32"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -36,13 +28,6 @@ def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "text.txt"
     path.write_text("".join(f"line {i}: the rain in spain stays mainly in the plain.\n" for i in range(400)))
     return path
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def tensors(run: Path, name: str) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from glactl.cli import main
 from glactl.compare import (
     RESULT_KEYS,
     SPREAD_KEYS,
@@ -20,16 +19,9 @@ from glactl.compare import (
 )
 from glactl.errors import InputError
 from glactl.models.registry import MIXERS
+from conftest import run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run glactl in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -32,13 +31,6 @@ ARGS = ["--preset", "tiny", "--d-model", "64", "--n-layers", "1", "--seq-len", "
         "--grad-accum", "2", "--eval-windows", "4", "--eval-every", "10", "--save-every", "10", "--log-every", "5",
         "--threads", "1", "--dtype", "float32", "--device", "cpu", "--lr", "3e-3", "--warmup", "4",
         "--schedule", "constant"]  # constant after warmup: a run stopped at step 10 and resumed to 20 matches one of 20
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,25 +9,16 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
-import glactl.checkpoint as checkpoint
+from conftest import run_cli
 import glactl.paths as paths
 from glactl.checkpoint import load_model, save_model
-from glactl.cli import main
 from glactl.models import LanguageModel, ModelConfig
 
 PROMPT = "The history of"
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +27,6 @@ def gla_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("gen") / "gla"
     save_model(folder, LanguageModel(ModelConfig.tiny(d_model=32, n_layers=2, n_heads=2, gla_gate_rank=4)), training={"steps": 0})
     return folder
-
-
-@pytest.fixture
-def float64_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make glactl.load (and so the CLI) run checkpoints in float64, so argmax ties cannot flip."""
-    original = checkpoint.load_model
-
-    def load64(path, device="cpu"):  # noqa: ANN001, ANN202
-        model, document = original(path, device)
-        return model.double(), document
-
-    monkeypatch.setattr(checkpoint, "load_model", load64)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def generate_json(capsys: pytest.CaptureFixture[str], folder: Path, prompt: str, *options: str) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -13,19 +12,12 @@ import torch
 import glactl
 import glactl.paths as paths
 from glactl.checkpoint import load_model, save_model
-from glactl.cli import main
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
+from conftest import run_cli
 
 TRAINING = {"steps": 3, "bits_per_byte": 7.5, "tokens": 4096, "data": ["tiny.txt"]}
 PROMPT = "The history of"
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +37,6 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_model(root / "run" / "checkpoint", LanguageModel(configs["gla"]), training=TRAINING)
     out["run"] = root / "run"
     return out
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -25,21 +24,14 @@ from safetensors.torch import load_file
 import glactl.checkpoint as checkpoint
 import glactl.devices as devices
 from glactl.checkpoint import load_model, save_model
-from glactl.cli import main
 from glactl.errors import RunFailure
 from glactl.models import LanguageModel, ModelConfig
 from glactl.training import TrainOptions, Trainer, train
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16", "--batch-size", "2",
         "--eval-windows", "2", "--threads", "1", "--dtype", "float32"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -53,13 +45,6 @@ def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "text.txt"
     path.write_text("".join(f"line {i}: the rain in spain stays mainly in the plain.\n" for i in range(300)))
     return path
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def trainer_step(run: Path) -> int:

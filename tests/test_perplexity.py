@@ -9,14 +9,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
-import glactl.checkpoint as checkpoint
+from conftest import run_cli
 from glactl.checkpoint import load_model, save_model
-from glactl.cli import main
 from glactl.evaluation import METRIC_KEYS, Score, TextCounter, log_likelihood, score_bytes, score_file
 from glactl.models import LanguageModel, ModelConfig
 
@@ -25,13 +23,6 @@ TEXT = (
     "The history of  the\tworld\n\nis long. Caf\u00e9 cr\u00e8me \u2014 na\u00efve r\u00e9sum\u00e9;\u00a0non-breaking\u3000ideographic "
     "space, emoji \U0001f600 and \u4e2d\u6587 text.\r\n  Trailing spaces   \n"
 ) * 3
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +40,6 @@ def attention_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = ModelConfig.tiny(mixer="transformer", d_model=32, n_layers=2, n_heads=2, context=32)
     save_model(folder, LanguageModel(config), training={"steps": 0})
     return folder
-
-
-@pytest.fixture
-def float64_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make glactl.load (and so the CLI) run checkpoints in float64, for exact comparisons."""
-    original = checkpoint.load_model
-
-    def load64(path, device="cpu"):  # noqa: ANN001, ANN202
-        model, document = original(path, device)
-        return model.double(), document
-
-    monkeypatch.setattr(checkpoint, "load_model", load64)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def direct_loglik(model: torch.nn.Module, data: bytes) -> float:

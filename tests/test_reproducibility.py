@@ -10,31 +10,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from glactl.cli import main
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--preset", "tiny", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16", "--batch-size", "2",
          "--eval-windows", "2", "--threads", "1", "--dtype", "float32", "--steps", "6", "--eval-every", "3", "--seed", "7"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def test_same_seed_same_flags_same_weights_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,37 +6,19 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from conftest import shared_file
+from conftest import run_cli, shared_file
 from glactl.checkpoint import load_model
-from glactl.cli import main
 from glactl.errors import InputError, RunFailure
 from glactl.training import Schedule, TrainOptions, Trainer, default_warmup, parse_duration, train
 
 FAST = ["--preset", "tiny", "--d-model", "64", "--n-layers", "1", "--seq-len", "16", "--batch-size", "2",
         "--eval-windows", "4", "--threads", "1", "--dtype", "float32"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads() -> Iterator[None]:
-    """Training sets torch's thread count; put it back for the other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run glactl in-process: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def metrics(run: Path) -> list[dict]:
@@ -220,6 +202,11 @@ def test_schedule_and_durations() -> None:
     timed = Schedule(1.0, warmup=0, total_steps=None, time_budget=100.0)
     assert timed.lr(5, 50.0) == pytest.approx(0.55) and timed.lr(5, 100.0) == pytest.approx(0.1)
     assert Schedule(1.0, 2, 100, None, "constant").lr(50, 0) == 1.0
+    # A time budget alone: warmup ends after 100 steps or 2% of the budget (here 2 s of 100 s), whichever first.
+    short = Schedule(1.0, warmup=100, total_steps=None, time_budget=100.0, warmup_seconds=2.0)
+    assert short.lr(0, 0.5) == pytest.approx(0.25) and short.lr(5, 1.0) == pytest.approx(0.5)
+    assert short.lr(30, 2.0) == pytest.approx(timed.lr(30, 2.0))  # past the time warmup: the cosine
+    assert short.lr(50, 1.0) == pytest.approx(0.51)  # the step ramp when it is ahead of the time ramp
     assert default_warmup(200) == 10 and default_warmup(40) == 4 and default_warmup(10**6) == 1000
     assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2h") == 7200
     with pytest.raises(InputError):

@@ -20,18 +20,11 @@ from hypothesis import strategies as st
 
 import glactl.checkpoint as checkpoint
 from glactl.checkpoint import load_model, save_model
-from glactl.cli import main
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
+from conftest import run_cli
 
 TINY = ModelConfig.tiny(d_model=32, n_layers=1, n_heads=2)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def assert_one_line(code: int, err: str, *needles: str) -> None:
