@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -67,3 +70,45 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         main(argv)
     captured = capsys.readouterr()
     return int(info.value.code or 0), captured.out, captured.err
+
+
+def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:
+    """Bad input: exit 2, nothing on stdout, one `glactl: error:` line on stderr naming each word."""
+    assert code == 2, (code, err)
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glactl: error:") and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+# A glactl CLI run in a child process that reports its own peak RSS (ru_maxrss of RUSAGE_SELF).
+CHILD = """
+import resource, sys
+from glactl.cli import main
+code = 0
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+sys.stderr.write("\\nMAXRSS_KB %d %s\\n" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code))
+"""
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_child(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+
+
+def child_result(process: subprocess.Popen, timeout: float = 240) -> tuple[str, float]:
+    """The child's stdout and its own peak RSS in MB (as the child reported it)."""
+    out, err = process.communicate(timeout=timeout)
+    found = re.search(rb"MAXRSS_KB (\d+) (\S+)", err)
+    assert found, err.decode(errors="replace")[-2000:]
+    assert found.group(2) in (b"0", b"None"), err.decode(errors="replace")[-2000:]
+    return out.decode(errors="replace"), int(found.group(1)) / 1024

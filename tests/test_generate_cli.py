@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import assert_one_line_error, child_result, run_cli, start_child
 import glactl.paths as paths
 from glactl.checkpoint import load_model, save_model
 from glactl.models import LanguageModel, ModelConfig
@@ -33,16 +30,6 @@ def generate_json(capsys: pytest.CaptureFixture[str], folder: Path, prompt: str,
     code, out, err = run_cli(["generate", prompt, "--model", str(folder), "--threads", "1", "--json", *options], capsys)
     assert code == 0, err
     return json.loads(out)
-
-
-def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:
-    assert code == 2, (code, err)
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("glactl: error:") and "Traceback" not in err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 # ---- prompt forms, seeds and the JSON document ---------------------------------------------------
@@ -260,33 +247,6 @@ def test_default_model_is_found_among_shipped_weights(
 
 
 # ---- memory: unlimited generation in constant memory -------------------------------------------------
-CHILD = """
-import resource, sys
-from glactl.cli import main
-code = 0
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-sys.stderr.write("\\nMAXRSS_KB %d %s\\n" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code))
-"""
-
-
-def start_child(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-
-
-def child_result(process: subprocess.Popen, timeout: float = 240) -> tuple[str, float]:
-    """The child's stdout and its own peak RSS in MB (as the child reported it)."""
-    out, err = process.communicate(timeout=timeout)
-    found = re.search(rb"MAXRSS_KB (\d+) (\S+)", err)
-    assert found, err.decode(errors="replace")[-2000:]
-    assert found.group(2) in (b"0", b"None"), err.decode(errors="replace")[-2000:]
-    return out.decode("utf-8", errors="replace"), int(found.group(1)) / 1024
-
-
 @pytest.mark.slow
 def test_100k_new_bytes_peak_less_than_10mb_above_1k(tmp_path: Path) -> None:
     torch.manual_seed(6)

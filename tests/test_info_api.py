@@ -14,7 +14,7 @@ import glactl.paths as paths
 from glactl.checkpoint import load_model, save_model
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 
 TRAINING = {"steps": 3, "bits_per_byte": 7.5, "tokens": 4096, "data": ["tiny.txt"]}
 PROMPT = "The history of"
@@ -43,15 +43,6 @@ def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
     code, out, err = run_cli([*argv, "--threads", "1", "--json"], capsys)
     assert code == 0, err
     return json.loads(out)
-
-
-def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:
-    assert code == 2, (code, err)
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("glactl: error:") and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0]
 
 
 # ---- info ----------------------------------------------------------------------------------

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import child_result, run_cli, start_child
 from glactl.checkpoint import load_model, save_model
 from glactl.evaluation import METRIC_KEYS, Score, TextCounter, log_likelihood, score_bytes, score_file
 from glactl.models import LanguageModel, ModelConfig
@@ -287,37 +284,6 @@ def test_recurrent_model_has_no_sliding_note(gla_folder: Path, tmp_path: Path, c
 
 
 # ---- memory: the file is streamed ----------------------------------------------------------------
-CHILD = """
-import resource, sys
-from glactl.cli import main
-code = 0
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-sys.stderr.write("\\nMAXRSS_KB %d %s\\n" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code))
-"""
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    return env
-
-
-def start_child(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
-
-
-def child_result(process: subprocess.Popen, timeout: float = 240) -> tuple[str, float]:
-    """The child's stdout and its own peak RSS in MB (as the child reported it)."""
-    out, err = process.communicate(timeout=timeout)
-    found = re.search(rb"MAXRSS_KB (\d+) (\S+)", err)
-    assert found, err.decode(errors="replace")[-2000:]
-    assert found.group(2) in (b"0", b"None"), err.decode(errors="replace")[-2000:]
-    return out.decode(errors="replace"), int(found.group(1)) / 1024
-
-
 @pytest.mark.slow
 def test_scoring_20mb_peaks_less_than_30mb_above_1mb(tmp_path: Path) -> None:
     torch.manual_seed(5)
