@@ -22,13 +22,13 @@ MIXERS: dict[str, str] = {
 
 # Default peak learning rate per architecture (AdamW, warmup then cosine to 10%); see README.
 DEFAULT_LR: dict[str, float] = {
-    "gla": 3e-3,
+    "gla": 1e-3,
     "mingru": 3e-3,
     "minlstm": 3e-3,
-    "transformer": 3e-3,
-    "reflex": 3e-3,
-    "performer": 3e-3,
-    "infinite": 3e-3,
+    "transformer": 1e-3,
+    "reflex": 1e-3,
+    "performer": 1e-3,
+    "infinite": 1e-3,
 }
 FALLBACK_LR = 1e-3
 
