@@ -3,8 +3,8 @@ seed, preset and step count, scored by the final validation bits per byte.
 
     python benchmarks/lr_sweep.py --models gla,transformer --lrs 1e-3,3e-3,1e-2 --steps 80 --out /tmp/sweep
 
-Runs are ordinary run folders under --out (OUT/MODEL-lrLR); a finished one is read back, not redone.
-Prints a markdown table and writes OUT/sweep.json.
+Runs are ordinary run folders under --out (OUT/MODEL-lrLR); scores go to OUT/sweep.json after each run, and a
+point already there is not trained again (use a new --out for other settings). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -14,36 +14,23 @@ import json
 import math
 from pathlib import Path
 
+from glactl.errors import RunFailure
 from glactl.training import TrainOptions, train
 
 ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
 
 
-def final_val_bpb(folder: Path) -> float:
-    """Last validation bits per byte in a run's metrics.jsonl (inf when it never evaluated or diverged)."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
+def score(model: str, lr: float, args: argparse.Namespace) -> float:
+    """Train one (model, lr) point in OUT/MODEL-lrLR; its final validation bits per byte (inf if it diverged)."""
+    options = TrainOptions(data=[args.data], model=model, preset=args.preset, seq_len=args.seq_len,
+                           batch_size=args.batch_size, steps=args.steps, lr=lr, eval_every=args.steps,
+                           out=str(Path(args.out) / f"{model}-lr{lr:g}"), force=True, seed=args.seed,
+                           threads=args.threads, command_line=["benchmarks/lr_sweep.py", model, f"{lr:g}"])
+    try:
+        return float(train(options)["val_bits_per_byte"])
+    except RunFailure as failure:  # a non-finite loss stops the run: that rate scores inf, the sweep goes on
+        print(f"{model} lr {lr:g}: {failure}")
         return math.inf
-    evals = [json.loads(line) for line in path.read_text().splitlines() if '"eval"' in line]
-    value = evals[-1]["val_bpb"] if evals else math.inf
-    return value if math.isfinite(value) else math.inf
-
-
-def run(model: str, lr: float, args: argparse.Namespace) -> float:
-    """Train one (model, lr) point unless its folder already holds a finished run; return its final score."""
-    folder = Path(args.out) / f"{model}-lr{lr:g}"
-    done = folder / "sweep-done"
-    if not done.exists():
-        options = TrainOptions(data=[args.data], model=model, preset=args.preset, seq_len=args.seq_len,
-                               batch_size=args.batch_size, steps=args.steps, lr=lr, eval_every=args.steps,
-                               out=str(folder), force=True, seed=args.seed, threads=args.threads,
-                               command_line=["benchmarks/lr_sweep.py", model, f"{lr:g}"])
-        try:
-            train(options, None)
-        except Exception as error:  # a diverged run scores inf; the sweep goes on
-            print(f"{model} lr {lr:g}: {error}")
-        done.write_text("")
-    return final_val_bpb(folder)
 
 
 def main() -> None:
@@ -60,8 +47,17 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/glactl-lr-sweep")
     args = parser.parse_args()
     lrs = [float(x) for x in args.lrs.split(",")]
-    results = {model: {f"{lr:g}": run(model, lr, args) for lr in lrs} for model in args.models.split(",")}
-    Path(args.out, "sweep.json").write_text(json.dumps(results, indent=1))
+    record = Path(args.out, "sweep.json")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    results: dict[str, dict[str, float]] = {}
+    for model in args.models.split(","):
+        scores = known.setdefault(model, {})
+        for key, lr in ((f"{lr:g}", lr) for lr in lrs):
+            if key not in scores:
+                scores[key] = score(model, lr, args)
+                record.write_text(json.dumps(known, indent=1))
+            results.setdefault(model, {})[key] = scores[key]
     print(f"\nPreset {args.preset}, {args.steps} steps x {args.batch_size} x {args.seq_len} bytes, seed {args.seed}; "
           "final validation bits per byte (best in bold)\n")
     print("| model | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
