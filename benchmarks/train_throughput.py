@@ -10,6 +10,12 @@ gla_form="recurrent" (the token-by-token reference loop); "transformer" attends 
 glactl.devices.select_precision), float32 cross-entropy, backward, clip_grad_norm_, AdamW with the
 Trainer's parameter groups. A cell whose estimated time (from the same model's previous, shorter
 length) exceeds --max-seconds prints "skipped" with the estimate. Ratios come from this one run.
+
+minGRU / minLSTM against the classical GRU / LSTM (issue 13; Feng et al. 2024 report their speedups at
+T = 512 and 4096) in one run, float32, one thread:
+
+    python benchmarks/train_throughput.py --models mingru,minlstm,gru,lstm --lengths 512,1024,2048,4096 \
+        --dtypes float32 --threads 1
 """
 
 from __future__ import annotations
@@ -180,6 +186,11 @@ def main() -> None:
                          ratio(("gla", dtype, lengths[-1]), ("gla", dtype, lengths[0]))])
         for n in lengths:
             rows.append([f"gla chunk / gla recurrent, T={n}", dtype, ratio(("gla", dtype, n), ("gla-recurrent", dtype, n))])
+        # The parallel scans against the sequential recurrences they simplify (Feng et al. 2024).
+        for fast, slow in (("mingru", "gru"), ("minlstm", "lstm")):
+            if fast in models and slow in models:
+                for n in lengths:
+                    rows.append([f"{fast} / {slow}, T={n}", dtype, ratio((fast, dtype, n), (slow, dtype, n))])
     if "float32" in dtypes and "bfloat16" in dtypes:
         for name in models:
             for n in lengths:

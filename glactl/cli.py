@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import click
 import typer
@@ -23,10 +24,66 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # click's plain help: wraps long words instead of cutting them, "--dtype [a|b]" labels
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 _debug = {"on": bool(os.environ.get("GLACTL_DEBUG"))}
+
+
+# ---- help conventions (click's): TEXT/INTEGER/FLOAT labels, [a|b|c] choices, UPPER arguments, one default ----
+# Applied to every parameter of every command, so options added later follow them without doing anything:
+# a flag shows no label; `metavar=choices("a", "b")` lists the choices; an option whose help text names its
+# default ("default ...") does not get typer's "[default: ...]" as well.
+_LABELS = {int: "INTEGER", float: "FLOAT", str: "TEXT", bool: "BOOLEAN", Path: "PATH"}
+
+
+def choices(*names: str) -> str:
+    """The help label of an option that takes one of `names`: [a|b|c], as click writes it."""
+    return "[" + "|".join(names) + "]"
+
+
+def _click_label(self, ctx=None) -> Optional[str]:  # noqa: ANN001 - replaces typer's "<list[str]>" style labels
+    if getattr(self, "is_flag", False):
+        return None
+    if self.metavar is not None:
+        return self.metavar
+    from typing import get_args
+
+    annotation = getattr(getattr(self, "type_descriptor", None), "annotation", str)
+    for _ in range(3):  # list[str] -> str, Optional[int] -> int
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        if not inner:
+            break
+        annotation = inner[0]
+    return _LABELS.get(annotation, "TEXT")
+
+
+def _one_default(self, ctx):  # noqa: ANN001, ANN202
+    """Typer's default for the help, unless the help text already states the default (or it is an off flag)."""
+    if "default" in (self.help or "").lower() or (getattr(self, "is_flag", False) and not self.default):
+        return None
+    return _typer_default(self, ctx=ctx)
+
+
+def _usage_name(self) -> str:
+    name = self.display_name_raw
+    name = name if self.required else f"[{name}]"
+    return name + "..." if self.nargs != 1 else name
+
+
+try:
+    from typer import core as _typer_core
+
+    _typer_core._TyperParameter.display_type = _click_label
+    _typer_core.TyperOption.display_type_rich = _click_label
+    _typer_core._TyperParameter.display_name_raw = property(lambda self: self.metavar or self.name.upper())
+    _typer_core.TyperArgument._usage_display_name = _usage_name
+    _typer_default = _typer_core._extract_default_help_str
+    _typer_core.TyperOption._extract_default_help_str = _one_default
+    _typer_core.TyperArgument._extract_default_help_str = _one_default
+except (ImportError, AttributeError):  # another typer: its own labels, nothing breaks
+    pass
 
 
 def _print_version(value: bool) -> None:
@@ -123,14 +180,35 @@ def main(argv: Optional[list[str]] = None) -> None:
 # Each command lives below in its own section; the library does the work.
 
 
+# Help shared by several commands (labels and choices as click writes them; see "help conventions" above).
+_ARCHITECTURES = "gla, transformer, performer, infinite, reflex, mingru, minlstm, lstm, gru"
+_MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the shipped gla-enwiki)."
+_DEVICE_CHOICES = choices("auto", "cpu", "cuda", "mps")
+_DEVICE_HELP = "Where to run; auto takes cuda, then mps, then cpu; cuda:N picks a GPU (default auto)."
+_DTYPE_CHOICES = choices("auto", "float32", "bfloat16", "float16")
+_DTYPE_HELP = ("Training precision (default auto: bfloat16 on GPUs that have it, else float16; on CPUs bfloat16 "
+               "autocast where the CPU has native bfloat16 and the model has at least 1M parameters, else float32).")
+_THREADS_HELP = "CPU threads for torch (default: the measured best for the work: see the 'threads' line on stderr)."
+_TRAIN_THREADS_HELP = _THREADS_HELP
+_KERNEL_CHOICES = choices("torch", "fla")
+_KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, needs the fla package) (default torch)."
+_UNTIL = ("word", "line", "sentence")  # glactl.sampling.UNTIL_MODES (a test keeps them equal)
+_CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
+
+
 # ---- train (issue 3) ---------------------------------------------------------------------
+_SHORT_CONV_HELP = ("Kernel size of GLA's short causal convolution on q, k, v for a new model: 0 = off, or 2..64 "
+                    "(default: the architecture's; models without one refuse a value above 0).")
+_PERFORMER_ROPE_HELP = "Rotary positions on the Performer's q and k for a new model (default: the architecture's)."
+
+
 @app.command()
 def train(
     ctx: typer.Context,
     data: list[str] = typer.Option([], "--data", help="Training text: FILE, folder, glob, wikitext-103, wikitext-2, hf:REPO[:CONFIG] or PATH:CONFIG; repeat to mix, SOURCE@WEIGHT to weigh."),
     valid: Optional[str] = typer.Option(None, "--valid", help="Validation text (default: each source's validation split, or the last 1% of a local file)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Architecture (mixer name); default gla."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Model size: tiny, small (default) or base."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="ARCH", help=f"Architecture: {_ARCHITECTURES} (default gla)."),
+    preset: Optional[str] = typer.Option(None, "--preset", metavar=choices("tiny", "small", "base"), help="Model size (default small)."),
     d_model: Optional[int] = typer.Option(None, "--d-model", help="Override the preset's width."),
     n_layers: Optional[int] = typer.Option(None, "--n-layers", help="Override the preset's depth."),
     n_heads: Optional[int] = typer.Option(None, "--n-heads", help="Override the preset's head count."),
@@ -140,24 +218,26 @@ def train(
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (counting steps done before --resume)."),
     time_budget: Optional[str] = typer.Option(None, "--time", help="Wall-clock budget, e.g. 30m or 2h (counts across resumes)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: tuned per architecture)."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: 2% of --steps, 10..1000)."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (to 10% of peak; default) or constant after warmup."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: 2% of --steps, kept within 10..1000 and at most a tenth of --steps; 100 with --time alone)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", metavar=choices("cosine", "constant"), help="After warmup: cosine down to 10% of the peak, or constant (default cosine)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay on matrices (default 0.1)."),
     clip: Optional[float] = typer.Option(None, "--clip", help="Gradient norm clip (default 1.0; 0 = off)."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default 250)."),
     eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64)."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Save checkpoint/ every N steps (default 500)."),
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<timestamp>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Run folder (default runs/<model>-<timestamp>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint (same data; --init-from starts a new run from its weights)."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing run folder."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights with a fresh optimizer (fine-tuning)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu, cuda or mps."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (default), float32, bfloat16 (float16 on GPUs)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    kernels: Optional[str] = typer.Option(None, "--kernels", help="GLA kernels: torch (default) or fla (flash-linear-attention; CUDA only, needs the fla package)."),
+    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", metavar=_DTYPE_CHOICES, help=_DTYPE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_TRAIN_THREADS_HELP),
+    kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
     allow_binary: Optional[bool] = typer.Option(None, "--allow-binary", help="Train on files that look binary."),
+    short_conv: Optional[int] = typer.Option(None, "--short-conv", help=_SHORT_CONV_HELP),
+    performer_rope: Optional[bool] = typer.Option(None, "--performer-rope/--no-performer-rope", help=_PERFORMER_ROPE_HELP),
 ) -> None:
     """Train a model on local text or a Hugging Face dataset; Ctrl-C saves and stops."""
     from rich.console import Console
@@ -172,8 +252,9 @@ def train(
         weight_decay=weight_decay, clip=clip, eval_every=eval_every, eval_windows=eval_windows, save_every=save_every,
         log_every=log_every, out=out, resume=resume, force=force, init_from=init_from, seed=seed, device=device,
         dtype=dtype, threads=threads, kernels=kernels, allow_binary=allow_binary, command_line=_train_command_line(ctx),
+        short_conv=short_conv, performer_rope=performer_rope,
     )
-    run_training(options, Console())
+    run_training(options, Console(stderr=True))  # logs and progress on stderr; a closed reader never stops the run
 
 
 def _train_command_line(ctx: typer.Context) -> list[str]:
@@ -196,11 +277,6 @@ def _train_command_line(ctx: typer.Context) -> list[str]:
 
 
 # ---- inference: generate, complete, perplexity, info (issue 4) -------------------------------
-_MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the shipped gla-enwiki)."
-_DEVICE_HELP = "auto (default: cuda, then mps, then cpu), cpu, cuda[:N] or mps."
-_THREADS_HELP = "CPU threads for torch (default: torch's choice for reading and scoring, one thread for byte-by-byte decoding)."
-_KERNELS_HELP = "GLA kernels: torch (default) or fla (flash-linear-attention; CUDA only, needs the fla package)."
-_CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
 
 
 def _load_model(model: Optional[str], device: Optional[str], threads: Optional[int], context: Optional[int] = None,
@@ -208,7 +284,22 @@ def _load_model(model: Optional[str], device: Optional[str], threads: Optional[i
     """Load through the Python API, so the CLI and `glactl.load` behave alike."""
     from glactl.api import load
 
-    return load(model, device=device or "auto", threads=threads, context=context, kernels=kernels)
+    lm = load(model, device=device or "auto", threads=threads, context=context, kernels=kernels)
+    _note_still_training(lm.path, lm.document)
+    return lm
+
+
+def _note_still_training(path: str, document: dict) -> None:
+    """A run that is still training: say on stderr which step's checkpoint was loaded (it will change)."""
+    from glactl.paths import training_pid
+
+    folder = Path(path)
+    run = folder.parent if folder.name.removesuffix(".old") in ("checkpoint", "best") else folder
+    pid = training_pid(run)
+    if pid is not None:
+        step = (document.get("training") or {}).get("steps")
+        sys.stderr.write(f"note: {run} is still training (pid {pid}, train.lock); loaded {folder.name}/ "
+                         f"from step {step if step is not None else '?'}\n")
 
 
 def _unescape(text: str) -> str:
@@ -242,15 +333,53 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+_STATE_HELP = "Continue from a state file (written by --save-state) instead of the usual \"\\n\" start: the input is read after the text the state holds."
+_SAVE_STATE_HELP = {
+    "generate": "Save the state after the prompt and the generated text to FILE (also when interrupted), to continue with --state.",
+    "complete": "Save the state after the prefix to FILE, to continue with --state.",
+    "perplexity": "Save the state after the scored text to FILE (one FILE or --data only), to continue with --state.",
+}
+
+
+def _check_save_state(path: Optional[str]) -> None:
+    """Refuse an unwritable --save-state FILE before any work is done."""
+    if path is not None:
+        from glactl.saved_state import check_writable
+
+        check_writable(path)
+
+
+def _saved_state_note(path: str, state) -> None:  # noqa: ANN001
+    """One line on stderr (terminals only) saying where the state went."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"state after {state.bytes_read:,} bytes saved to {path}\n")
+
+
+@contextmanager
+def _saving_generation(lm, run, path: Optional[str]) -> Iterator[None]:  # noqa: ANN001
+    """Save the generation's state at the end, and after Ctrl-C or a closed pipe (what was generated so far)."""
+    try:
+        yield
+    except (KeyboardInterrupt, BrokenPipeError):
+        if path is not None:
+            lm.state_of(run).save(path)  # atomic: a second Ctrl-C leaves the old file or none, never half of one
+        raise
+    else:
+        if path is not None:
+            state = lm.state_of(run)
+            state.save(path)
+            _saved_state_note(path, state)
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument("", help='Prompt text, "-" to read stdin, or @FILE (UTF-8). Empty: start from "\\n".'),
-    model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
+    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
-    kernels: Optional[str] = typer.Option(None, "--kernels", help=_KERNELS_HELP),
-    max_new_tokens: int = typer.Option(500, "--max-new-tokens", help="Bytes to generate per sample (no upper limit for recurrent models)."),
-    temperature: float = typer.Option(0.8, "--temperature", help="Softmax temperature; 0 = greedy."),
+    kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", "-n", help="Bytes to generate per sample (no upper limit for recurrent models)."),
+    temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Softmax temperature; 0 = greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only among the K most probable bytes."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: smallest set of bytes with probability >= P, in (0, 1]."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalty (>1) on bytes seen in the last 64 bytes (CTRL/HF rule)."),
@@ -258,23 +387,39 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same text on the same machine."),
     stop: list[str] = typer.Option([], "--stop", help="Stop a sample when this string appears (not printed); repeatable; \\n and \\t understood."),
     no_stream: bool = typer.Option(False, "--no-stream", help="Print the text when generation ends instead of byte by byte."),
+    no_echo: bool = typer.Option(False, "--no-echo", help="Print only the generated text, not the prompt before it."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document: prompt, samples, tokens, tokens_per_second, model, seed."),
     context: Optional[int] = typer.Option(None, "--context", help=_CONTEXT_HELP),
+    state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help=_STATE_HELP),
+    save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["generate"]),
 ) -> None:
     """Generate text after a prompt, streamed as it is produced (constant memory for recurrent models)."""
-    import json
-
     from glactl.api import read_prompt
     from glactl.sampling import SamplingParams, check_positive
 
     SamplingParams(temperature, top_k, top_p, repetition_penalty).validate()
     check_positive("--max-new-tokens", max_new_tokens)
     check_positive("--num-samples", num_samples, 1024)
+    _check_save_state(save_state)
+    if save_state is not None and num_samples != 1:
+        from glactl.errors import InputError
+
+        raise InputError("--save-state needs --num-samples 1 (it saves one text to continue)")
     prompt_bytes = read_prompt(prompt)
     lm = _load_model(model, device, threads, context, kernels)
+    start_state = lm.load_state(state_file) if state_file is not None else None
     run = lm.stream(prompt_bytes, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                     repetition_penalty=repetition_penalty, num_samples=num_samples, seed=seed,
-                    stop=[_unescape(s) for s in stop], keep_text=json_out or no_stream or num_samples > 1)
+                    stop=[_unescape(s) for s in stop], keep_text=json_out or no_stream or num_samples > 1,
+                    state=start_state, keep_state=save_state is not None)
+    with _saving_generation(lm, run, save_state):
+        _print_generation(run, prompt_bytes, lm, num_samples, no_stream, no_echo, json_out)
+
+
+def _print_generation(run, prompt_bytes: bytes, lm, num_samples: int, no_stream: bool, no_echo: bool, json_out: bool) -> None:  # noqa: ANN001
+    """Print a generation as it runs: streamed, all at the end, or as one JSON document."""
+    import json
+
     prompt_text = prompt_bytes.decode("utf-8", errors="replace")
     out, tty = sys.stdout, sys.stdout.isatty()
     if json_out:
@@ -285,21 +430,25 @@ def generate(
                     "tokens_per_second": stats.tokens_per_second, "model": lm.path, "seed": stats.seed}
         _write(out, json.dumps(document) + "\n")
         return
-    echo = (lambda: _write(out, f"\x1b[1m{prompt_text}\x1b[0m")) if tty else (lambda: None)
+    # Prompt + continuation, as HF and nanoGPT print it (--no-echo: the continuation alone); every sample
+    # ends with a newline. On a terminal the prompt is bold.
+    shown = "" if no_echo else (f"\x1b[1m{prompt_text}\x1b[0m" if tty else prompt_text)
     if num_samples == 1 and not no_stream:
-        echo()
+        _write(out, shown)
+        last = prompt_text[-1:] if shown else ""
         for _, piece in run:
             _write(out, piece)
+            last = piece[-1:] or last
+        _write(out, "" if last == "\n" else "\n")
     else:
         for _ in run:
             pass
         for i, text in enumerate(run.stats.samples):
             if num_samples > 1:
-                _write(out, f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num_samples} ---\n")
-            echo()
-            _write(out, text)
+                _write(out, f"--- sample {i + 1}/{num_samples} ---\n")
+            plain = (prompt_text if shown else "") + text
+            _write(out, shown + text + ("" if plain.endswith("\n") else "\n"))
     if tty:
-        _write(out, "\n")
         stats = run.stats
         sys.stderr.write(f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s), "
                          f"state {_human_bytes(stats.state_bytes)}, seed {stats.seed}\n")
@@ -308,14 +457,16 @@ def generate(
 @app.command()
 def complete(
     prefix: str = typer.Argument(..., help='Text to continue, "-" to read stdin, or @FILE (UTF-8).'),
-    n: int = typer.Option(5, "--n", help="How many completions."),
+    n: int = typer.Option(5, "--n", "-n", help="How many completions."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam width (default 4 x N)."),
-    until: str = typer.Option("word", "--until", help="Where a completion ends: word, line or sentence."),
+    until: str = typer.Option("word", "--until", metavar=choices(*_UNTIL), help="Where a completion ends: at the end of a word, of a line (newline), or of a sentence (. ! ? followed by a space, or a newline)."),
     max_chars: int = typer.Option(40, "--max-chars", help="Longest completion in characters."),
-    model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
+    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
     json_out: bool = typer.Option(False, "--json", help='Print JSON: {"prefix", "completions": [{"text", "probability", "logprob"}], "until", "model", "seconds"}.'),
+    state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help=_STATE_HELP),
+    save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["complete"]),
 ) -> None:
     """The N most probable continuations of a prefix (beam search over bytes), with their probabilities.
 
@@ -335,10 +486,18 @@ def complete(
     check_positive("--max-chars", max_chars, 100_000)
     if until not in UNTIL_MODES:
         raise InputError(f"--until must be one of {', '.join(UNTIL_MODES)}, got {until!r}")
+    _check_save_state(save_state)
     prefix_bytes = read_prompt(prefix)
     lm = _load_model(model, device, threads)
+    start_state = lm.load_state(state_file) if state_file is not None else None
     start = time.perf_counter()
-    completions = lm.complete(prefix_bytes, n=n, beam=beam, until=until, max_chars=max_chars)
+    if save_state is not None:  # read the prefix once: complete from its state, and save that state
+        after_prefix = lm.read(prefix_bytes, state=start_state)
+        completions = lm.complete(b"", n=n, beam=beam, until=until, max_chars=max_chars, state=after_prefix)
+        after_prefix.save(save_state)
+        _saved_state_note(save_state, after_prefix)
+    else:
+        completions = lm.complete(prefix_bytes, n=n, beam=beam, until=until, max_chars=max_chars, state=start_state)
     seconds = time.perf_counter() - start
     prefix_text = prefix_bytes.decode("utf-8", errors="replace")
     if json_out:
@@ -375,16 +534,18 @@ NAME is the file path (or DATA:SPLIT); METRICS has exactly the keys bits_per_byt
 
 @app.command(help=_PERPLEXITY_HELP)
 def perplexity(
-    files: list[str] = typer.Argument(None, help="Text files to score."),
+    files: list[str] = typer.Argument(None, metavar="FILES", help='Text files to score ("-" reads stdin).'),
     data: Optional[str] = typer.Option(None, "--data", help="Score a split of a dataset instead (same names as train --data)."),
-    split: str = typer.Option("test", "--split", help="Split of --data: train, validation or test."),
+    split: str = typer.Option("test", "--split", metavar=choices("train", "validation", "test"), help="Split of --data."),
     window: int = typer.Option(4096, "--window", help="Bytes read and scored per forward call."),
     context: Optional[int] = typer.Option(None, "--context", help=_CONTEXT_HELP),
-    model: Optional[str] = typer.Option(None, "--model", help=_MODEL_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
+    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
-    kernels: Optional[str] = typer.Option(None, "--kernels", help=_KERNELS_HELP),
+    kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (shape above)."),
+    state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help="Score every FILE as the continuation of this state file's text (its first byte too, from the stored logits)."),
+    save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["perplexity"]),
 ) -> None:
     import json
     import math
@@ -400,7 +561,15 @@ def perplexity(
         raise InputError("give one or more FILES or --data NAME (see 'glactl perplexity --help')")
     for path in paths:
         check_file(path)
+    _check_save_state(save_state)
+    if save_state is not None and len(paths) + (data is not None) != 1:
+        raise InputError("--save-state needs exactly one FILE or --data (it saves the state after that text)")
+    from glactl.devices import thread_line
+
+    threads, thread_note = thread_line("scoring", threads)
     lm = _load_model(model, device, threads, context, kernels)
+    start_state = lm.load_state(state_file) if state_file is not None else None
+    continuation = {"start_reading": start_state.reading if start_state is not None else None, "keep_state": save_state is not None}
     notes: list[str] = []
     short, long = state_growth(lm.model, 10, 100)
     if long > short:
@@ -412,18 +581,39 @@ def perplexity(
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     err = Console(stderr=True)
+    err.print(thread_note, highlight=False, soft_wrap=True)
     show = err.is_terminal and not json_out
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=err, transient=True, disable=not show)
     scores = {}
+
+    def advance(task: int, started: float) -> "Callable[[int], None]":
+        """Progress by time: a bar appears once scoring has taken about a second, whatever the size."""
+        import time
+
+        def step(k: int) -> None:
+            progress.advance(task, k)
+            if time.monotonic() - started > 1.0:
+                progress.update(task, visible=True)
+        return step
+
+    import time
+
     with progress:
         for path in paths:
             size = os.path.getsize(path)
-            task = progress.add_task(Path(path).name, total=size, visible=size >= 256 * 1024)
-            scores[path] = score_file(lm.model, path, window, lambda k, t=task: progress.advance(t, k))
+            task = progress.add_task(Path(path).name, total=size or None, visible=False)
+            scores[path] = score_file(lm.model, path, window, advance(task, time.monotonic()), **continuation)
         if data is not None:
-            task = progress.add_task(f"{data}:{split}", total=None)
-            scores[f"{data}:{split}"] = score_split(lm.model, data, split, window, lambda k, t=task: progress.advance(t, k))
+            task = progress.add_task(f"{data}:{split}", total=None, visible=False)
+            scores[f"{data}:{split}"] = score_split(lm.model, data, split, window, advance(task, time.monotonic()),
+                                                    **continuation)
+    if save_state is not None:
+        from glactl.saved_state import State
+
+        final = State(next(iter(scores.values())).final, lm.state_owner())
+        final.save(save_state)
+        _saved_state_note(save_state, final)
     for name, score in scores.items():
         notes.extend(f"{name}: {note}" for note in score.notes)
     total = sum(scores.values(), Score())
@@ -437,19 +627,20 @@ def perplexity(
                     "total": clean(total.metrics()), "notes": notes}
         _write(sys.stdout, json.dumps(document) + "\n")
         return
-    from rich.table import Table
+    from glactl.display import fit_columns, print_table, run_name
 
-    table = Table(title=f"perplexity ({Path(lm.path).name}, window {window})")
-    table.add_column("metric", no_wrap=True)
-    rows = list(scores.items()) + ([("total", total)] if len(scores) > 1 else [])
-    for name, _ in rows:
-        table.add_column(name, justify="right", overflow="fold")
-    formats = {"bits_per_byte": "{:.4f}", "bits_per_char": "{:.4f}", "byte_perplexity": "{:.4g}", "word_perplexity": "{:.5g}",
-               "bytes": "{:,}", "chars": "{:,}", "words": "{:,}", "tokens_per_second": "{:,.0f}"}
-    metrics = [score.metrics() for _, score in rows]
-    for key, fmt in formats.items():
-        table.add_row(key.replace("_", " "), *(fmt.format(m[key]) for m in metrics))
-    Console().print(table)
+    # One row per file (names fold, numbers never do); four decimals on every score; counts and speed as integers.
+    columns = {"bits_per_byte": ("bits/byte", "{:,.4f}"), "bits_per_char": ("bits/char", "{:,.4f}"),
+               "byte_perplexity": ("byte ppl", "{:,.4f}"), "word_perplexity": ("word ppl", "{:,.4f}"),
+               "bytes": ("bytes", "{:,}"), "words": ("words", "{:,}"), "tokens_per_second": ("bytes/s", "{:,.0f}")}
+    named = list(scores.items()) + ([("total", total)] if len(scores) > 1 else [])
+    header = ["file"] + [label for label, _ in columns.values()]
+    rows = [[name] + [fmt.format(score.metrics()[key]) for key, (_, fmt) in columns.items()] for name, score in named]
+    screen = Console()
+    header, rows, dropped = fit_columns(header, rows, screen.width, drop_order=(7, 6, 2, 5), flexible=0)
+    print_table(screen, f"perplexity of {run_name(lm.path)} (window {window})", header, rows, flexible=0)
+    if dropped:
+        notes.append(f"left out at this width: {', '.join(dropped)} (all metrics with --json)")
     for note in notes:
         err.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)  # one line per note, even when piped
 
@@ -458,7 +649,7 @@ def perplexity(
 def info(
     model_arg: Optional[str] = typer.Argument(None, metavar="MODEL", help=_MODEL_HELP),
     model: Optional[str] = typer.Option(None, "--model", help="Same as MODEL."),
-    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
+    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the description as one JSON document."),
 ) -> None:
@@ -469,6 +660,9 @@ def info(
 
     if model_arg and model and model_arg != model:
         raise InputError("give the model once: MODEL or --model, not both")
+    if _names_state_file(model_arg or model):
+        _describe_state_file(model_arg or model, json_out)
+        return
     lm = _load_model(model_arg or model, device, threads)
     described = lm.info()
     if json_out:
@@ -502,35 +696,83 @@ def info(
     Console().print(table)
 
 
+def _names_state_file(target: Optional[str]) -> bool:
+    """A file that is not a checkpoint's own file nor a pickle: `info` describes it as a saved state (or says why not)."""
+    if not target or not Path(target).is_file():
+        return False
+    from glactl.saved_state import is_state_file
+
+    name = Path(target).name
+    return is_state_file(target) or (name not in ("model.safetensors", "config.json")
+                                     and Path(target).suffix.lower() not in (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"))
+
+
+def _describe_state_file(path: str, json_out: bool) -> None:
+    """`glactl info STATE_FILE`: what the file holds and which model it belongs to, read from its header."""
+    import json
+
+    from glactl.saved_state import describe
+
+    described = describe(path)
+    if json_out:
+        _write(sys.stdout, json.dumps(described) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{path} (glactl saved state)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    model = described["model"]
+    table.add_row("model", f"{model['mixer']}: config.json sha256 {model['config_sha256'][:16]}, "
+                  f"model.safetensors sha256 {model['weights_sha256'][:16]}")
+    if described["windowed"]:
+        window = "unlimited" if described["context"] is None else f"{described['context']} tokens ({described['sink_tokens']} sinks)"
+        table.add_row("attention window", window)
+    table.add_row("bytes read", f"{described['bytes_read']:,} (after the \"\\n\" start)")
+    table.add_row("text ends with", json.dumps(described["text_ends_with"], ensure_ascii=False))
+    table.add_row("precision", described["precision"])
+    table.add_row("size", f"{_human_bytes(described['file_bytes'])} file, {_human_bytes(described['state_bytes'])} of state")
+    table.add_row("format", f"version {described['format_version']}, written by glactl {described['glactl_version']}")
+    Console().print(table)
+
+
 # ---- compare (issue 6) ---------------------------------------------------------------------
 @app.command()
 def compare(
-    models: str = typer.Option(..., "--models", help="Comma-separated architectures, e.g. gla,transformer,performer,infinite,reflex,mingru,minlstm."),
+    models: str = typer.Option(..., "--models", "-m", metavar="LIST", help=f"Comma-separated architectures, e.g. gla,transformer; any of: {_ARCHITECTURES}."),
     data: list[str] = typer.Option([], "--data", help="Training text as for train (repeatable); default wikitext-103."),
     valid: Optional[str] = typer.Option(None, "--valid", help="Validation text (default: each source's validation split)."),
-    preset: str = typer.Option("small", "--preset", help="Model size for every model: tiny, small (default) or base."),
+    preset: str = typer.Option("small", "--preset", metavar=choices("tiny", "small", "base"), help="Model size for every model."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps per model."),
     time_budget: Optional[str] = typer.Option(None, "--time", help="Wall-clock budget per model, e.g. 10m."),
-    seq_len: int = typer.Option(512, "--seq-len", help="Training window in bytes."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training window in bytes (default 512; with --task: mqar 64, selective-copy 256, sort twice --sort-count)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Windows per optimizer step."),
+    task: str = typer.Option("lm", "--task", metavar=choices("lm", "mqar", "selective-copy", "sort"), help="What to train and score: lm (language modelling on --data; default lm), or a synthetic probe scored by accuracy: mqar (associative recall), selective-copy, sort."),
+    pairs: Optional[int] = typer.Option(None, "--pairs", help="--task mqar: key-value pairs per sequence (default 8)."),
+    sort_count: Optional[int] = typer.Option(None, "--sort-count", help="--task sort: how many values to sort (default 100)."),
+    sort_range: Optional[int] = typer.Option(None, "--sort-range", help="--task sort: how many distinct values they are drawn from, with repeats (default 16)."),
+    short_conv: Optional[int] = typer.Option(None, "--short-conv", help=_SHORT_CONV_HELP),
+    performer_rope: Optional[bool] = typer.Option(None, "--performer-rope/--no-performer-rope", help=_PERFORMER_ROPE_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default 0)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat every run with these seeds (e.g. 0,1,2) and report mean and spread."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate for all models (default: each architecture's tuned one)."),
     contexts: str = typer.Option("1k,8k,32k", "--contexts", help="Context lengths in bytes for the generation speed and state measurements."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: a tenth of --steps, or 100)."),
-    eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64)."),
+    eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64); with --task, the size of the fixed test set (default 256)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt for the samples (a string, - or @path; default: a line of the validation text)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default compare/<preset>-<budget>)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Output folder (default compare/<preset>-<budget>, or compare/<task>-<preset>-<budget>)."),
     force: bool = typer.Option(False, "--force", help="Redo runs that are already finished."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    device: str = typer.Option("auto", "--device", help="auto (default), cpu, cuda or mps."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (default), float32, bfloat16 (float16 on GPUs) for training."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results (results.json's entries) as one JSON document."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_TRAIN_THREADS_HELP),
+    device: str = typer.Option("auto", "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", metavar=_DTYPE_CHOICES, help=_DTYPE_HELP),
 ) -> None:
     """Train several architectures on the same data and budget, then compare speed, memory and bits per byte."""
     from rich.console import Console
 
     from glactl.api import read_prompt
-    from glactl.compare import CompareOptions, markdown_table, parse_contexts, parse_models, parse_seeds, run_compare, table
+    from glactl.compare import CompareOptions, markdown_table, parse_contexts, parse_models, parse_seeds, run_compare
     from glactl.errors import InputError
     from glactl.training import parse_duration
 
@@ -539,22 +781,27 @@ def compare(
     options = CompareOptions(
         models=parse_models(models), data=list(data), valid=valid, preset=preset, steps=steps,
         time_budget=parse_duration(time_budget) if time_budget else None, seq_len=seq_len, batch_size=batch_size,
+        task=task, pairs=pairs, sort_count=sort_count, sort_range=sort_range, short_conv=short_conv,
+        performer_rope=performer_rope,
         seeds=parse_seeds(seeds) if seeds is not None else [seed if seed is not None else 0], spread=seeds is not None,
         lr=lr, contexts=parse_contexts(contexts), eval_every=eval_every, eval_windows=eval_windows,
         prompt=read_prompt(prompt) if prompt is not None else None, out=out, force=force, threads=threads, device=device,
         dtype=dtype, command_line=["glactl", *sys.argv[1:]],
     )
-    console = Console()
-    entries = run_compare(options, console)
-    if console.is_terminal:
-        from rich.table import Table
+    entries = run_compare(options, Console(stderr=True))  # progress and logs on stderr, results on stdout
+    screen = Console()
+    if json_out:
+        import json
 
-        header, rows = table(entries)
-        shown = Table(title="glactl compare")
-        for i, name in enumerate(header):
-            shown.add_column(name, justify="left" if i == 0 else "right")
-        for row in rows:
-            shown.add_row(*row)
-        console.print(shown)
+        _write(sys.stdout, json.dumps(entries) + "\n")
+    elif screen.is_terminal:
+        from glactl.compare import terminal_table
+        from glactl.display import print_table
+
+        header, rows, dropped = terminal_table(entries, screen.width)
+        print_table(screen, "glactl compare", header, rows)
+        if dropped:
+            Console(stderr=True).print(f"left out at this width: {', '.join(dropped)} (all columns in results.md, "
+                                       "or --json)", highlight=False, soft_wrap=True)
     else:
         typer.echo(markdown_table(entries))

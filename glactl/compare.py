@@ -5,6 +5,12 @@ that also holds `compare.json`: the settings it was trained and measured with, a
 A rerun skips folders whose settings match, resumes an interrupted training, re-measures when only
 the measurement settings changed, and redoes everything with `--force`. The comparison itself goes
 to `OUT/results.json`, `OUT/results.md`, `OUT/loss.png` and `OUT/scaling.png`.
+
+With `--task mqar|selective-copy|sort` the runs train on a synthetic probe (glactl.tasks) instead
+of text and are scored by accuracy on the task's fixed test set: `results.json`, `results.md` and
+`OUT/accuracy.png`, with no bits per byte, generation speed or sample. Every run's settings (and
+results.json) hold the full resolved ModelConfig and the task settings, so a run made with other
+settings is never reused.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import torch
 
 from glactl.errors import InputError, RunFailure
+from glactl.display import human_bytes  # noqa: F401 - one size convention (KiB, MiB) for every command
 
 DEFAULT_DATA = "wikitext-103"
 DEFAULT_CONTEXTS = (1024, 8192, 32768)
@@ -34,9 +41,14 @@ PROMPT_BYTES = 48
 RUN_FILE = "compare.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
-RESULT_KEYS = ("model", "parameters", "train_tokens_per_second", "val_bits_per_byte", "curve",
-               "generate_tokens_per_second", "state_bytes", "sample")
+RESULT_KEYS = ("model", "task", "parameters", "train_tokens_per_second", "val_bits_per_byte", "curve",
+               "generate_tokens_per_second", "state_bytes", "sample", "config")
 SPREAD_KEYS = ("val_bits_per_byte_std", "seeds")
+# --task rows: accuracy on the task's test set; sequence_accuracy only for tasks scored per whole sequence.
+TASK_RESULT_KEYS = ("model", "task", "parameters", "train_tokens_per_second", "accuracy", "sequence_accuracy",
+                    "val_loss", "curve", "state_bytes", "task_settings", "config")
+TASK_SPREAD_KEYS = ("accuracy_std", "seeds")
+ACCURACY_PLOT = "accuracy.png"
 
 
 # ---- options -------------------------------------------------------------------------------
@@ -50,7 +62,7 @@ class CompareOptions:
     preset: str = "small"
     steps: int | None = None
     time_budget: float | None = None  # seconds, per model and seed
-    seq_len: int = 512
+    seq_len: int | None = None  # None: 512 for lm, the task's default for a task
     batch_size: int = 16
     seeds: list[int] = field(default_factory=lambda: [0])
     spread: bool = False
@@ -67,6 +79,21 @@ class CompareOptions:
     device: str = "auto"
     dtype: str | None = None
     command_line: list[str] | None = None
+    task: str = "lm"  # lm (text from --data) or a probe of glactl.tasks
+    pairs: int | None = None  # mqar
+    sort_count: int | None = None  # sort
+    sort_range: int | None = None  # sort
+    short_conv: int | None = None  # ModelConfig.short_conv for every model (None: each architecture's default)
+    performer_rope: bool | None = None  # ModelConfig.performer_rope (None: the architecture's default)
+
+    @property
+    def is_task(self) -> bool:
+        return self.task != "lm"
+
+    def task_options(self) -> dict[str, int]:
+        """The task settings given on the command line (the others take the task's defaults)."""
+        given = {"pairs": self.pairs, "sort_count": self.sort_count, "sort_range": self.sort_range}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 def parse_models(text: str) -> list[str]:
@@ -123,12 +150,32 @@ def default_out(options: CompareOptions) -> Path:
     budget = f"{options.steps}steps" if options.steps is not None else ""
     if options.time_budget is not None:
         budget += ("-" if budget else "") + f"{options.time_budget / 60:g}min"
-    return Path("compare") / f"{options.preset}-{budget}"
+    return Path("compare") / ((f"{options.task}-" if options.is_task else "") + f"{options.preset}-{budget}")
+
+
+def resolve_task(options: CompareOptions) -> Any:
+    """The probe task (None for lm) with its settings checked; fills in the sequence length it implies."""
+    from glactl.tasks import TASKS, make_task
+
+    if options.task not in TASKS:
+        raise InputError(f"--task {options.task!r}: choose one of {', '.join(TASKS)}")
+    if not options.is_task:
+        owners = {"pairs": "mqar", "sort_count": "sort", "sort_range": "sort"}
+        for name in options.task_options():
+            raise InputError(f"--{name.replace('_', '-')} is a setting of --task {owners[name]}, not of --task lm")
+        if options.seq_len is None:
+            options.seq_len = 512
+        return None
+    if options.data or options.valid:
+        raise InputError(f"--data and --valid are not used with --task {options.task}: a task generates its own sequences")
+    task = make_task(options.task, options.seq_len, **options.task_options())
+    options.seq_len = task.seq_len
+    return task
 
 
 def check_options(options: CompareOptions) -> None:
     """Reject bad settings before any training starts (one InputError line)."""
-    from glactl.models import ModelConfig
+    from glactl.training import new_model_config
 
     if options.steps is None and options.time_budget is None:
         raise InputError("give a budget: --steps N or --time DURATION (per model, e.g. --time 10m)")
@@ -146,8 +193,8 @@ def check_options(options: CompareOptions) -> None:
         raise InputError("--contexts: give at least one context length")
     if not options.seeds:
         raise InputError("--seeds: give at least one seed")
-    for model in options.models:
-        ModelConfig.preset(options.preset, mixer=model).validate()
+    for model in options.models:  # e.g. --short-conv on a model without one: the config's one-line refusal
+        new_model_config(train_options(options, model, options.seeds[0]))
 
 
 # ---- the comparison ------------------------------------------------------------------------------
@@ -157,7 +204,9 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
     from glactl.devices import set_threads
     from glactl.training import Reporter
 
-    options.data = list(options.data) or [DEFAULT_DATA]
+    task = resolve_task(options)
+    if task is None:
+        options.data = list(options.data) or [DEFAULT_DATA]
     if options.eval_every is None:
         options.eval_every = max(1, options.steps // 10) if options.steps is not None else 100
     check_options(options)
@@ -166,12 +215,14 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
         raise InputError(f"--out {out}: exists and is not a folder")
     say = Reporter(console)
     set_threads(options.threads)
-    try:
-        data = load_training_data(options.data, options.valid, options.seq_len, say.prepare)
-    finally:
-        say.end_prepare()
-    text = reference_text(data, max(options.contexts))
-    prompt = options.prompt if options.prompt is not None else default_prompt(data)
+    text, prompt = b"", b""  # a task has no text to measure generation on and no sample
+    if task is None:
+        try:
+            data = load_training_data(options.data, options.valid, options.seq_len, say.prepare)
+        finally:
+            say.end_prepare()
+        text = reference_text(data, max(options.contexts))
+        prompt = options.prompt if options.prompt is not None else default_prompt(data)
     out.mkdir(parents=True, exist_ok=True)
     runs = [(model, seed) for model in options.models for seed in options.seeds]
     results: dict[str, list[dict[str, Any]]] = {}
@@ -179,16 +230,18 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
     for number, (model, seed) in enumerate(runs, 1):
         label = f"[{number}/{len(runs)}] {model} seed {seed}"
         try:
-            result = run_one(options, model, seed, out / f"{model}-seed{seed}", text, prompt, say, label)
+            result = run_one(options, model, seed, out / f"{model}-seed{seed}", text, prompt, say, label, task)
         except RunFailure as e:
             say.line(f"{label}: failed: {e}")
             failures.append(f"{model}-seed{seed} ({e})")
             continue
         results.setdefault(model, []).append(result)
-    entries = [summarize(model, results[model], options.spread) for model in options.models if model in results]
+    entries = [(summarize_task(model, results[model], options.spread, task) if task is not None
+                else summarize(model, results[model], options.spread)) for model in options.models if model in results]
     if entries:
         write_results(out, entries, options, prompt)
-        say.line(f"wrote {out / RESULTS_JSON}, {out / RESULTS_MD}, {out / 'loss.png'} and {out / 'scaling.png'}")
+        plots = f"{out / ACCURACY_PLOT}" if task is not None else f"{out / 'loss.png'} and {out / 'scaling.png'}"
+        say.line(f"wrote {out / RESULTS_JSON}, {out / RESULTS_MD}, {plots}")
     if failures:
         raise RunFailure(f"{len(failures)} of {len(runs)} runs failed: {'; '.join(failures)}; "
                          "the others are in the results; rerun the command to retry (maybe with another --lr)")
@@ -198,22 +251,38 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
 def training_settings(options: CompareOptions, model: str, seed: int) -> dict[str, Any]:
     """What a run was trained with: a change here means the run has to be redone."""
     from glactl.models.registry import default_lr
+    from glactl.training import new_model_config
 
     return {"model": model, "seed": seed, "preset": options.preset, "data": list(options.data),
             "valid": options.valid, "seq_len": options.seq_len, "batch_size": options.batch_size,
             "steps": options.steps, "time_budget": options.time_budget,
             "lr": options.lr if options.lr is not None else default_lr(model),
-            "eval_every": options.eval_every, "eval_windows": options.eval_windows}
+            "eval_every": options.eval_every, "eval_windows": options.eval_windows,
+            "task": task_settings(options),
+            # The full resolved architecture (new fields and their per-architecture defaults included):
+            # a run made with another config, or by a glactl that did not record one, is not reused.
+            "config": new_model_config(train_options(options, model, seed)).to_dict()}
+
+
+def task_settings(options: CompareOptions) -> dict[str, Any]:
+    """The task's defining settings ({"task": "lm"} for text)."""
+    from glactl.tasks import make_task
+
+    if not options.is_task:
+        return {"task": "lm"}
+    return make_task(options.task, options.seq_len, **options.task_options()).settings()
 
 
 def measurement_settings(options: CompareOptions, prompt: bytes) -> dict[str, Any]:
     """What a run was measured with: a change here only re-measures."""
+    if options.is_task:
+        return {"state_after": options.seq_len}
     return {"contexts": list(options.contexts), "decode_steps": options.decode_steps,
             "sample_bytes": options.sample_bytes, "prompt": prompt.decode("utf-8", errors="replace")}
 
 
 def run_one(options: CompareOptions, model: str, seed: int, folder: Path, text: bytes, prompt: bytes,
-            say: Any, label: str) -> dict[str, Any]:
+            say: Any, label: str, task: Any = None) -> dict[str, Any]:
     """Train (or resume, or skip) one run and measure it; returns its measurements."""
     trained_with = training_settings(options, model, seed)
     measured_with = measurement_settings(options, prompt)
@@ -236,30 +305,42 @@ def run_one(options: CompareOptions, model: str, seed: int, folder: Path, text: 
         write_record(folder, record)
     else:
         say.line(f"{label}: trained in {folder}; measuring again with the new measurement settings")
-    say.line(f"{label}: measuring generation speed and state after "
-             f"{', '.join(context_label(c) for c in options.contexts)} bytes of context, and a {options.sample_bytes}-byte sample")
-    result = measure_run(folder, options, text, prompt, seed)
+    if task is not None:
+        say.line(f"{label}: measuring the state after a {options.seq_len}-byte {options.task} sequence")
+        result = measure_task_run(folder, options, task)
+    else:
+        say.line(f"{label}: measuring generation speed and state after "
+                 f"{', '.join(context_label(c) for c in options.contexts)} bytes of context, and a {options.sample_bytes}-byte sample")
+        result = measure_run(folder, options, text, prompt, seed)
     write_record(folder, {**record, "status": "done", "measurement": measured_with, "result": result})
     return result
 
 
 def train_run(options: CompareOptions, model: str, seed: int, folder: Path, resume: bool, console: Any) -> None:
     """One ordinary training run through the training library (same loop as `glactl train`)."""
-    from glactl.training import TrainingInterrupted, TrainOptions, train
+    from glactl.training import TrainingInterrupted, train
 
-    train_options = TrainOptions(
-        data=list(options.data), valid=options.valid, model=model, preset=options.preset,
-        seq_len=options.seq_len, batch_size=options.batch_size, steps=options.steps,
-        time_budget=options.time_budget, lr=options.lr, eval_every=options.eval_every,
-        eval_windows=options.eval_windows, out=str(folder), resume=resume, force=not resume, seed=seed,
-        device=options.device, dtype=options.dtype, threads=options.threads,
-        command_line=options.command_line or ["glactl", "compare", "--models", model, "--seed", str(seed)],
-    )
     try:
-        train(train_options, console)
+        train(train_options(options, model, seed, folder, resume), console)
     except TrainingInterrupted:
         raise TrainingInterrupted(f"interrupted while training {model} seed {seed}; its checkpoint is saved in "
                                   f"{folder}; rerun the same glactl compare command to continue") from None
+
+
+def train_options(options: CompareOptions, model: str, seed: int, folder: Path | None = None, resume: bool = False) -> Any:
+    """The TrainOptions of one run (also what its resolved ModelConfig is derived from)."""
+    from glactl.training import TrainOptions
+
+    return TrainOptions(
+        data=list(options.data), valid=options.valid, model=model, preset=options.preset,
+        seq_len=options.seq_len, batch_size=options.batch_size, steps=options.steps,
+        time_budget=options.time_budget, lr=options.lr, eval_every=options.eval_every,
+        eval_windows=options.eval_windows, out=str(folder) if folder is not None else None, resume=resume,
+        force=not resume, seed=seed, device=options.device, dtype=options.dtype, threads=options.threads,
+        command_line=options.command_line or ["glactl", "compare", "--models", model, "--seed", str(seed)],
+        task=options.task if options.is_task else None, task_options=options.task_options() or None,
+        short_conv=options.short_conv, performer_rope=options.performer_rope,
+    )
 
 
 # ---- run records ------------------------------------------------------------------------------
@@ -315,6 +396,35 @@ def measure_run(folder: Path, options: CompareOptions, text: bytes, prompt: byte
         "generate_tokens_per_second": speeds,
         "state_bytes": sizes,
         "sample": draw_sample(model, prompt, options.sample_bytes, seed),
+        "config": model.config.to_dict(),
+        "run": str(folder),
+    }
+
+
+def measure_task_run(folder: Path, options: CompareOptions, task: Any) -> dict[str, Any]:
+    """Parameters, training speed, test-set curve and last accuracy (metrics.jsonl); state after one task sequence."""
+    from glactl.checkpoint import load_model
+    from glactl.devices import select_device
+    from glactl.tasks import TaskBatches
+
+    model, _ = load_model(folder, select_device(options.device))
+    records = read_metrics(folder)
+    curve = accuracy_curve(records)
+    if not curve:
+        raise RunFailure(f"{folder}: metrics.jsonl holds no test-set result")
+    x, _, _ = TaskBatches(task, 0, test_size=1).test_set()
+    with torch.inference_mode():
+        _, state = model(x.to(model.device))
+    last = curve[-1]
+    return {
+        "parameters": model.num_parameters(),
+        "train_tokens_per_second": round(training_speed(records), 1),
+        "accuracy": last["accuracy"],
+        **({"sequence_accuracy": last["sequence_accuracy"]} if "sequence_accuracy" in last else {}),
+        "val_loss": last["val_loss"],
+        "curve": curve,
+        "state_bytes": {str(task.seq_len): int(model.state_nbytes(state))},
+        "config": model.config.to_dict(),
         "run": str(folder),
     }
 
@@ -345,6 +455,19 @@ def validation_curve(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("kind") == "eval" and isinstance(r.get("val_bpb"), (int, float)):
             by_step[int(r["step"])] = {"step": int(r["step"]), "tokens": int(r["tokens"]),
                                        "val_bits_per_byte": round(float(r["val_bpb"]), 6)}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def accuracy_curve(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{step, tokens, val_loss, accuracy[, sequence_accuracy]}] of a task run by step; a repeated step keeps the later."""
+    by_step = {}
+    for r in records:
+        if r.get("kind") == "eval" and isinstance(r.get("accuracy"), (int, float)):
+            point = {"step": int(r["step"]), "tokens": int(r["tokens"]), "val_loss": round(float(r["val_loss"]), 6),
+                     "accuracy": round(float(r["accuracy"]), 6)}
+            if isinstance(r.get("sequence_accuracy"), (int, float)):
+                point["sequence_accuracy"] = round(float(r["sequence_accuracy"]), 6)
+            by_step[point["step"]] = point
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -454,6 +577,7 @@ def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[s
     bpbs = [r["val_bits_per_byte"] for r in results]
     entry = {
         "model": model,
+        "task": "lm",
         "parameters": first["parameters"],
         "train_tokens_per_second": round(statistics.fmean(r["train_tokens_per_second"] for r in results), 1),
         "val_bits_per_byte": round(statistics.fmean(bpbs), 6),
@@ -462,10 +586,39 @@ def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[s
                                        for k in first["generate_tokens_per_second"]},
         "state_bytes": dict(first["state_bytes"]),
         "sample": first["sample"],
+        "config": first.get("config"),
     }
     if spread:
         entry["val_bits_per_byte_std"] = round(statistics.stdev(bpbs), 6) if len(bpbs) > 1 else 0.0
         entry["seeds"] = [{"seed": _seed_of(r), "val_bits_per_byte": r["val_bits_per_byte"], "run": r.get("run")}
+                          for r in results]
+    return entry
+
+
+def summarize_task(model: str, results: list[dict[str, Any]], spread: bool, task: Any) -> dict[str, Any]:
+    """One results.json entry of a --task comparison: means over seeds (with --seeds, the spread of accuracy)."""
+    first = results[0]
+    accuracies = [r["accuracy"] for r in results]
+    entry: dict[str, Any] = {
+        "model": model,
+        "task": task.name,
+        "parameters": first["parameters"],
+        "train_tokens_per_second": round(statistics.fmean(r["train_tokens_per_second"] for r in results), 1),
+        "accuracy": round(statistics.fmean(accuracies), 6),
+    }
+    if task.whole_sequence:
+        entry["sequence_accuracy"] = round(statistics.fmean(r["sequence_accuracy"] for r in results), 6)
+    entry.update({
+        "val_loss": round(statistics.fmean(r["val_loss"] for r in results), 6),
+        "curve": mean_curve([r["curve"] for r in results]),
+        "state_bytes": dict(first["state_bytes"]),
+        "task_settings": task.settings(),
+        "config": first["config"],
+    })
+    if spread:
+        entry["accuracy_std"] = round(statistics.stdev(accuracies), 6) if len(accuracies) > 1 else 0.0
+        entry["seeds"] = [{"seed": _seed_of(r), "accuracy": r["accuracy"], "run": r.get("run"),
+                           **({"sequence_accuracy": r["sequence_accuracy"]} if task.whole_sequence else {})}
                           for r in results]
     return entry
 
@@ -478,23 +631,41 @@ def _seed_of(result: dict[str, Any]) -> int | None:
 def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Point-by-point mean of several seeds' curves over the points they all have."""
     length = min(len(c) for c in curves)
+    values = [k for k in curves[0][0] if k not in ("step", "tokens")] if length else []  # bpb, or a task's metrics
     return [{"step": round(statistics.fmean(c[i]["step"] for c in curves)),
              "tokens": round(statistics.fmean(c[i]["tokens"] for c in curves)),
-             "val_bits_per_byte": round(statistics.fmean(c[i]["val_bits_per_byte"] for c in curves), 6)}
+             **{k: round(statistics.fmean(c[i][k] for c in curves), 6) for k in values}}
             for i in range(length)]
 
 
 # ---- reports ----------------------------------------------------------------------------------
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str], list[str], list[str]]:
+    """The table for a terminal `width` columns wide: short headers, whole columns left out until it fits.
+
+    Per-context columns go first (all but the longest context, shortest first), then the longest
+    context's, then parameters and training speed; model and score columns always stay. Returns
+    the header, the rows and the names of the columns left out.
+    """
+    from glactl.display import fit_columns
+
+    header, rows = table(entries)
+    short = [h.replace("gen tok/s", "gen/s") for h in header]
+
+    def context_of(name: str) -> int:
+        label = name.rsplit("@", 1)[1].strip()
+        return int(label[:-1]) * 1024 if label.endswith("k") else int(label) if label.isdigit() else 0
+
+    at = [i for i, h in enumerate(header) if "@" in h]
+    longest = max((context_of(header[i]) for i in at), default=0)
+    order = sorted(at, key=lambda i: (context_of(header[i]) == longest, context_of(header[i]), header[i].startswith("state")))
+    order += [i for i, h in enumerate(header) if h in ("params", "train tok/s")]
+    return fit_columns(short, rows, width, order)
 
 
 def table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table (shared by the terminal and results.md)."""
+    if entries and entries[0].get("task", "lm") != "lm":
+        return task_table(entries)
     contexts = list(entries[0]["state_bytes"]) if entries else []
     spread = any("val_bits_per_byte_std" in e for e in entries)
     header = ["model", "params", "train tok/s", "val bpb" + (" (± sd)" if spread else "")]
@@ -506,6 +677,24 @@ def table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}", bpb]
         row += [f"{e['generate_tokens_per_second'][c]:,.0f}" for c in contexts]
         row += [human_bytes(e["state_bytes"][c]) for c in contexts]
+        rows.append(row)
+    return header, rows
+
+
+def task_table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a --task comparison: accuracy on the test set, loss at the answers, state after a sequence."""
+    spread = any("accuracy_std" in e for e in entries)
+    whole = any("sequence_accuracy" in e for e in entries)
+    length = next(iter(entries[0]["state_bytes"]))
+    header = ["model", "params", "train tok/s", "accuracy" + (" (± sd)" if spread else "")]
+    header += ["sequence accuracy"] if whole else []
+    header += ["answer loss", f"state @{context_label(int(length))}"]
+    rows = []
+    for e in entries:
+        accuracy = f"{e['accuracy']:.4f}" + (f" ± {e['accuracy_std']:.4f}" if "accuracy_std" in e else "")
+        row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}", accuracy]
+        row += [f"{e['sequence_accuracy']:.4f}"] if whole else []
+        row += [f"{e['val_loss']:.4f}", human_bytes(e["state_bytes"][length])]
         rows.append(row)
     return header, rows
 
@@ -526,8 +715,48 @@ def describe_budget(options: CompareOptions) -> str:
     return " or ".join(parts) + " per model" + (" and seed" if len(options.seeds) > 1 else "")
 
 
+def describe_task(options: CompareOptions) -> str:
+    """One sentence on what a --task comparison's sequences are."""
+    from glactl import tasks
+
+    settings = task_settings(options)
+    if options.task == "mqar":
+        return (f"Task mqar (multi-query associative recall, after Zoology): {settings['pairs']} key-value pairs, "
+                f"then each key queried once among filler, in {options.seq_len} bytes; the answer is the value after a queried key.")
+    if options.task == "selective-copy":
+        return (f"Task selective-copy (Mamba / minGRU papers): {tasks.COPY_TOKENS} data bytes from a vocabulary of "
+                f"{len(tasks.COPY_DATA)} scattered among noise in {options.seq_len - tasks.COPY_TOKENS} bytes, then "
+                f"{tasks.COPY_TOKENS} markers at which the data bytes are output in order.")
+    return (f"Task sort: {settings['sort_count']} values drawn with repeats from {settings['sort_range']} byte values, "
+            f"a separator, then the values in sorted order (sequence length {options.seq_len}).")
+
+
+def task_markdown(entries: list[dict[str, Any]], options: CompareOptions) -> str:
+    """results.md of a --task comparison: the task, the settings, the table and the accuracy plot."""
+    from glactl import tasks
+
+    lr = f"{options.lr:g} for all" if options.lr is not None else "each architecture's default"
+    seeds = ", ".join(str(s) for s in options.seeds)
+    test = options.eval_windows if options.eval_windows is not None else tasks.TEST_SEQUENCES
+    whole = " and sequence accuracy (every answer of a sequence right)" if any("sequence_accuracy" in e for e in entries) else ""
+    return "\n".join([
+        f"# glactl compare --task {options.task}", "",
+        describe_task(options), "",
+        f"Preset {options.preset}, batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, "
+        f"seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
+        f"Accuracy is teacher-forced argmax at the answer positions of a fixed test set of {test} sequences "
+        f"(disjoint from training), at the last evaluation" + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
+        + f"{whole}; answer loss is the cross-entropy there (nats); the state is measured after one {options.seq_len}-byte "
+        "task sequence; training tokens/s leaves evaluation time out.", "",
+        markdown_table(entries), "",
+        f"![test-set accuracy against training steps]({ACCURACY_PLOT})", "",
+    ])
+
+
 def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, prompt: bytes) -> str:
     """results.md: the settings, the table, the plots and each model's sample."""
+    if options.is_task:
+        return task_markdown(entries, options)
     lr = f"{options.lr:g} for all" if options.lr is not None else "each architecture's default"
     seeds = ", ".join(str(s) for s in options.seeds)
     lines = [
@@ -551,11 +780,14 @@ def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, pro
 
 
 def write_results(out: Path, entries: list[dict[str, Any]], options: CompareOptions, prompt: bytes) -> None:
-    """results.json, results.md, loss.png and scaling.png in `out`."""
-    from glactl.plots import plot_loss, plot_scaling
+    """results.json, results.md, loss.png and scaling.png in `out` (for a task: accuracy.png instead of the two plots)."""
+    from glactl.plots import plot_accuracy, plot_loss, plot_scaling
 
     write_json_atomic(out / RESULTS_JSON, entries)
     (out / RESULTS_MD).write_text(results_markdown(entries, options, prompt), encoding="utf-8")
+    if options.is_task:
+        plot_accuracy(entries, out / ACCURACY_PLOT, f"{options.task}; {options.preset}, {describe_budget(options)}")
+        return
     title = f"{', '.join(options.data)}; {options.preset}, {describe_budget(options)}"
     plot_loss(entries, out / "loss.png", title)
     plot_scaling(entries, out / "scaling.png", title)

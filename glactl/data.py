@@ -479,6 +479,19 @@ class TrainingData:
     valid_weights: list[float]
     messages: list[str]
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What the data is, by content: each training source's sha256 and one over the validation text.
+
+        A resumed run must train on the same data and keep scoring on the same validation text,
+        or best/ would compare bits per byte measured on different texts.
+        """
+        valid = hashlib.sha256()
+        for stream in self.valid:
+            valid.update(len(stream).to_bytes(8, "little"))
+            for start in range(0, len(stream), CHUNK_BYTES):
+                valid.update(np.asarray(stream.tokens[start:start + CHUNK_BYTES]).tobytes())
+        return {"train": {s["source"]: s.get("sha256") for s in self.sources}, "valid": valid.hexdigest()[:16]}
+
 
 def load_training_data(
     data: list[str],
@@ -543,6 +556,29 @@ def load_training_data(
     for source, w in zip(sources, resolved):
         source["weight"] = w
     return TrainingData(sources, train, resolved, valid_streams, valid_weights, messages)
+
+
+class TextBatches:
+    """Text as the training loop's batch source: random windows by (seed, step), fixed validation windows.
+
+    Batches are (x, y, None): every position is scored (a task's source gives an answer mask instead).
+    """
+
+    def __init__(self, data: TrainingData, seq_len: int, seed: int, eval_count: int) -> None:
+        self.data = data
+        self.seq_len = seq_len
+        self.sampler = WindowSampler(data.train, data.weights, seq_len, seed)
+        self.eval_windows = fixed_windows(data.valid, data.valid_weights, eval_count, seq_len)
+
+    def train_batch(self, step: int, count: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """The `count` windows of a step (deterministic in (seed, step)) as inputs and targets."""
+        x, y = self.sampler.gather(self.sampler.windows(step, count))
+        return x, y, None
+
+    def eval_batches(self, rank: int, world: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, None]]:
+        """This rank's share of the fixed validation windows (windows rank, rank + world, ...) in batches."""
+        for x, y in eval_batches(self.data.valid, self.eval_windows[rank::world], self.seq_len, batch_size):
+            yield x, y, None
 
 
 def _human(n: int) -> str:

@@ -105,6 +105,120 @@ def select_precision(name: str, device: torch.device) -> Precision:
     return Precision("float16", torch.float16, device.type == "cuda")
 
 
+# ---- --dtype auto on a CPU with native bfloat16: decided by measuring this model here -------------------
+# benchmarks/cpu_defaults.py on the 2-core AMD EPYC (AVX512-BF16, no AMX), 1 thread, seq 512 x batch 16:
+# bfloat16 autocast trained 1.24x (d64 x 2 layers), 1.61x (tiny), 1.57x (d128 x 4) and 1.97x (small) faster
+# than float32, while on a CPU with AMX float32 measured faster for d128 x 4 (issue 16: 17 s against 24 s).
+# No size rule holds on both, so auto times a few forward + backward passes of the run's own model in
+# each and keeps the faster; the answer is cached per CPU, torch, threads and model shape.
+CALIBRATION_FILE = "dtype-calibration.json"
+CALIBRATION_PASSES = 2  # timed passes per dtype, after one untimed pass each
+
+
+def cpu_dtype_by_measurement(model: torch.nn.Module, seq_len: int, batch_size: int, cache: "os.PathLike[str] | None" = None) -> tuple[str, float, bool]:
+    """(dtype name, bfloat16's speed-up over float32, whether the answer came from the cache) for training on this CPU."""
+    import copy
+    import json
+    import time
+    from pathlib import Path
+
+    config = getattr(model, "config", None)
+    shape = config.to_dict() if hasattr(config, "to_dict") else repr(model)[:200]
+    batch = max(1, min(batch_size, 4))
+    key = json.dumps([_cpu_name(), torch.__version__, torch.get_num_threads(), shape, seq_len, batch], sort_keys=True, default=str)
+    path = Path(cache) / CALIBRATION_FILE if cache is not None else None
+    known: dict[str, Any] = {}
+    if path is not None:
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if isinstance(known.get(key), dict):
+            speedup = float(known[key]["bfloat16_speedup"])
+            return ("bfloat16" if speedup > 1.0 else "float32"), speedup, True
+    probe = copy.deepcopy(model).train()
+    inputs = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+
+    def one_pass(dtype: torch.dtype | None) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            logits, _ = probe(inputs)
+        logits.float().logsumexp(-1).mean().backward()
+        probe.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    one_pass(None), one_pass(torch.bfloat16)
+    for _ in range(CALIBRATION_PASSES):  # alternate, so a neighbour's load hits both alike
+        times["float32"].append(one_pass(None))
+        times["bfloat16"].append(one_pass(torch.bfloat16))
+    speedup = min(times["float32"]) / max(min(times["bfloat16"]), 1e-9)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            known[key] = {"bfloat16_speedup": round(speedup, 3), "float32_seconds": min(times["float32"]),
+                          "bfloat16_seconds": min(times["bfloat16"])}
+            temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            temporary.write_text(json.dumps(known, indent=1))
+            os.replace(temporary, path)
+        except OSError:
+            pass
+    return ("bfloat16" if speedup > 1.0 else "float32"), speedup, False
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+# ---- thread counts by kind of work ---------------------------------------------------------------
+# benchmarks/cpu_defaults.py on the 2-core EPYC while other jobs kept it busy (load average 7): 2 threads
+# against 1 took 6.7x as long to train (d64 x 2), 3.9x to score and 7.1x to decode, the oversubscription
+# issue 16 saw (perplexity 4.6x slower without --threads 1). Byte-by-byte decoding is too small to share
+# on any machine; reading, scoring and training get the cores that are idle now (cores minus the
+# 1-minute load average), at least one.
+THREAD_KINDS = ("training", "scoring", "decoding")
+
+
+def plural(count: int, word: str) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def default_threads(kind: str) -> tuple[int, str]:
+    """(threads, why) for a kind of work when --threads is not given."""
+    if kind not in THREAD_KINDS:
+        raise ValueError(f"kind of work must be one of {THREAD_KINDS}, got {kind!r}")
+    if kind == "decoding":
+        return 1, "byte-by-byte decoding is too small to share between threads"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    idle = max(1, min(cores, int(cores - load + 0.5)))
+    return idle, f"{plural(idle, 'idle core')} of {cores} (load average {load:.1f})"
+
+
+def thread_line(kind: str, threads: int | None) -> tuple[int, str]:
+    """The count to use for `kind` and the one line that says so (given with --threads, or chosen and why)."""
+    if threads is not None:
+        return threads, f"threads: {plural(threads, 'thread')} for {kind} (--threads)"
+    count, why = default_threads(kind)
+    return count, f"threads: {plural(count, 'thread')} for {kind} ({why}; --threads N to choose)"
+
+
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (None = leave torch's default); returns the count in use."""
     if threads is not None:

@@ -20,7 +20,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import torch
 
 from glactl.errors import InputError
-from glactl.sampling import START, check_positive
+from glactl.reading import START, Reading, clone_state, extend_tail, read
+from glactl.sampling import check_positive
 
 DEFAULT_WINDOW = 4096
 METRIC_KEYS = (
@@ -76,6 +77,7 @@ class Score:
     seconds: float = 0.0
     valid_utf8: bool = True
     notes: list[str] = field(default_factory=list)
+    final: Reading | None = None  # the reading after the whole text (keep_state=True; a State through glactl.api)
 
     def __add__(self, other: "Score") -> "Score":
         return Score(
@@ -130,21 +132,36 @@ def score_windows(
     model: torch.nn.Module,
     windows: Iterable[bytes],
     progress: Callable[[int], None] | None = None,
+    start_reading: Reading | None = None,
+    keep_state: bool = False,
 ) -> Score:
-    """Score consecutive byte pieces with the state carried; byte i is predicted from bytes < i (first from "\\n")."""
+    """Score consecutive byte pieces with the state carried; byte i is predicted from bytes < i (first from "\\n").
+
+    With `start_reading`, the text continues that reading: its first byte is scored with the stored
+    logits. With `keep_state`, `score.final` is the reading after the whole text (for --save-state).
+    """
     device = model.device if hasattr(model, "device") else torch.device("cpu")
     score, counter = Score(), TextCounter()
-    state = None
-    previous = START[-1:]
+    state = None if start_reading is None else clone_state(start_reading.state)
+    previous = START[-1:] if start_reading is None else b""  # read, but not yet fed to the model
+    head = None if start_reading is None else start_reading.logits  # logits for the first byte, if known
+    tail = START if start_reading is None else start_reading.tail
     start = time.perf_counter()
     with torch.inference_mode():
         for piece in windows:
             if not piece:
                 continue
-            inputs = torch.frombuffer(bytearray(previous + piece[:-1]), dtype=torch.uint8).to(device, torch.long)
+            fed = previous + piece[:-1]
             targets = torch.frombuffer(bytearray(piece), dtype=torch.uint8).to(device, torch.long)
-            logits, state = model(inputs[None], state)
-            logits = logits[0]
+            parts = [head[None]] if head is not None else []
+            if fed:
+                inputs = torch.frombuffer(bytearray(fed), dtype=torch.uint8).to(device, torch.long)
+                logits, state = model(inputs[None], state)
+                parts.append(logits[0])
+            logits = torch.cat([p.to(parts[-1].dtype) for p in parts]) if len(parts) > 1 else parts[0]
+            head = None
+            if keep_state:
+                tail = extend_tail(tail, piece)
             if logits.dtype not in (torch.float32, torch.float64):
                 logits = logits.float()
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])
@@ -155,6 +172,9 @@ def score_windows(
             if progress is not None:
                 progress(len(piece))
     counter.feed(b"", final=True)
+    if keep_state and score.bytes:  # the state lags one byte behind the text: read the last byte too
+        before = Reading(state, logits[-1], (start_reading.bytes_read if start_reading else 0) + score.bytes - 1, tail[:-1])
+        score.final = read(model, previous, before)
     score.seconds = time.perf_counter() - start
     score.chars, score.words, score.valid_utf8 = counter.chars, counter.words, counter.valid_utf8
     if not score.valid_utf8:
@@ -168,12 +188,13 @@ def log_likelihood(model: torch.nn.Module, data: bytes, window: int = DEFAULT_WI
     return score_windows(model, bytes_windows(data, window)).loglik
 
 
-def score_bytes(model: torch.nn.Module, data: bytes, window: int = DEFAULT_WINDOW) -> Score:
-    """Score an in-memory byte string."""
+def score_bytes(model: torch.nn.Module, data: bytes, window: int = DEFAULT_WINDOW,
+                start_reading: Reading | None = None, keep_state: bool = False) -> Score:
+    """Score an in-memory byte string (after `start_reading` if given; see score_windows)."""
     check_positive("--window", window)
     if not data:
         raise InputError("empty text: 0 bytes, nothing to score")
-    return score_windows(model, bytes_windows(data, window))
+    return score_windows(model, bytes_windows(data, window), None, start_reading, keep_state)
 
 
 def check_file(path: str | Path) -> Path:
@@ -202,13 +223,15 @@ def score_file(
     path: str | Path,
     window: int = DEFAULT_WINDOW,
     progress: Callable[[int], None] | None = None,
+    start_reading: Reading | None = None,
+    keep_state: bool = False,
 ) -> Score:
-    """Score a file read `window` bytes at a time, never held whole in memory."""
+    """Score a file read `window` bytes at a time, never held whole in memory (after `start_reading`, see score_windows)."""
     check_positive("--window", window)
     path = check_file(path)
     try:
         with open(path, "rb") as f:
-            score = score_windows(model, read_windows(f, window), progress)
+            score = score_windows(model, read_windows(f, window), progress, start_reading, keep_state)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     if score.bytes == 0:
@@ -235,6 +258,8 @@ def score_split(
     window: int = DEFAULT_WINDOW,
     progress: Callable[[int], None] | None = None,
     prepare_progress: Callable[[str, int, int | None], None] | None = None,
+    start_reading: Reading | None = None,
+    keep_state: bool = False,
 ) -> Score:
     """Score a split of a `--data` source (encoded once into the cache, then streamed from its memmap)."""
     from glactl.data import SPLITS, prepare_source  # local import: the data layer loads only when asked
@@ -248,4 +273,4 @@ def score_split(
         have = ", ".join(name for name, size in source.splits.items() if size) or "none"
         raise InputError(f"--data {data}: no {split} split (splits with text: {have})")
     windows = (tokens[start : start + window].tobytes() for start in range(0, tokens.shape[0], window))
-    return score_windows(model, windows, progress)
+    return score_windows(model, windows, progress, start_reading, keep_state)

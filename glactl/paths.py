@@ -7,6 +7,7 @@ from pathlib import Path
 from glactl.errors import InputError
 
 DEFAULT_WEIGHTS = "gla-enwiki"
+LOCK_FILE = "train.lock"  # held by `glactl train` while it runs (glactl.training.RunLock)
 NO_WEIGHTS_MESSAGE = "no shipped weights found; pass --model RUN_OR_CHECKPOINT_FOLDER"
 
 
@@ -58,5 +59,39 @@ def resolve_model(path_or_name: str | Path | None) -> Path:
     if found is not None:
         return found
     shipped = shipped_names()
-    hint = f" or a shipped name ({', '.join(shipped)})" if shipped else ""
-    raise InputError(f"{path_or_name}: no such run or checkpoint folder; pass a folder{hint}")
+    loadable = "; ".join(filter(None, [f"shipped: {', '.join(shipped)}" if shipped else "",
+                                       f"runs: {', '.join(str(r) for r in local_runs())}" if local_runs() else ""]))
+    from glactl.models.registry import MIXERS
+
+    if str(path_or_name) in MIXERS:
+        raise InputError(f"{path_or_name} is an architecture (what train --model takes), not a trained model; "
+                         f"--model here loads weights: a run folder, checkpoint folder or shipped name"
+                         + (f" ({loadable})" if loadable else " (none found: train one with glactl train)"))
+    hint = f" ({loadable})" if loadable else ""
+    raise InputError(f"{path_or_name}: no such run or checkpoint folder; pass a folder or a shipped name{hint}")
+
+
+def local_runs(root: Path = Path("runs"), limit: int = 8) -> list[Path]:
+    """Run folders under ./runs that hold a checkpoint, newest first (at most `limit`)."""
+    try:
+        runs = [p for p in root.iterdir() if (p / "checkpoint" / "config.json").is_file() or (p / "config.json").is_file()]
+    except OSError:
+        return []
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+
+
+def training_pid(folder: Path) -> int | None:
+    """The pid of a live `glactl train` holding `folder`'s train.lock, or None."""
+    import os
+
+    try:
+        pid = int((Path(folder) / LOCK_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid if pid != os.getpid() else None

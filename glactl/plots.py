@@ -1,4 +1,4 @@
-"""PNG plots of a comparison: validation curves, and state memory / generation speed against context length.
+"""PNG plots of a comparison: validation curves (or task accuracy), and state memory / generation speed against context length.
 
 matplotlib is imported inside the functions (start-up stays fast) and drawn through the Agg
 canvas directly, so no window or global pyplot state is involved.
@@ -57,6 +57,22 @@ def plot_loss(entries: list[dict[str, Any]], path: Path, title: str = "") -> Non
     axis.set_title("Validation bits per byte" + (f"\n{title}" if title else ""), fontsize=10)
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8, title="model (final bpb)", title_fontsize=8)
+    figure.savefig(path)
+
+
+def plot_accuracy(entries: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """accuracy.png (a --task comparison): test-set accuracy against training steps, one line per model."""
+    figure, (axis,) = _figure(7.5, 4.8)
+    for i, entry in enumerate(entries):
+        points = entry["curve"]
+        axis.plot([p["step"] for p in points], [p["accuracy"] for p in points],
+                  label=f"{entry['model']} ({entry['accuracy']:.3f})", **_style(i))
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel("training steps")
+    axis.set_ylabel("test-set accuracy at the answers")
+    axis.set_title("Accuracy" + (f"\n{title}" if title else ""), fontsize=10)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8, title="model (final accuracy)", title_fontsize=8)
     figure.savefig(path)
 
 

@@ -18,9 +18,9 @@ import torch
 
 from glactl.errors import InputError
 from glactl.models.state import expand_state, select_state
+from glactl.reading import START, Reading, extend_tail, next_logits, read
 from glactl.tokenizer import StreamDecoder
 
-START = b"\n"
 REPETITION_WINDOW = 64  # bytes of context the repetition penalty looks at (llama.cpp's repeat_last_n)
 MAX_SAMPLES = 1024
 
@@ -180,8 +180,8 @@ class StopMatcher:
 
 # ---- generation ----------------------------------------------------------------------------
 def model_context(prompt: bytes) -> bytes:
-    """The bytes a model reads for a prompt: START first (unless the prompt begins with it)."""
-    return prompt if prompt.startswith(START) else START + prompt
+    """The bytes a model reads for a prompt: exactly one START first, whatever the prompt's first byte (DESIGN.md 2)."""
+    return START + prompt
 
 
 @dataclass
@@ -218,9 +218,13 @@ class Generation:
         stop: Sequence[str] = (),
         keep_text: bool = True,
         threads: int | None = 1,
+        start: Reading | None = None,
+        keep_state: bool = False,
     ) -> None:
         check_positive("--max-new-tokens", max_new_tokens)
         check_positive("--num-samples", num_samples, MAX_SAMPLES)
+        if keep_state and num_samples != 1:
+            raise InputError("saving the state after generation needs --num-samples 1")
         self.model = model
         self.prompt = bytes(prompt)
         self.max_new_tokens = int(max_new_tokens)
@@ -231,6 +235,12 @@ class Generation:
         self.keep_text = keep_text
         self.threads = threads
         self.stats = GenerationStats(seed=self.seed)
+        self.start = start  # continue after this reading instead of after START (never changed)
+        self.keep_state = keep_state
+        # What sample 0 has read so far: (model state, next-byte logits, byte sampled but not yet read,
+        # bytes generated, the last TAIL_BYTES bytes read), after the prompt's reading `_prompt_read`.
+        self._live: tuple | None = None
+        self._prompt_read: Reading | None = None
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
         with torch.inference_mode(), torch_threads(self.threads):
@@ -240,28 +250,31 @@ class Generation:
         model, params, batch = self.model, self.params, self.num_samples
         device = model.device if hasattr(model, "device") else torch.device("cpu")
         generator = torch.Generator(device=device).manual_seed(self.seed)
-        context = model_context(self.prompt)
         pieces: list[list[str]] = [[] for _ in range(batch)]
         raw = [bytearray() for _ in range(batch)]
         decoders = [StreamDecoder() for _ in range(batch)]
         stoppers = [StopMatcher(self.stop) for _ in range(batch)]
         window = params.repetition_window
         recent = torch.full((batch, window), -1, dtype=torch.long, device=device)
-        tail = torch.tensor(list(context[-window:]), dtype=torch.long, device=device)
-        recent[:, : tail.numel()] = tail
-        slot = tail.numel() % window
 
         start = time.perf_counter()
-        idx = torch.tensor([list(context)], dtype=torch.long, device=device)
-        logits, state = model(idx, None)
-        logits = logits[:, -1].expand(batch, -1)
+        prompt_read = read(model, self.prompt, self.start)  # START + prompt, or the prompt after the given reading
+        tail = torch.tensor(list(prompt_read.tail[-window:]), dtype=torch.long, device=device)
+        recent[:, : tail.numel()] = tail
+        slot = tail.numel() % window
+        logits, state = prompt_read.logits[None].expand(batch, -1), prompt_read.state
         state = expand_state(state, batch) if batch > 1 else state
-        self.stats.prompt_tokens = len(context)
+        if self.keep_state:
+            self._prompt_read = prompt_read
+            self._live = (state, logits, None, 0, prompt_read.tail)
+        self.stats.prompt_tokens = len(self.prompt) + (len(START) if self.start is None else 0)
         self.stats.state_bytes = model.state_nbytes(state)
         active = list(range(batch))  # sample index of each batch row
         for step in range(self.max_new_tokens):
             use_recent = recent if params.repetition_penalty != 1.0 else None
             tokens = next_tokens(logits, params, generator, use_recent)
+            if self._live is not None:  # sampled, not yet read: one tuple store, so a Ctrl-C never sees half of it
+                self._live = (state, logits, tokens, self._live[3] + 1, extend_tail(self._live[4], bytes(tokens.tolist())))
             recent[:, slot] = tokens
             slot = (slot + 1) % window
             self.stats.tokens += len(active)
@@ -284,6 +297,8 @@ class Generation:
                 active = [active[r] for r in keep]
             if step + 1 < self.max_new_tokens:
                 logits, state = model.step(tokens, state)
+                if self._live is not None:
+                    self._live = (state, logits, None, *self._live[3:])
         self.stats.state_bytes = max(self.stats.state_bytes, model.state_nbytes(state))
         for sample in range(batch):
             text = stoppers[sample].feed(decoders[sample].flush()) + stoppers[sample].flush()
@@ -294,6 +309,22 @@ class Generation:
         self.stats.seconds = time.perf_counter() - start
         self.stats.samples = ["".join(p) for p in pieces]
         self.stats.sample_bytes = [bytes(r) for r in raw]
+
+
+    def reading(self) -> Reading | None:
+        """What sample 0 has read so far (the prompt and every byte generated, stop string included), or None.
+
+        Works after the generation ends and after it was interrupted (Ctrl-C, a closed pipe):
+        the last sampled byte is read here if the loop had not read it yet. Needs keep_state=True.
+        """
+        if self._live is None:
+            return None
+        state, logits, pending, generated, tail = self._live
+        if pending is not None:
+            with torch.inference_mode(), torch_threads(self.threads):
+                logits, state = self.model.step(pending, state)
+        assert self._prompt_read is not None
+        return Reading(state, next_logits(logits[0]), self._prompt_read.bytes_read + generated, tail)
 
 
 def generate(model: torch.nn.Module, prompt: bytes, **kwargs) -> GenerationStats:
@@ -368,13 +399,15 @@ def complete(
     until: str = "word",
     max_chars: int = 40,
     threads: int | None = 1,
+    start: Reading | None = None,
 ) -> list[Completion]:
     """The n most probable distinct continuations of `prefix`, by beam search over bytes (DESIGN.md 6).
 
     A continuation ends at the `until` boundary (that byte's probability counted, the byte not
     shown) or at `max_chars` characters. Ranking is by total probability, no length
     normalisation; paths to the same text add up. Leading whitespace never ends a continuation,
-    and bytes that would make invalid UTF-8 are never taken.
+    and bytes that would make invalid UTF-8 are never taken. With `start`, the prefix is read after
+    that reading instead of after START.
     """
     check_positive("--n", n, 1000)
     beam = 4 * n if beam is None else beam
@@ -383,10 +416,10 @@ def complete(
     if until not in UNTIL_MODES:
         raise InputError(f"--until must be one of {', '.join(UNTIL_MODES)}, got {until!r}")
     with torch.inference_mode(), torch_threads(threads):
-        return _beam_search(model, bytes(prefix), n, beam, until, max_chars)
+        return _beam_search(model, read(model, bytes(prefix), start), n, beam, until, max_chars)
 
 
-def _beam_search(model: torch.nn.Module, prefix: bytes, n: int, width: int, until: str, max_chars: int) -> list[Completion]:
+def _beam_search(model: torch.nn.Module, prefix_read: Reading, n: int, width: int, until: str, max_chars: int) -> list[Completion]:
     device = model.device if hasattr(model, "device") else torch.device("cpu")
     table = _utf8_table().to(device)
     space = _byte_mask(_WHITESPACE).to(device)
@@ -395,9 +428,7 @@ def _beam_search(model: torch.nn.Module, prefix: bytes, n: int, width: int, unti
     sentence_end = _byte_mask(_SENTENCE_END).to(device)
     closer = _byte_mask(_CLOSERS).to(device)
 
-    context = model_context(prefix)
-    logits, state = model(torch.tensor([list(context)], dtype=torch.long, device=device), None)
-    logits = logits[:, -1]
+    logits, state = prefix_read.logits[None], prefix_read.state
     zero = torch.zeros(1, dtype=torch.long, device=device)
     beams = _Beams([b""], torch.zeros(1, dtype=torch.float64, device=device), zero.clone(), zero.clone(),
                    torch.zeros(1, dtype=torch.bool, device=device), torch.zeros(1, dtype=torch.bool, device=device))

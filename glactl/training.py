@@ -30,12 +30,14 @@ except ImportError:  # Windows: the pid file alone
 
 from glactl import __version__
 from glactl.checkpoint import load_model, resolve_checkpoint_dir, save_model
-from glactl.data import TrainingData, WindowSampler, eval_batches, fixed_windows, load_training_data
-from glactl.devices import Precision, select_device, select_kernels, select_precision, set_threads, use_kernels
+from glactl.data import TextBatches, TrainingData, load_training_data
+from glactl.devices import (Precision, plural, select_device, select_kernels, select_precision, set_threads, thread_line,
+                            use_kernels)
 from glactl.distributed import Distributed
 from glactl.errors import GlactlError, InputError, RunFailure
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import default_lr
+from glactl.tasks import TEST_SEQUENCES, Task, TaskBatches, TaskScore, make_task, masked_cross_entropy
 from glactl.train_state import load_optimizer, read_trainer, restore_rng, write_trainer_files
 
 LOCK_FILE = "train.lock"
@@ -88,6 +90,10 @@ class TrainOptions:
     kernels: str | None = None  # torch | fla (GLA chunk form through flash-linear-attention, CUDA only)
     allow_binary: bool | None = None
     command_line: list[str] | None = None
+    task: str | None = None  # None or "lm": text from --data; else a probe of glactl.tasks (DESIGN.md 3.9)
+    task_options: dict[str, int] | None = None  # the task's settings given: pairs, sort_count, sort_range
+    short_conv: int | None = None  # ModelConfig.short_conv for a new model (None: the architecture's default)
+    performer_rope: bool | None = None  # ModelConfig.performer_rope for a new model (None: the default)
 
 
 # Architecture defaults (used only for a new model; a checkpoint brings its own).
@@ -100,7 +106,7 @@ DEFAULTS: dict[str, Any] = {
 # Settings a resumed run takes from trainer.json unless given again.
 RESUMED = ("seq_len", "batch_size", "grad_accum", "weight_decay", "clip", "eval_every", "eval_windows",
            "save_every", "log_every", "seed", "schedule", "warmup", "lr", "valid", "steps", "time_budget",
-           "device", "dtype", "threads", "kernels", "allow_binary")
+           "device", "dtype", "threads", "kernels", "allow_binary", "task", "task_options")
 
 
 def parse_duration(text: str) -> float:
@@ -164,6 +170,28 @@ def default_warmup(total_steps: int | None) -> int:
     if total_steps is None:
         return 100
     return max(1, min(max(10, min(1000, round(0.02 * total_steps))), total_steps // 10))
+
+
+# ---- model and task of a run -------------------------------------------------------------------
+def is_task_run(options: TrainOptions) -> bool:
+    """Whether the run trains on a synthetic probe task rather than text."""
+    return options.task not in (None, "lm")
+
+
+def run_task(options: TrainOptions) -> Task:
+    """The probe task of a task run, its settings checked (InputError)."""
+    return make_task(str(options.task), options.seq_len, **(options.task_options or {}))
+
+
+def new_model_config(options: TrainOptions) -> ModelConfig:
+    """The ModelConfig a fresh run builds: preset, size overrides, per-architecture options, window = --seq-len."""
+    o = options
+    overrides = {k: v for k, v in (("d_model", o.d_model), ("n_layers", o.n_layers), ("n_heads", o.n_heads),
+                                   ("short_conv", o.short_conv), ("performer_rope", o.performer_rope)) if v is not None}
+    # The training window becomes the attention window W (DESIGN.md 3.3); recurrent mixers ignore it.
+    config = ModelConfig.preset(o.preset or MODEL_DEFAULTS["preset"], mixer=o.model or MODEL_DEFAULTS["model"],
+                                context=o.seq_len if o.seq_len is not None else DEFAULTS["seq_len"], **overrides)
+    return config.validate()
 
 
 # ---- run folder and lock -------------------------------------------------------------------
@@ -277,6 +305,20 @@ def _has_run(out: Path) -> bool:
 
 
 # ---- the reporter: rich on a terminal, plain lines otherwise -------------------------------------
+def silence_stream(stream: Any) -> None:
+    """Point a stream whose reader is gone at /dev/null, so no later write (nor Python's exit flush) fails."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
 class Reporter:
     """Shows preparation and training progress: a rich bar on a terminal, plain log lines when piped."""
 
@@ -289,13 +331,31 @@ class Reporter:
         self._last_prep_line = 0.0
 
     def line(self, text: str) -> None:
+        """A permanent log line (above the live bar on a terminal); a closed reader silences the log, never the run."""
         if self.console is None:
             return
-        if self.rich:
-            self.console.print(text, highlight=False, markup=False)
-        else:
-            self.console.file.write(text + "\n")
-            self.console.file.flush()
+        try:
+            if self.progress is not None:
+                self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+            elif self.rich:
+                self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+            else:
+                self.console.file.write(text + "\n")
+                self.console.file.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.go_quiet()
+
+    def go_quiet(self) -> None:
+        """The log's reader went away (`| head`, a closed `less`): keep training, writing nowhere."""
+        stream = getattr(self.console, "file", None)
+        self.console, self.rich = None, False
+        if self.progress is not None:
+            try:
+                self.progress.stop()
+            except (BrokenPipeError, ValueError, OSError):
+                pass
+            self.progress = None
+        silence_stream(stream)
 
     # data preparation
     def prepare(self, description: str, done: int, total: int | None) -> None:
@@ -332,9 +392,10 @@ class Reporter:
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        # Short enough for 80 columns with the ETA; the loss history goes to permanent lines above the bar.
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+            TextColumn("[bold]train"), BarColumn(bar_width=30), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, expand=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=completed, info="")
@@ -346,7 +407,10 @@ class Reporter:
 
     def stop(self) -> None:
         if self.progress is not None:
-            self.progress.stop()
+            try:
+                self.progress.stop()
+            except (BrokenPipeError, ValueError, OSError):
+                self.go_quiet()
             self.progress = None
 
 
@@ -373,11 +437,28 @@ class Trainer:
         """Fill every unset option from the saved run (on --resume) or the defaults."""
         o = self.options
         saved_settings = saved.get("settings", {})
+        if o.task is None and saved_settings.get("task") is not None:
+            o.task, o.task_options = saved_settings["task"], o.task_options or saved_settings.get("task_options")
+        if is_task_run(o):  # a task's own defaults: its sequence length, a test set of TEST_SEQUENCES
+            if o.data:
+                raise InputError(f"--data is not used with --task {o.task}: a task generates its own sequences")
+            if o.seq_len is None and saved_settings.get("seq_len") is None:
+                o.seq_len = make_task(str(o.task), None, **(o.task_options or {})).seq_len
+            if o.eval_windows is None and saved_settings.get("eval_windows") is None:
+                o.eval_windows = TEST_SEQUENCES
         for name in RESUMED + tuple(DEFAULTS):
             if getattr(o, name, None) is None and name in saved_settings:
                 setattr(o, name, saved_settings[name])
             if getattr(o, name, None) is None and name in DEFAULTS:
                 setattr(o, name, DEFAULTS[name])
+        if o.data and saved.get("data") and list(o.data) != list(saved["data"]):
+            raise InputError(f"--resume: the run trained on --data {' '.join(saved['data'])}, not {' '.join(o.data)}; "
+                             "a resumed run keeps its data (best/ compares scores on one validation text); "
+                             f"to train on other data start a new run from its weights: --init-from {o.out} --out NEW_FOLDER")
+        if o.valid is not None and saved_settings.get("valid") != o.valid and saved.get("data"):
+            raise InputError(f"--resume: the run validated on {saved_settings.get('valid') or 'its default split'}, "
+                             f"not --valid {o.valid}; best/ compares scores on one validation text; "
+                             f"to change it start a new run: --init-from {o.out} --out NEW_FOLDER")
         if not o.data and saved.get("data"):
             o.data = list(saved["data"])
         for name in ("seq_len", "batch_size", "grad_accum", "eval_windows", "eval_every", "save_every", "log_every"):
@@ -406,17 +487,13 @@ class Trainer:
             model.train()
             self._check_architecture(model.config, "--resume" if resume_dir is not None else "--init-from")
             return model, ({} if resume_dir is not None else {"init_from": document.get("path")})
-        overrides = {k: v for k, v in (("d_model", o.d_model), ("n_layers", o.n_layers), ("n_heads", o.n_heads)) if v is not None}
-        # The training window becomes the attention window W (DESIGN.md 3.3); recurrent mixers ignore it.
-        config = ModelConfig.preset(o.preset or MODEL_DEFAULTS["preset"], mixer=o.model or MODEL_DEFAULTS["model"],
-                                    context=o.seq_len, **overrides)
-        config.validate()
-        return LanguageModel(config), {}
+        return LanguageModel(new_model_config(o)), {}
 
     def _check_architecture(self, config: ModelConfig, flag: str) -> None:
         """Architecture flags given with --resume/--init-from must agree with the checkpoint's."""
         o = self.options
-        asked = {"mixer": o.model, "d_model": o.d_model, "n_layers": o.n_layers, "n_heads": o.n_heads}
+        asked = {"mixer": o.model, "d_model": o.d_model, "n_layers": o.n_layers, "n_heads": o.n_heads,
+                 "short_conv": o.short_conv, "performer_rope": o.performer_rope}
         if o.preset is not None:
             preset = ModelConfig.preset(o.preset)
             for name in ("d_model", "n_layers", "n_heads"):
@@ -429,6 +506,8 @@ class Trainer:
     def setup(self) -> None:
         """Lock the run folder, load data and model, build optimizer and schedule."""
         o = self.options
+        if o.resume and not o.out:
+            raise InputError("--resume needs --out RUN_FOLDER: the run to continue")
         mixer = o.model or MODEL_DEFAULTS["model"]
         out = Path(o.out) if o.out else None
         created = out is None or not out.exists()
@@ -472,12 +551,16 @@ class Trainer:
                 elif target.exists():
                     target.unlink()
         self._resolve(saved)
+        current = " ".join(o.command_line) if o.command_line else None
+        self.commands: list[str] = [c for c in [*saved.get("commands", []), current] if c]  # first: how it started
         self.device = self.dist.start(select_device(o.device))  # torchrun: join the group; cuda:LOCAL_RANK
         self.precision: Precision = select_precision(o.dtype, self.device)
         if self.precision.warning:
             sys.stderr.write(f"glactl: warning: {self.precision.warning}\n")
         self.kernels = select_kernels(o.kernels, self.device)
-        self.threads = set_threads(o.threads)
+        threads, why = thread_line("training", o.threads)
+        self.threads = set_threads(threads)
+        self.report.line(why)
         torch.manual_seed(o.seed)
         model, info = self._build_model(resume_dir)
         if resume_dir is not None or o.init_from:
@@ -485,19 +568,26 @@ class Trainer:
         self.model = use_kernels(model.to(self.device), self.kernels)
         self.model.train()
         self.train_model = self.dist.wrap(self.model)  # DDP in a torchrun job; checkpoints save self.model
+        self._measure_auto_dtype()
         self.config = model.config
         self.init_from = info.get("init_from")
-        # data
-        try:
-            with self.dist.main_first():  # rank 0 fills the data cache, the others then read it
-                data = load_training_data(o.data, o.valid, o.seq_len, self.report.prepare, o.allow_binary)
-        finally:
-            self.report.end_prepare()
-        for message in data.messages:
-            self.report.line(message)
-        self.data: TrainingData = data
-        self.sampler = WindowSampler(data.train, data.weights, o.seq_len, o.seed)
-        self.eval_windows = fixed_windows(data.valid, data.valid_weights, o.eval_windows, o.seq_len)
+        # data: text windows, or a probe task's generated sequences (the same loop trains on either)
+        self.task: Task | None = run_task(o) if is_task_run(o) else None
+        self.data: TrainingData | None = None
+        if self.task is not None:
+            self.source: TextBatches | TaskBatches = TaskBatches(self.task, o.seed, o.eval_windows)
+        else:
+            try:
+                with self.dist.main_first():  # rank 0 fills the data cache, the others then read it
+                    data = load_training_data(o.data, o.valid, o.seq_len, self.report.prepare, o.allow_binary)
+            finally:
+                self.report.end_prepare()
+            for message in data.messages:
+                self.report.line(message)
+            self.data = data
+            self.data_fingerprint = data.fingerprint()
+            self._check_same_data(saved)
+            self.source = TextBatches(data, o.seq_len, o.seed, o.eval_windows)
         # optimizer and schedule
         decay = [p for _, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for _, p in self.model.named_parameters() if p.dim() < 2]
@@ -514,18 +604,23 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.elapsed_before = 0.0
+        # The validation score, lower is better: bits per byte for text; for a task the masked loss
+        # (nats per answer), which also picks best/. last_metrics: the last evaluation's metrics.
+        self.score_key = "val_loss" if self.task is not None else "val_bpb"
         self.best_bpb: float | None = None
         self.last_bpb: float | None = None
         self.start_bpb: float | None = None
+        self.last_metrics: dict[str, float] = {}
         if resume_dir is not None:
             load_optimizer(resume_dir, self.optimizer, saved)
             restore_rng(saved, str(resume_dir / "trainer.json"))
             self.step = saved["step"]
             self.tokens_seen = saved["tokens_seen"]
             self.elapsed_before = float(saved["elapsed_seconds"])
-            self.best_bpb = saved.get("best_val_bpb")
-            self.last_bpb = saved.get("last_val_bpb")
-            self.start_bpb = saved.get("start_val_bpb")
+            self.best_bpb = saved.get(f"best_{self.score_key}")
+            self.last_bpb = saved.get(f"last_{self.score_key}")
+            self.start_bpb = saved.get(f"start_{self.score_key}")
+            self.last_metrics = dict(saved.get("last_eval") or {})
             if self.scaler is not None and saved.get("scaler"):
                 self.scaler.load_state_dict(saved["scaler"])
             self.report.line(f"resuming {self.out} from step {self.step} ({self.tokens_seen:,} tokens, "
@@ -540,23 +635,63 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         """The training summary stored in config.json."""
         o = self.options
+        if self.task is not None:
+            scores = {"task": self.task.settings(), "val_bits_per_byte": None, "best_val_bits_per_byte": None,
+                      "val_loss": self.last_bpb, "best_val_loss": self.best_bpb,
+                      **{k: v for k, v in self.last_metrics.items() if k != "val_loss"}}
+        else:
+            scores = {"val_bits_per_byte": self.last_bpb, "best_val_bits_per_byte": self.best_bpb}
         return {
             "steps": self.step, "tokens_seen": self.tokens_seen,
-            "data": [{k: v for k, v in s.items() if k != "cache"} for s in self.data.sources],
-            "valid": o.valid, "val_bits_per_byte": self.last_bpb, "best_val_bits_per_byte": self.best_bpb,
+            "data": [{k: v for k, v in s.items() if k != "cache"} for s in self.data.sources] if self.data else [],
+            "valid": o.valid, **scores,
             "wall_time_seconds": round(self.elapsed(), 3), "glactl_version": __version__,
-            "command": " ".join(o.command_line) if o.command_line else None,
+            "command": self.commands[0] if self.commands else None,  # the command that started the run
+            **({"resumed_with": self.commands[1:]} if len(self.commands) > 1 else {}),
+            "steps_planned": o.steps, "time_budget_seconds": o.time_budget,
             "seq_len": o.seq_len, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
             "lr": self.schedule.peak, "seed": o.seed, "device": self.device.type, "dtype": self.precision.name,
             "threads": self.threads, "init_from": self.init_from,
         }
 
+    def _measure_auto_dtype(self) -> None:
+        """--dtype auto on a CPU with native bfloat16: the faster of float32 and bfloat16 for this model, measured here."""
+        o = self.options
+        if (o.dtype or "auto") != "auto" or self.device.type != "cpu" or self.precision.name != "bfloat16":
+            return
+        from glactl.data import cache_root
+        from glactl.devices import cpu_dtype_by_measurement
+
+        _, speedup, cached = cpu_dtype_by_measurement(self.model, o.seq_len, o.batch_size, cache_root())
+        speedup = self.dist.from_main(speedup)  # every rank trains in rank 0's choice
+        name = "bfloat16" if speedup > 1.0 else "float32"
+        self.precision = select_precision(name, self.device)
+        self.report.line(f"dtype auto: {name} (bfloat16 autocast measured {speedup:.2f}x the speed of float32 "
+                         f"for this model on this CPU{'; measured before' if cached else ''})")
+
+    def _check_same_data(self, saved: dict[str, Any]) -> None:
+        """On --resume, the same text by content as before (a run from before fingerprints is taken on trust)."""
+        before = saved.get("data_fingerprint")
+        if not before or not self.options.resume:
+            return
+        now = self.data_fingerprint
+        changed = [name for name, sha in now["train"].items() if before.get("train", {}).get(name) not in (None, sha)]
+        what = f"the content of {', '.join(changed)}" if changed else "the validation text" if before.get("valid") != now["valid"] else None
+        if what:
+            raise InputError(f"--resume: {what} changed since the run started; a resumed run keeps its data "
+                             "(best/ compares scores on one validation text); to train on the new text start a new run "
+                             f"from its weights: --init-from {self.out} --out NEW_FOLDER")
+
     def trainer_document(self) -> dict[str, Any]:
         return {
+            **({"data_fingerprint": self.data_fingerprint} if getattr(self, "data_fingerprint", None) else {}),
+            "commands": self.commands,
             "step": self.step, "tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed(),
-            "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb, "start_val_bpb": self.start_bpb,
+            f"best_{self.score_key}": self.best_bpb, f"last_{self.score_key}": self.last_bpb,
+            f"start_{self.score_key}": self.start_bpb, **({"last_eval": self.last_metrics} if self.task else {}),
             "schedule": self.schedule.to_dict(), "settings": self.settings(), "data": list(self.options.data),
-            "data_position": {"sampler": "random-windows-v1", "seed": self.options.seed, "next_step": self.step},
+            "data_position": {"sampler": "task-v1" if self.task else "random-windows-v1", "seed": self.options.seed,
+                              "next_step": self.step},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
@@ -576,22 +711,30 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Validation bits per byte on the fixed windows."""
+        """The validation score on the fixed set: bits per byte (text) or masked loss (task; see last_metrics)."""
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
+        score = TaskScore()
         o = self.options
         # Ranks score their share of the windows; the sums are then the same on every rank.
-        for x, y in eval_batches(self.data.valid, self.dist.shard(self.eval_windows), o.seq_len,
-                                 max(1, o.batch_size // self.dist.world)):
+        for x, y, mask in self.source.eval_batches(self.dist.rank, self.dist.world, max(1, o.batch_size // self.dist.world)):
             x, y = x.to(self.device), y.to(self.device)
             with self.precision.autocast(self.device):
                 logits, _ = self.model(x)
+            if mask is not None:
+                score.add(logits.float(), y, mask.to(self.device))
+                continue
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
             total += loss.item()
             count += y.numel()
         self.model.train(was_training)
+        if self.task is not None:
+            score = TaskScore.from_totals(self.dist.sum(*score.totals()))
+            self.last_metrics = {k: round(v, 6) for k, v in score.metrics(self.task.whole_sequence).items()}
+            return self.last_metrics["val_loss"]
         total, count = self.dist.sum(total, count)
+        self.last_metrics = {"val_bpb": total / count / LN2}
         return total / count / LN2
 
     # -- the loop -------------------------------------------------------------------------------
@@ -615,16 +758,19 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.current_lr = lr
-        windows = self.sampler.windows(self.step, o.batch_size * o.grad_accum)
+        batch = self.source.train_batch(self.step, o.batch_size * o.grad_accum)  # (x, y, answer mask or None)
         total = 0.0
         for micro in range(o.grad_accum):
-            chosen = self.dist.shard(windows[micro * o.batch_size:(micro + 1) * o.batch_size])  # this rank's part
-            x, y = self.sampler.gather(chosen)
+            rows = slice(micro * o.batch_size + self.dist.rank, (micro + 1) * o.batch_size, self.dist.world)  # this rank's part
+            x, y, mask = (t[rows] if t is not None else None for t in batch)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.dist.no_sync(self.train_model, micro == o.grad_accum - 1):  # all-reduce once per step
                 with self.precision.autocast(self.device):
                     logits, _ = self.train_model(x)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+                if mask is not None:  # a task: only the answer positions count
+                    loss = masked_cross_entropy(logits, y, mask.to(self.device))
+                else:
+                    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
                 value = self.dist.mean(loss)  # the global micro-batch's loss, the same on every rank
                 if not math.isfinite(value):
                     raise self._non_finite(f"loss is {value}")
@@ -706,14 +852,15 @@ class Trainer:
             target += (" or " if target else "") + f"{_clock(o.time_budget)} of training"
         self.report.line(
             f"training {self.config.mixer} ({n_params / 1e6:.2f}M parameters, d {self.config.d_model}, "
-            f"{self.config.n_layers} layers) on {self.device.type}/{self.precision.name}, {self.threads} threads, "
+            f"{self.config.n_layers} layers) on {self.device.type}/{self.precision.name}, {plural(self.threads, 'thread')}, "
             f"seq {o.seq_len} x batch {o.batch_size}" + (f" x {o.grad_accum} accum" if o.grad_accum > 1 else "")
             + (f" over {self.dist.world} processes ({self.dist.backend})" if self.dist.enabled else "")
             + f", lr {self.schedule.peak:g}, until {target}; run folder {self.out}")
         if self.step == 0 and self.start_bpb is None:
             self.start_bpb = self.last_bpb = self.evaluate()
-            self.write_metrics({"kind": "eval", "step": 0, "tokens": 0, "val_bpb": self.start_bpb, "wall_time": 0.0})
-            self.report.line(f"step 0 | val bpb {self.start_bpb:.4f}")
+            self.write_metrics({"kind": "eval", "step": 0, "tokens": 0, **({"val_bpb": self.start_bpb} if self.task is None else self.last_metrics),
+                                "wall_time": 0.0})
+            self.report.line(f"step 0 | {self._eval_text()}")
         use_steps = o.steps is not None
         self.report.start(o.steps if use_steps else o.time_budget, self.step if use_steps else self.elapsed(), "step")
         tokens_per_step = o.seq_len * o.batch_size * o.grad_accum
@@ -722,6 +869,11 @@ class Trainer:
         last_eval_step = self.step if self.resume_dir is not None else 0
         last_save_step = self.step if self.resume_dir is not None else None
         self.current_lr = self.schedule.lr(self.step, self.elapsed())
+        if self.resume_dir is not None and self.done():
+            reached = (f"step {self.step} of --steps {o.steps}" if o.steps is not None and self.step >= o.steps
+                       else f"its --time budget ({_clock(self.elapsed())} trained)")
+            self.report.line(f"nothing to train: the run already reached {reached}; "
+                             "pass a larger --steps or --time with --resume to train further")
         while not self.done() and not self._stop_agreed():
             loss = self.train_step()
             self.step += 1
@@ -738,13 +890,16 @@ class Trainer:
                 record = {"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": round(mean, 6),
                           "bpb": round(mean / LN2, 6), "lr": self.current_lr, "tokens_per_s": round(rate, 1),
                           "wall_time": round(self.elapsed(), 3)}
+                if self.task is not None:  # a task's loss is per answer, not per byte of text
+                    del record["bpb"]
                 self.write_metrics(record)
                 parts = [f"step {self.step}" + (f"/{o.steps}" if use_steps else ""), f"loss {mean:.4f}",
                          f"bpb {mean / LN2:.3f}", f"lr {self.current_lr:.2e}", f"{rate:,.0f} tok/s"]
-                if self.report.rich:
-                    self.report.update(self.step if use_steps else self.elapsed(), "  ".join(parts))
-                else:
-                    self.report.line(" | ".join(parts + [f"elapsed {_clock(self.elapsed())}", f"ETA {_clock(self._eta(rate))}"]))
+                if self.task is not None:
+                    del parts[2]
+                # A permanent line every --log-every steps (above the live bar on a terminal), as nanoGPT prints.
+                self.report.line(" | ".join(parts + [f"elapsed {_clock(self.elapsed())}", f"ETA {_clock(self._eta(rate))}"]))
+                self.report.update(self.step if use_steps else self.elapsed(), parts[0].replace("step ", ""))
                 window_t, window_tokens, loss_sum, loss_n = now, 0, 0.0, 0
             if self.step % o.eval_every == 0 or finished:
                 self._evaluate_and_keep_best()
@@ -770,7 +925,10 @@ class Trainer:
         summary = self.summary()
         summary["start_val_bits_per_byte"] = self.start_bpb
         summary["run_folder"] = str(self.out)
-        self.report.line(f"done: step {self.step}, {self.tokens_seen:,} tokens, val bpb {self.last_bpb:.4f} "
+        if self.task is not None:
+            summary["start_val_bits_per_byte"] = None
+            summary["start_val_loss"] = self.start_bpb
+        self.report.line(f"done: step {self.step}, {self.tokens_seen:,} tokens, {self._eval_text()} "
                          f"(best {self.best_bpb:.4f}), {_clock(self.elapsed())}; checkpoint in {self.out / 'checkpoint'}")
         return summary
 
@@ -788,6 +946,19 @@ class Trainer:
             left.append(o.time_budget - self.elapsed())
         return max(0.0, min(left)) if left else 0.0
 
+    def _eval_fields(self) -> dict[str, float]:
+        """The last evaluation as metrics.jsonl fields: val_bpb (text), or val_loss, accuracy[, sequence_accuracy] (task)."""
+        if self.task is None:
+            return {"val_bpb": round(self.last_bpb, 6)}
+        return dict(self.last_metrics)
+
+    def _eval_text(self) -> str:
+        if self.task is None:
+            return f"val bpb {self.last_bpb:.4f}"
+        m = self.last_metrics
+        return (f"val loss {m['val_loss']:.4f} | accuracy {m['accuracy']:.4f}"
+                + (f" | sequences {m['sequence_accuracy']:.4f}" if "sequence_accuracy" in m else ""))
+
     def _evaluate_and_keep_best(self) -> None:
         bpb = self.evaluate()
         self.last_bpb = bpb
@@ -795,13 +966,10 @@ class Trainer:
         if improved:
             self.best_bpb = bpb
             self.save_best()
-        self.write_metrics({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, "val_bpb": round(bpb, 6),
+        self.write_metrics({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, **self._eval_fields(),
                             "lr": self.current_lr, "wall_time": round(self.elapsed(), 3)})
-        line = f"eval step {self.step} | val bpb {bpb:.4f} | best {self.best_bpb:.4f}" + (" (saved best/)" if improved else "")
-        if self.report.progress is not None:
-            self.report.progress.console.print(line, highlight=False, markup=False)
-        else:
-            self.report.line(line)
+        line = f"eval step {self.step} | {self._eval_text()} | best {self.best_bpb:.4f}" + (" (saved best/)" if improved else "")
+        self.report.line(line)  # permanent, above the live bar on a terminal
 
 
 def train(options: TrainOptions, console: Any | None = None,

@@ -172,3 +172,88 @@ def test_summarize_single_seed_has_exactly_the_result_keys() -> None:
     two = summarize("gla", [result, {**result, "val_bits_per_byte": 4.0, "run": "out/gla-seed1"}], spread=True)
     assert two["val_bits_per_byte"] == 3.5 and two["val_bits_per_byte_std"] == pytest.approx(0.707107, abs=1e-6)
     assert [s["seed"] for s in two["seeds"]] == [0, 1]
+
+
+# ---- --task probes ---------------------------------------------------------------------------------------
+TASK_ARGS = {"mqar": ["--pairs", "2", "--seq-len", "16"], "selective-copy": ["--seq-len", "32"],
+             "sort": ["--sort-count", "6", "--sort-range", "3", "--seq-len", "12"]}
+
+
+def task_args(out: Path, task: str, models: str, *extra: str) -> list[str]:
+    return ["compare", "--task", task, "--models", models, "--preset", "tiny", "--steps", "3", "--batch-size", "2",
+            "--eval-windows", "8", "--out", str(out), "--threads", "1", "--device", "cpu", *TASK_ARGS[task], *extra]
+
+
+@pytest.mark.parametrize("task", ["mqar", "selective-copy", "sort"])
+def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(task: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny --task run: rows with task, accuracy (sequence accuracy for sort and selective-copy), the full config."""
+    from glactl import load
+    from glactl.compare import TASK_RESULT_KEYS
+
+    out = tmp_path / task
+    code, stdout, stderr = run_cli(task_args(out, task, "gla,transformer"), capsys)
+    assert code == 0, stderr
+    entries = json.loads((out / "results.json").read_text())
+    assert [e["model"] for e in entries] == ["gla", "transformer"]
+    whole = task != "mqar"
+    seq_len = int(TASK_ARGS[task][TASK_ARGS[task].index("--seq-len") + 1])
+    for e in entries:
+        assert list(e) == [k for k in TASK_RESULT_KEYS if whole or k != "sequence_accuracy"]
+        assert e["task"] == task and 0.0 <= e["accuracy"] <= 1.0 and e["val_loss"] > 0
+        assert "val_bits_per_byte" not in e and "sample" not in e and "generate_tokens_per_second" not in e
+        assert e["parameters"] > 0 and e["train_tokens_per_second"] > 0
+        assert list(e["state_bytes"]) == [str(seq_len)] and e["state_bytes"][str(seq_len)] > 0
+        assert e["task_settings"]["task"] == task and e["task_settings"]["seq_len"] == seq_len
+        assert e["config"]["mixer"] == e["model"] and e["config"]["context"] == seq_len and "short_conv" in e["config"]
+        assert [p["step"] for p in e["curve"]] == [0, 1, 2, 3] and e["curve"][-1]["accuracy"] == e["accuracy"]
+        records = [json.loads(line) for line in (out / f"{e['model']}-seed0" / "metrics.jsonl").read_text().splitlines()]
+        assert all("val_bpb" not in r and "bpb" not in r for r in records)
+        model = load(str(out / f"{e['model']}-seed0"))  # a task run's checkpoint loads like any other
+        assert model.config.to_dict() == e["config"]
+    assert (out / "accuracy.png").read_bytes()[:8] == PNG and not (out / "loss.png").exists()
+    markdown = (out / "results.md").read_text()
+    assert f"--task {task}" in markdown and "| accuracy |" in markdown.replace(" (± sd)", "")
+    assert ("sequence accuracy" in markdown) == whole and "bpb" not in markdown
+    assert "| gla |" in stdout
+
+
+def test_compare_task_rerun_with_another_config_is_not_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Same --out, other --short-conv (or a record without the resolved config, as older glactl wrote): --force needed."""
+    out = tmp_path / "rerun"
+    assert run_cli(task_args(out, "mqar", "gla", "--short-conv", "0"), capsys)[0] == 0
+    code, stdout, stderr = run_cli(task_args(out, "mqar", "gla", "--short-conv", "0"), capsys)
+    assert code == 0 and "already finished" in stdout + stderr
+    code, stdout, stderr = run_cli(task_args(out, "mqar", "gla", "--short-conv", "4"), capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "config" in stderr and "--force" in stderr
+    code, _, stderr = run_cli(task_args(out, "mqar", "gla", "--short-conv", "0", "--pairs", "3"), capsys)
+    assert code == 2 and "task" in stderr and "--force" in stderr
+    record_path = out / "gla-seed0" / "compare.json"
+    record = json.loads(record_path.read_text())
+    assert record["training"]["config"]["short_conv"] == 0 and record["training"]["task"]["pairs"] == 2
+    for key in ("config", "task"):  # what a record from before these fields looks like
+        del record["training"][key]
+    record_path.write_text(json.dumps(record))
+    code, _, stderr = run_cli(task_args(out, "mqar", "gla", "--short-conv", "0"), capsys)
+    assert code == 2 and "config" in stderr and "--force" in stderr
+    code, stdout, stderr = run_cli(task_args(out, "mqar", "gla", "--short-conv", "4", "--force"), capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "results.json").read_text())[0]["config"]["short_conv"] == 4
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--task", "mqar", "--models", "transformer", "--short-conv", "4"], ["short_conv", "transformer"]),
+    (["--task", "mqar", "--models", "gla", "--performer-rope"], ["performer_rope", "gla"]),
+    (["--task", "mqar", "--models", "gla", "--short-conv", "1"], ["short_conv"]),
+    (["--task", "lm", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
+    (["--task", "sort", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
+    (["--task", "sort", "--models", "gla", "--seq-len", "100"], ["--seq-len >= 200"]),
+    (["--task", "mqar", "--models", "gla", "--data", "x.txt"], ["--data", "--task mqar"]),
+    (["--task", "copy", "--models", "gla"], ["--task", "selective-copy"]),
+])
+def test_compare_task_flags_bad_input_is_one_line(flags: list[str], words: list[str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bad"
+    code, stdout, stderr = run_cli(["compare", *flags, "--preset", "tiny", "--steps", "1", "--out", str(out)], capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert all(w in stderr for w in words), stderr
+    assert not out.exists()

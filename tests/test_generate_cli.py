@@ -32,6 +32,12 @@ def generate_json(capsys: pytest.CaptureFixture[str], folder: Path, prompt: str,
     return json.loads(out)
 
 
+def printed(sample: str, prompt: str = PROMPT) -> str:
+    """What generate prints when piped: the prompt, the sample, and a newline unless the text ends with one."""
+    text = prompt + sample
+    return text if text.endswith("\n") else text + "\n"
+
+
 # ---- prompt forms, seeds and the JSON document ---------------------------------------------------
 def test_prompt_as_string_stdin_and_file_give_the_same_text(
     gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -58,7 +64,7 @@ def test_same_seed_same_text_other_seed_other_text(gla_folder: Path, capsys: pyt
     code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "60",
                               "--seed", "123"], capsys)
     assert code == 0, err
-    assert out == first["samples"][0]
+    assert out == printed(first["samples"][0])
 
 
 def test_json_document_keys_and_values(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,7 +88,7 @@ def test_num_samples(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> No
                               "--num-samples", "3", "--seed", "5"], capsys)
     assert code == 0, err
     for i, sample in enumerate(document["samples"], 1):
-        assert f"--- sample {i}/3 ---\n{sample}" in out
+        assert f"--- sample {i}/3 ---\n{printed(sample)}" in out
 
 
 def test_no_stream_prints_the_same_text(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,7 +96,7 @@ def test_no_stream_prints_the_same_text(gla_folder: Path, capsys: pytest.Capture
     code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "30",
                               "--seed", "9", "--no-stream"], capsys)
     assert code == 0, err
-    assert out == document["samples"][0]
+    assert out == printed(document["samples"][0])
 
 
 # ---- greedy decoding and stop strings --------------------------------------------------------------
@@ -146,18 +152,24 @@ def test_stop_string_ends_the_sample_and_is_not_printed(gla_folder: Path, capsys
     code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "80",
                               "--temperature", "0", "--stop", "\u2603never", "--stop", stop], capsys)
     assert code == 0, err
-    assert out == expected
+    assert out == printed(expected)
 
 
 # ---- terminal vs pipe ------------------------------------------------------------------------------
-def test_piped_output_has_no_ansi_codes_no_prompt_echo_and_no_summary(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "50",
-                              "--seed", "11"], capsys)
+def test_piped_output_is_prompt_plus_text_and_a_newline_without_ansi_codes_or_summary(
+    gla_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "-n", "50", "--seed", "11"]
+    code, out, err = run_cli(args, capsys)
     assert code == 0, err
     sample = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "50", "--seed", "11")["samples"][0]
-    assert out == sample  # exactly the generated text: no prompt echo, no escape codes added
-    assert "\x1b[" not in out and not out.startswith(PROMPT)
+    assert out == printed(sample)  # prompt + continuation + newline, as HF and nanoGPT print it
+    assert "\x1b[" not in out
     assert err == ""
+    code, out, err = run_cli([*args, "--no-echo"], capsys)  # the continuation alone, still ending the line
+    assert (code, out) == (0, sample + ("" if sample.endswith("\n") else "\n"))
+    code, out, err = run_cli([*args, "--num-samples", "2", "--temp", "0.5"], capsys)
+    assert code == 0 and out.count(PROMPT) == 2 and out.startswith("--- sample 1/2 ---\n" + PROMPT) and out.endswith("\n")
 
 
 def test_terminal_output_echoes_the_prompt_in_bold_and_summarises_on_stderr(

@@ -221,7 +221,8 @@ def test_bfloat16_autocast_keeps_a_float32_state_and_trains() -> None:
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, state = model(torch.randint(0, 256, (2, 70)))
-    assert all(t.dtype == torch.float32 for layer in state for t in layer.values())
+    assert all(t.dtype == torch.float32 for layer in state for name, t in layer.items() if name != "pos")
+    assert all(layer["pos"].dtype == torch.long and layer["pos"].tolist() == [70, 70] for layer in state)
     assert torch.isfinite(logits.float()).all()
     logits.float().mean().backward()
     assert model.blocks[0].mixer.in_proj.weight.grad.abs().sum() > 0
@@ -230,3 +231,107 @@ def test_bfloat16_autocast_keeps_a_float32_state_and_trains() -> None:
 def test_zero_features_is_an_input_error() -> None:
     with pytest.raises(InputError):
         Performer(ModelConfig.tiny(mixer="performer", performer_features=0), 0)
+
+
+# ---- rotary positions (performer_rope, DESIGN.md 3.4) -------------------------------------------
+def rope_mixer(dtype: torch.dtype = torch.float64, seed: int = 0, rope: bool = True) -> Performer:
+    """A lone mixer like tiny_mixer, with or without rotary positions."""
+    torch.manual_seed(seed)
+    mixer = Performer(ModelConfig.tiny(mixer="performer", performer_features=32, performer_rope=rope), 0)
+    torch.nn.init.normal_(mixer.in_proj.weight, std=0.3)
+    return mixer.to(dtype).eval()
+
+
+def reference_output(mixer: Performer, x: torch.Tensor, start: int) -> torch.Tensor:
+    """RoPE at absolute positions start.. by glactl.ops.rope, then the token-by-token FAVOR+ loop."""
+    from glactl.ops.rope import apply_rope, rope_range
+
+    q, k, v = (t.transpose(1, 2) for t in mixer._project(x))
+    if mixer.rope:
+        cos, sin = rope_range(start, x.shape[1], mixer.head_dim, mixer.rope_base, x.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    y, _ = performer_recurrent(q, k, v, mixer.feature_proj)
+    return mixer.out_proj(y.transpose(1, 2).flatten(-2))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("rope", [True, False])
+def test_mixer_matches_the_rotate_then_favor_reference(rope: bool) -> None:
+    mixer = rope_mixer(rope=rope)
+    x = torch.randn(2, 90, 128, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    assert rel_err(mixer(x)[0], reference_output(mixer, x, 0)) < 1e-10
+    state = mixer.init_state(2, dtype=torch.float64)
+    assert ("pos" in state) is rope and set(state) - {"pos"} == {"kv", "z", "key_max"}
+    if rope:
+        assert state["pos"].dtype == torch.long and state["pos"].shape == (2,)
+        assert not torch.allclose(mixer(x)[0], rope_mixer(rope=False)(x)[0])
+
+
+@torch.no_grad()
+def test_rope_contract_holds_after_a_long_stream() -> None:
+    """Continue after 5,000 tokens: one call == pieces == steps (float64), float32 within 1e-5 of it."""
+    g = torch.Generator().manual_seed(9)
+    prefix = torch.randn(1, 5000, 128, generator=g, dtype=torch.float64)
+    x = torch.randn(1, 70, 128, generator=g, dtype=torch.float64)
+    mixer = rope_mixer()
+    _, start = mixer(prefix)
+    assert start["pos"].tolist() == [5000]
+    full, state = mixer(x, start)
+    assert state["pos"].tolist() == [5070]
+    pieces, state_pieces = [], start
+    for a, b in ((0, 1), (1, 3), (3, 64), (64, 70)):
+        y, state_pieces = mixer(x[:, a:b], state_pieces)
+        pieces.append(y)
+    assert rel_err(torch.cat(pieces, dim=1), full) < 1e-10
+    steps, state_steps = [], start
+    for t in range(x.shape[1]):
+        y, state_steps = mixer.step(x[:, t], state_steps)
+        steps.append(y)
+    assert rel_err(torch.stack(steps, dim=1), full) < 1e-10
+    for name in ("kv", "z", "key_max", "pos"):
+        assert rel_err(state_pieces[name], state[name]) < 1e-10 and rel_err(state_steps[name], state[name]) < 1e-10
+    mixer32 = rope_mixer(torch.float32)
+    _, start32 = mixer32(prefix.float())
+    assert rel_err(mixer32(x.float(), start32)[0], full) < 1e-5
+    state32, steps32 = start32, []
+    for t in range(x.shape[1]):
+        y, state32 = mixer32.step(x[:, t].float(), state32)
+        steps32.append(y)
+    assert rel_err(torch.stack(steps32, dim=1), full) < 1e-5
+    # The continuation is the reference rotated at positions 5000.. (the prefix only adds to S and z).
+    assert not torch.allclose(full, mixer(x)[0])
+
+
+@torch.no_grad()
+def test_rope_model_contract_float64_and_float32_and_constant_state() -> None:
+    model = tiny_model(performer_rope=True)
+    idx = torch.randint(0, 256, (2, 80), generator=torch.Generator().manual_seed(10))
+    full, _ = model(idx)
+    assert rel_err(model_pieces(model, idx, [1, 2, 5, 64, 65]), full) < 1e-10
+    assert rel_err(model_steps(model, idx), full) < 1e-10
+    model32 = tiny_model(torch.float32, performer_rope=True)
+    assert rel_err(model32(idx)[0], full) < 1e-5
+    assert rel_err(model_steps(model32, idx), full) < 1e-5
+    g = torch.Generator().manual_seed(11)
+    _, state_10 = model32(torch.randint(0, 256, (1, 10), generator=g))
+    _, state_1000 = model32(torch.randint(0, 256, (1, 1000), generator=g))
+    assert model32.state_nbytes(state_10) == model32.state_nbytes(state_1000) == model32.state_nbytes(model32.init_state(1))
+
+
+@torch.no_grad()
+def test_rope_positions_reorder_with_the_beams() -> None:
+    """select_state moves each row's position with its row; rows at different positions continue exactly."""
+    from glactl.models.state import select_state
+
+    model = tiny_model(performer_rope=True)
+    g = torch.Generator().manual_seed(12)
+    a, b = torch.randint(0, 256, (1, 7), generator=g), torch.randint(0, 256, (1, 19), generator=g)
+    _, state_a = model(a)
+    _, state_b = model(b)
+    both = [{name: torch.cat([sa[name], sb[name]]) for name in sa} for sa, sb in zip(state_a, state_b)]
+    swapped = select_state(both, torch.tensor([1, 0]))
+    assert swapped[0]["pos"].tolist() == [19, 7]
+    nxt = torch.randint(0, 256, (2, 5), generator=g)
+    out, _ = model(nxt, swapped)
+    assert rel_err(out[:1], model(nxt[:1], state_b)[0]) < 1e-10
+    assert rel_err(out[1:], model(nxt[1:], state_a)[0]) < 1e-10

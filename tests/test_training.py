@@ -211,3 +211,34 @@ def test_schedule_and_durations() -> None:
     assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2h") == 7200
     with pytest.raises(InputError):
         parse_duration("0m")
+
+
+def test_task_run_trains_on_answers_resumes_and_loads(tmp_path: Path) -> None:
+    """A probe task through the same loop: eval records with accuracy, no bits per byte; resume; best/ by answer loss."""
+    run = tmp_path / "sort"
+    options = dict(task="sort", task_options={"sort_count": 4, "sort_range": 3}, model="gla", preset="tiny", d_model=64,
+                   n_layers=1, batch_size=4, eval_windows=8, eval_every=2, save_every=2, out=str(run), dtype="float32", threads=1)
+    summary = train(TrainOptions(steps=2, **options))
+    assert summary["task"] == {"task": "sort", "seq_len": 8, "sort_count": 4, "sort_range": 3}  # seq_len: the task's default
+    assert summary["val_bits_per_byte"] is None and summary["data"] == []
+    assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["sequence_accuracy"] <= 1 and summary["val_loss"] > 0
+    summary = train(TrainOptions(steps=4, resume=True, out=str(run), threads=1))  # the task comes from trainer.json
+    assert summary["steps"] == 4 and summary["task"]["sort_count"] == 4
+    evals = [m for m in metrics(run) if m["kind"] == "eval"]
+    assert [m["step"] for m in evals] == [0, 2, 4]
+    assert all({"val_loss", "accuracy", "sequence_accuracy"} <= set(m) and "val_bpb" not in m for m in evals)
+    assert all("bpb" not in m for m in metrics(run))
+    best = json.loads((run / "best" / "config.json").read_text())["training"]
+    assert best["val_loss"] == min(m["val_loss"] for m in evals[1:])
+    model, _ = load_model(run)
+    assert model.config.context == 8
+
+
+def test_short_conv_and_performer_rope_flags(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--steps", "1", "--short-conv", "0", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "checkpoint" / "config.json").read_text())["architecture"]["short_conv"] == 0
+    for flags, word in ((["--model", "transformer", "--short-conv", "4"], "short_conv"), (["--performer-rope"], "performer_rope")):
+        code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--steps", "1", *flags, "--out", str(tmp_path / "b")], capsys)
+        assert code == 2 and word in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "b").exists()

@@ -11,7 +11,7 @@ from glactl.models.registry import MIXERS
 from glactl.training import TrainOptions, train
 from conftest import shared_file
 
-ZOO = ("gla", "transformer", "performer", "infinite", "reflex", "mingru", "minlstm")
+ZOO = ("gla", "transformer", "performer", "infinite", "reflex", "mingru", "minlstm", "lstm", "gru")
 STEPS = 150
 MIN_DROP = 0.8
 # Reflex reuses earlier layers' keys/values only from the third layer on: with the tiny preset's
@@ -20,7 +20,7 @@ LAYERS = {"reflex": 3}
 
 
 def test_zoo_names_are_all_registered() -> None:
-    """The seven names of the comparison zoo are exactly the registry's mixers."""
+    """The names of the comparison zoo are exactly the registry's mixers."""
     assert set(ZOO) == set(MIXERS)
 
 

@@ -11,6 +11,29 @@ from glactl.errors import InputError
 # Upper bounds that keep a crafted config.json from asking for absurd allocations.
 _LIMITS = {"d_model": 16384, "n_layers": 256, "n_heads": 256, "vocab_size": 1 << 20, "chunk_size": 4096}
 
+# Defaults for NEW models, per field and architecture, applied when a field is not given (None).
+# An architecture missing from a field's table gets the field's off value (LEGACY_DEFAULTS).
+# Flip a default here after measuring (issue 13); checkpoints are unaffected, see LEGACY_DEFAULTS.
+NEW_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "short_conv": {"gla": 4},
+    "performer_rope": {"performer": True},
+}
+
+# Fields added after checkpoints were first written, and the value that reproduces the models
+# written before them (also the off value): a config.json without the field loads with this,
+# never with the new-model default above (DESIGN.md 3.1).
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "short_conv": 0,
+    "performer_rope": False,
+}
+
+# Which architectures honour a per-architecture option; the others refuse a value that turns it on.
+OPTION_MIXERS: dict[str, tuple[str, ...]] = {
+    "short_conv": ("gla",),
+    "performer_rope": ("performer",),
+}
+SHORT_CONV_MAX = 64
+
 
 @dataclass
 class ModelConfig:
@@ -30,11 +53,14 @@ class ModelConfig:
     gla_gate_rank: int = 16
     gla_gate_normalizer: float = 16.0
     gla_form: str = "chunk"  # "chunk" or "recurrent" (the reference loop; benchmarks only)
+    # short causal depthwise convolution on q, k, v (kernel size; 0 = off); None = NEW_MODEL_DEFAULTS
+    short_conv: int | None = None
     # softmax attention and Reflex (3.3, 3.6)
     rope_base: float = 10000.0
     sink_tokens: int = 4
     # Performer (3.4)
     performer_features: int = 128
+    performer_rope: bool | None = None  # rotary positions on q, k; None = NEW_MODEL_DEFAULTS
     # infinity-former (3.5)
     infinite_segment: int = 128
     infinite_basis: int = 64
@@ -44,6 +70,13 @@ class ModelConfig:
     # minGRU / minLSTM (3.7)
     rnn_expansion: float = 1.5
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Resolve per-architecture defaults (fields left None) for this mixer; to_dict writes the result."""
+        for name, table in NEW_MODEL_DEFAULTS.items():
+            if getattr(self, name) is None:
+                value = table.get(self.mixer, LEGACY_DEFAULTS[name]) if isinstance(self.mixer, str) else LEGACY_DEFAULTS[name]
+                setattr(self, name, value)
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
@@ -80,14 +113,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from a dict (missing fields take defaults); unknown fields or bad values raise InputError."""
+        """Build from a dict (a saved config.json); unknown fields or bad values raise InputError.
+
+        Missing fields take the dataclass defaults, except those in LEGACY_DEFAULTS, which take the
+        value that reproduces checkpoints written before the field existed.
+        """
         if not isinstance(data, dict):
             raise InputError("model config must be a JSON object")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"model config has unknown fields: {', '.join(unknown)}")
-        config = cls(**data)
+        for name in LEGACY_DEFAULTS:
+            if name in data and data[name] is None:
+                raise InputError(f"model config field {name!r} has a bad value None")
+        config = cls(**{**LEGACY_DEFAULTS, **data})
         config.validate()
         return config
 
@@ -132,6 +172,11 @@ class ModelConfig:
                 raise InputError(f"model config field {name!r} = {value} must be positive and finite")
         if self.rnn_expansion > 16:
             raise InputError("rnn_expansion must be at most 16")
+        if not (self.short_conv == 0 or 2 <= self.short_conv <= SHORT_CONV_MAX):
+            raise InputError(f"short_conv {self.short_conv} must be 0 (off) or a kernel size in [2, {SHORT_CONV_MAX}]")
+        for name, mixers in OPTION_MIXERS.items():
+            if getattr(self, name) and self.mixer not in mixers:
+                raise InputError(f"{name} is not supported by the {self.mixer} model (only by: {', '.join(mixers)})")
         return self
 
 
@@ -141,6 +186,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "mixer": (str,), "d_model": (int,), "n_layers": (int,), "n_heads": (int,), "vocab_size": (int,),
     "tie_embeddings": (bool,), "chunk_size": (int,), "dropout": (int, float), "context": (int, type(None)),
     "norm_eps": (int, float), "gla_gate_rank": (int,), "gla_gate_normalizer": (int, float), "gla_form": (str,),
+    "short_conv": (int,), "performer_rope": (bool,),
     "rope_base": (int, float), "sink_tokens": (int,), "performer_features": (int,),
     "infinite_segment": (int,), "infinite_basis": (int,), "infinite_samples": (int,),
     "infinite_tau": (int, float), "infinite_ridge": (int, float), "rnn_expansion": (int, float),

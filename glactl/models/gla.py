@@ -1,9 +1,15 @@
 """The Gated Linear Attention mixer (DESIGN.md 3.2): projections, low-rank forget gate, output gate.
 
-The math of the three forms lives in glactl/ops/gla.py; this module only shapes tensors.
+The math of the three forms lives in glactl/ops/gla.py and that of the optional short
+convolution in glactl/ops/conv.py; this module only shapes tensors. The state is the K x V
+matrix per head [B, H, K, V] alone when `short_conv` is 0 (as before it existed), otherwise a
+dict {"S": that matrix, "conv": the last short_conv - 1 projected q, k, v inputs [B, W - 1, 2 d_k + d_v]}.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -11,6 +17,7 @@ import torch.nn.functional as F
 
 from glactl.models.config import ModelConfig
 from glactl.models.layers import Mixer
+from glactl.ops.conv import causal_conv, causal_conv_step, conv_buffer
 from glactl.ops.gla import gate_log, gla_chunk, gla_chunk_fla, gla_recurrent, gla_step, state_dtype
 
 
@@ -34,18 +41,41 @@ class GatedLinearAttention(Mixer):
         self.chunk_size = config.chunk_size
         self.form = config.gla_form
         self.kernels = "torch"  # or "fla": set at run time by glactl.devices.use_kernels, never saved
+        # Short causal depthwise convolution on q, k, v (one filter per channel, no bias, then SiLU).
+        self.short_conv = config.short_conv
+        self.qkv_dim = 2 * self.key_dim + self.value_dim
+        if self.short_conv:
+            self.conv_weight = nn.Parameter(torch.empty(self.qkv_dim, self.short_conv))
+            self.reset_extra_parameters()
 
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x [..., d] -> q, k, log_a [..., H, K] and v, r [..., H, V] (r: output gate, flat)."""
-        sizes = [self.key_dim, self.key_dim, self.value_dim, self.value_dim, self.gate_rank]
-        q, k, v, r, gate_low = self.in_proj(x).split(sizes, dim=-1)
+    def reset_extra_parameters(self) -> None:
+        """The convolution's init: uniform in +-1/sqrt(W), nn.Conv1d's default for a depthwise filter."""
+        if self.short_conv:
+            bound = 1.0 / math.sqrt(self.short_conv)
+            nn.init.uniform_(self.conv_weight, -bound, bound)
+
+    def _project(self, x: torch.Tensor, conv: torch.Tensor | None = None) -> tuple[Any, ...]:
+        """x [..., d] -> q, k, log_a [..., H, K], v [..., H, V], r (output gate, flat), new conv buffer or None.
+
+        x is [B, T, d] (a sequence) or [B, d] (one token); `conv` is the carried buffer (None: fresh).
+        """
+        sizes = [self.qkv_dim, self.value_dim, self.gate_rank]
+        qkv, r, gate_low = self.in_proj(x).split(sizes, dim=-1)
+        if self.short_conv:
+            convolve = causal_conv_step if x.dim() == 2 else causal_conv
+            if conv is None:
+                conv = conv_buffer(x.shape[0], self.short_conv, self.qkv_dim, x.device, qkv.dtype)
+            qkv, conv = convolve(qkv, self.conv_weight, conv)
+            qkv = F.silu(qkv)
+            conv = conv.to(state_dtype(x.dtype))
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         log_a = gate_log(self.gate_proj(gate_low), self.config.gla_gate_normalizer)
         lead = x.shape[:-1]
         q = q.reshape(*lead, self.n_heads, self.head_k)
         k = k.reshape(*lead, self.n_heads, self.head_k)
         log_a = log_a.reshape(*lead, self.n_heads, self.head_k)
         v = v.reshape(*lead, self.n_heads, self.head_v)
-        return q, k, v, log_a, r
+        return q, k, v, log_a, r, conv
 
     def _output(self, o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Per-head RMSNorm of o [..., H, V], heads concatenated, times silu(r), then W_o."""
@@ -53,22 +83,36 @@ class GatedLinearAttention(Mixer):
         o = o.flatten(-2).to(r.dtype) * F.silu(r)
         return self.out_proj(o)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
         dtype = state_dtype(dtype or torch.float32)
-        return torch.zeros(batch_size, self.n_heads, self.head_k, self.head_v, device=device, dtype=dtype)
+        matrix = torch.zeros(batch_size, self.n_heads, self.head_k, self.head_v, device=device, dtype=dtype)
+        if not self.short_conv:
+            return matrix
+        return {"S": matrix, "conv": conv_buffer(batch_size, self.short_conv, self.qkv_dim, device, dtype)}
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, exchange: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v, log_a, r = self._project(x)
+    def _split_state(self, state: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(K x V matrix, conv buffer) of a state of either shape; None parts for a fresh stream."""
+        if self.short_conv and state is not None:
+            return state["S"], state["conv"]
+        return state, None
+
+    def _join_state(self, matrix: torch.Tensor, conv: torch.Tensor | None) -> Any:
+        return {"S": matrix, "conv": conv} if self.short_conv else matrix
+
+    def forward(self, x: torch.Tensor, state: Any = None, exchange: dict | None = None) -> tuple[torch.Tensor, Any]:
+        matrix, conv = self._split_state(state)
+        q, k, v, log_a, r, conv = self._project(x, conv)
         q, k, v, log_a = (t.transpose(1, 2) for t in (q, k, v, log_a))  # [B, H, T, *]
         if self.form == "recurrent":
-            o, state = gla_recurrent(q, k, v, log_a, state)
+            o, matrix = gla_recurrent(q, k, v, log_a, matrix)
         elif self.kernels == "fla" and q.is_cuda and q.dtype != torch.float64:
-            o, state = gla_chunk_fla(q, k, v, log_a, state)
+            o, matrix = gla_chunk_fla(q, k, v, log_a, matrix)
         else:
-            o, state = gla_chunk(q, k, v, log_a, state, chunk_size=self.chunk_size)
-        return self._output(o.transpose(1, 2), r), state
+            o, matrix = gla_chunk(q, k, v, log_a, matrix, chunk_size=self.chunk_size)
+        return self._output(o.transpose(1, 2), r), self._join_state(matrix, conv)
 
-    def step(self, x: torch.Tensor, state: torch.Tensor, exchange: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v, log_a, r = self._project(x)
-        o, state = gla_step(q, k, v, log_a, state)
-        return self._output(o, r), state
+    def step(self, x: torch.Tensor, state: Any, exchange: dict | None = None) -> tuple[torch.Tensor, Any]:
+        matrix, conv = self._split_state(state)
+        q, k, v, log_a, r, conv = self._project(x, conv)
+        o, matrix = gla_step(q, k, v, log_a, matrix)
+        return self._output(o, r), self._join_state(matrix, conv)

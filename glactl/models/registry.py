@@ -18,6 +18,8 @@ MIXERS: dict[str, str] = {
     "reflex": "glactl.models.reflex:ReflexAttention",
     "performer": "glactl.models.performer:Performer",
     "infinite": "glactl.models.infinite:InfinityFormer",
+    "lstm": "glactl.models.rnn:LSTM",
+    "gru": "glactl.models.rnn:GRU",
 }
 
 # Default peak learning rate per architecture (AdamW, warmup then cosine to 10%); see README.
@@ -29,6 +31,8 @@ DEFAULT_LR: dict[str, float] = {
     "reflex": 1e-3,
     "performer": 1e-3,
     "infinite": 1e-3,
+    "lstm": 3e-3,
+    "gru": 3e-3,
 }
 FALLBACK_LR = 1e-3
 

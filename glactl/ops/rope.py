@@ -21,9 +21,9 @@ def inverse_frequencies(head_dim: int, base: float, device: torch.device | None 
 def rope_tables(
     positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [T, head_dim/2] of the angles position * inv_freq, computed in float64, then cast."""
+    """cos and sin [..., head_dim/2] of the angles position * inv_freq for positions [...], in float64, then cast."""
     inv_freq = inverse_frequencies(head_dim, base, positions.device)
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    angles = positions.to(torch.float64).unsqueeze(-1) * inv_freq
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
