@@ -186,14 +186,22 @@ _MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the
 _DEVICE_CHOICES = choices("auto", "cpu", "cuda", "mps")
 _DEVICE_HELP = "Where to run; auto takes cuda, then mps, then cpu; cuda:N picks a GPU (default auto)."
 _DTYPE_CHOICES = choices("auto", "float32", "bfloat16", "float16")
-_DTYPE_HELP = ("Training precision (default auto: bfloat16 on GPUs that have it, else float16; on CPUs bfloat16 "
-               "autocast where the CPU has native bfloat16 and the model has at least 1M parameters, else float32).")
-_THREADS_HELP = "CPU threads for torch (default: the measured best for the work: see the 'threads' line on stderr)."
+_DTYPE_HELP = ("Training precision (default auto: bfloat16 on GPUs that have it, else float16; on a CPU with native "
+               "bfloat16 the faster of bfloat16 and float32 for this model, timed over a few passes once and "
+               "cached, else float32; the log says which).")
+_THREADS_HELP = ("CPU threads for torch (default: 1 for decoding; for scoring and training the idle cores, i.e. cores "
+                 "minus the load average, said on stderr).")
 _TRAIN_THREADS_HELP = _THREADS_HELP
 _KERNEL_CHOICES = choices("torch", "fla")
 _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, needs the fla package) (default torch)."
 _UNTIL = ("word", "line", "sentence")  # glactl.sampling.UNTIL_MODES (a test keeps them equal)
 _CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
+_PRECISION_CHOICES = choices("auto", "float32", "bfloat16", "int8")
+_PRECISION_HELP = ("Weights' format at run time (default auto: int8 on CPUs with native bfloat16, where it costs < 0.01 "
+                   "bits per byte; else float32). States stay float32.")
+_COMPILE_CHOICES = choices("auto", "on", "off")
+_COMPILE_HELP = ("Compile the decoding step with torch.compile (default auto: for runs of 1000 or more steps of GLA, minGRU, "
+                 "minLSTM or Performer on CPU; falls back to eager with a note where it cannot).")
 
 
 # ---- train (issue 3) ---------------------------------------------------------------------
@@ -280,11 +288,16 @@ def _train_command_line(ctx: typer.Context) -> list[str]:
 
 
 def _load_model(model: Optional[str], device: Optional[str], threads: Optional[int], context: Optional[int] = None,
-                kernels: Optional[str] = None):  # noqa: ANN202
-    """Load through the Python API, so the CLI and `glactl.load` behave alike."""
+                kernels: Optional[str] = None, precision: Optional[str] = None, compile: Optional[str] = None):  # noqa: ANN202
+    """Load through the Python API, so the CLI and `glactl.load` behave alike (the CLI defaults to auto precision/compile)."""
+    import time
+
     from glactl.api import load
 
-    lm = load(model, device=device or "auto", threads=threads, context=context, kernels=kernels)
+    start = time.perf_counter()
+    lm = load(model, device=device or "auto", threads=threads, context=context, kernels=kernels,
+              precision=precision or "auto", compile=compile or "auto")
+    lm.load_seconds = time.perf_counter() - start
     _note_still_training(lm.path, lm.document)
     return lm
 
@@ -326,11 +339,10 @@ def _write(stream, text: str) -> None:  # noqa: ANN001
 
 
 def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    """Sizes as every glactl command writes them: B, KiB, MiB, GiB (glactl.display.human_bytes)."""
+    from glactl.display import human_bytes
+
+    return human_bytes(n)
 
 
 _STATE_HELP = "Continue from a state file (written by --save-state) instead of the usual \"\\n\" start: the input is read after the text the state holds."
@@ -378,6 +390,8 @@ def generate(
     device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
     kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
+    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", "-n", help="Bytes to generate per sample (no upper limit for recurrent models)."),
     temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Softmax temperature; 0 = greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only among the K most probable bytes."),
@@ -406,7 +420,10 @@ def generate(
 
         raise InputError("--save-state needs --num-samples 1 (it saves one text to continue)")
     prompt_bytes = read_prompt(prompt)
-    lm = _load_model(model, device, threads, context, kernels)
+    from glactl.devices import thread_line
+
+    threads = thread_line("decoding", threads)[0]  # 1 unless --threads: byte steps are too small to share
+    lm = _load_model(model, device, threads, context, kernels, precision, compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
     run = lm.stream(prompt_bytes, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                     repetition_penalty=repetition_penalty, num_samples=num_samples, seed=seed,
@@ -450,8 +467,11 @@ def _print_generation(run, prompt_bytes: bytes, lm, num_samples: int, no_stream:
             _write(out, shown + text + ("" if plain.endswith("\n") else "\n"))
     if tty:
         stats = run.stats
-        sys.stderr.write(f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s), "
-                         f"state {_human_bytes(stats.state_bytes)}, seed {stats.seed}\n")
+        from glactl.devices import plural
+
+        sys.stderr.write(f"load {getattr(lm, 'load_seconds', 0.0):.2f} s ({lm.precision}); "
+                         f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s, "
+                         f"{plural(lm.threads or 1, 'thread')}), state {_human_bytes(stats.state_bytes)}, seed {stats.seed}\n")
 
 
 @app.command()
@@ -459,11 +479,13 @@ def complete(
     prefix: str = typer.Argument(..., help='Text to continue, "-" to read stdin, or @FILE (UTF-8).'),
     n: int = typer.Option(5, "--n", "-n", help="How many completions."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam width (default 4 x N)."),
-    until: str = typer.Option("word", "--until", metavar=choices(*_UNTIL), help="Where a completion ends: at the end of a word, of a line (newline), or of a sentence (. ! ? followed by a space, or a newline)."),
+    until: str = typer.Option("word", "--until", metavar=choices(*_UNTIL), help="Where a completion ends: at the end of a word, of a line (newline), or of a sentence (. ! ? then a space or newline; a line without them ends at its newline, shown as \\n)."),
     max_chars: int = typer.Option(40, "--max-chars", help="Longest completion in characters."),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
     device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
+    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
     json_out: bool = typer.Option(False, "--json", help='Print JSON: {"prefix", "completions": [{"text", "probability", "logprob"}], "until", "model", "seconds"}.'),
     state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help=_STATE_HELP),
     save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["complete"]),
@@ -488,7 +510,11 @@ def complete(
         raise InputError(f"--until must be one of {', '.join(UNTIL_MODES)}, got {until!r}")
     _check_save_state(save_state)
     prefix_bytes = read_prompt(prefix)
-    lm = _load_model(model, device, threads)
+    if prefix == "-" and prefix_bytes.endswith(b"\n"):  # `echo text | glactl complete -`: echo's newline is not typed
+        prefix_bytes = prefix_bytes[:-2] if prefix_bytes.endswith(b"\r\n") else prefix_bytes[:-1]
+    from glactl.devices import thread_line
+
+    lm = _load_model(model, device, thread_line("decoding", threads)[0], precision=precision, compile=compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
     start = time.perf_counter()
     if save_state is not None:  # read the prefix once: complete from its state, and save that state
@@ -543,6 +569,8 @@ def perplexity(
     device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
     kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
+    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (shape above)."),
     state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help="Score every FILE as the continuation of this state file's text (its first byte too, from the stored logits)."),
     save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["perplexity"]),
@@ -567,7 +595,7 @@ def perplexity(
     from glactl.devices import thread_line
 
     threads, thread_note = thread_line("scoring", threads)
-    lm = _load_model(model, device, threads, context, kernels)
+    lm = _load_model(model, device, threads, context, kernels, precision, compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
     continuation = {"start_reading": start_state.reading if start_state is not None else None, "keep_state": save_state is not None}
     notes: list[str] = []
@@ -581,23 +609,19 @@ def perplexity(
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     err = Console(stderr=True)
-    err.print(thread_note, highlight=False, soft_wrap=True)
     show = err.is_terminal and not json_out
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=err, transient=True, disable=not show)
     scores = {}
+    import time
 
-    def advance(task: int, started: float) -> "Callable[[int], None]":
+    def advance(task: int, started: float):  # noqa: ANN202
         """Progress by time: a bar appears once scoring has taken about a second, whatever the size."""
-        import time
-
         def step(k: int) -> None:
             progress.advance(task, k)
             if time.monotonic() - started > 1.0:
                 progress.update(task, visible=True)
         return step
-
-    import time
 
     with progress:
         for path in paths:
@@ -616,6 +640,8 @@ def perplexity(
         _saved_state_note(save_state, final)
     for name, score in scores.items():
         notes.extend(f"{name}: {note}" for note in score.notes)
+    if thread_note:  # said once, after the work (so an error before it stays one line)
+        err.print(thread_note, highlight=False, soft_wrap=True)
     total = sum(scores.values(), Score())
 
     def clean(metrics: dict) -> dict:
@@ -630,12 +656,16 @@ def perplexity(
     from glactl.display import fit_columns, print_table, run_name
 
     # One row per file (names fold, numbers never do); four decimals on every score; counts and speed as integers.
-    columns = {"bits_per_byte": ("bits/byte", "{:,.4f}"), "bits_per_char": ("bits/char", "{:,.4f}"),
-               "byte_perplexity": ("byte ppl", "{:,.4f}"), "word_perplexity": ("word ppl", "{:,.4f}"),
-               "bytes": ("bytes", "{:,}"), "words": ("words", "{:,}"), "tokens_per_second": ("bytes/s", "{:,.0f}")}
+    def score_text(value: float) -> str:  # four decimals, in e-notation once a perplexity passes a million
+        return f"{value:.4e}" if abs(value) >= 1e6 else f"{value:,.4f}"
+
+    columns = {"bits_per_byte": ("bits/byte", score_text), "bits_per_char": ("bits/char", score_text),
+               "byte_perplexity": ("byte ppl", score_text), "word_perplexity": ("word ppl", score_text),
+               "bytes": ("bytes", "{:,}".format), "words": ("words", "{:,}".format),
+               "tokens_per_second": ("bytes/s", "{:,.0f}".format)}
     named = list(scores.items()) + ([("total", total)] if len(scores) > 1 else [])
     header = ["file"] + [label for label, _ in columns.values()]
-    rows = [[name] + [fmt.format(score.metrics()[key]) for key, (_, fmt) in columns.items()] for name, score in named]
+    rows = [[name] + [fmt(score.metrics()[key]) for key, (_, fmt) in columns.items()] for name, score in named]
     screen = Console()
     header, rows, dropped = fit_columns(header, rows, screen.width, drop_order=(7, 6, 2, 5), flexible=0)
     print_table(screen, f"perplexity of {run_name(lm.path)} (window {window})", header, rows, flexible=0)
@@ -648,7 +678,7 @@ def perplexity(
 @app.command()
 def info(
     model_arg: Optional[str] = typer.Argument(None, metavar="MODEL", help=_MODEL_HELP),
-    model: Optional[str] = typer.Option(None, "--model", help="Same as MODEL."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help="Same as MODEL."),
     device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the description as one JSON document."),
@@ -675,7 +705,10 @@ def info(
     table = Table(title=f"{described['model']}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("architecture", f"{arch['mixer']}: d_model {arch['d_model']}, {arch['n_layers']} layers, {arch['n_heads']} heads, "
+    from glactl.devices import plural
+
+    table.add_row("architecture", f"{arch['mixer']}: d_model {arch['d_model']}, {plural(arch['n_layers'], 'layer')}, "
+                  f"{plural(arch['n_heads'], 'head')}, "
                   f"context {arch['context'] if arch['context'] is not None else 'unlimited'}")
     table.add_row("parameters", f"{described['parameters']:,}")
     if state["growth"] == "constant":
@@ -686,14 +719,85 @@ def info(
         if state["context"] is not None:
             growth += f", up to the {state['context']}-token window"
     table.add_row("state", growth)
-    training = described["training"]
-    if training:
-        table.add_row("training", ", ".join(f"{k} {v}" for k, v in training.items() if not isinstance(v, (dict, list))))
-    else:
-        table.add_row("training", "no training summary in config.json")
+    table.add_row("weights", f"{described.get('weights_dtype', 'float32')}")
+    for what, value in _training_rows(described["training"], described["model"]):
+        table.add_row(what, value)
     for name, size in described["files"].items():
         table.add_row(f"file {name}", _human_bytes(size))
     Console().print(table)
+
+
+def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
+    """The training summary of config.json as one fact per row, numbers rounded (info's text view)."""
+    from glactl.paths import training_pid
+
+    if not training:
+        return [("training", "no training summary in config.json")]
+    folder = Path(path)
+    run = folder.parent if folder.name.removesuffix(".old") in ("checkpoint", "best") else folder
+
+    def clock(seconds: float) -> str:
+        seconds = int(seconds or 0)
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+    rows: list[tuple[str, str]] = []
+    steps, planned, budget = training.get("steps"), training.get("steps_planned"), training.get("time_budget_seconds")
+    done = f"{steps:,} steps" if isinstance(steps, int) else "?"
+    if isinstance(planned, int):
+        done = f"{steps:,} of {planned:,} steps"
+    if budget:
+        done += f", {clock(training.get('wall_time_seconds', 0))} of a {clock(budget)} budget"
+    elif training.get("wall_time_seconds") is not None:
+        done += f" in {clock(training['wall_time_seconds'])}"
+    pid = training_pid(run)
+    unfinished = isinstance(planned, int) and isinstance(steps, int) and steps < planned and not (
+        budget and training.get("wall_time_seconds", 0) >= budget)
+    if pid is not None:
+        done += f" (training in progress, pid {pid})"
+    elif unfinished:
+        done += f" (unfinished; continue with: glactl train --out {run} --resume)"
+    rows.append(("trained", done))
+    if training.get("tokens_seen") is not None:
+        rows.append(("tokens seen", f"{training['tokens_seen']:,}"))
+    sources = training.get("data") or []
+    total = sum(s["weight"] for s in sources if isinstance(s.get("weight"), (int, float))) or 1.0
+    for source in sources:
+        facts = [_human_bytes(source["train_bytes"]) + " of training text"] if source.get("train_bytes") is not None else []
+        if len(sources) > 1 and isinstance(source.get("weight"), (int, float)):
+            facts.append(f"{100 * source['weight'] / total:.1f}% of the batches")
+        rows.append(("data", f"{source.get('source')}" + (f" ({', '.join(facts)})" if facts else "")))
+    if training.get("task"):
+        task = training["task"]
+        rows.append(("task", ", ".join(f"{k} {v}" for k, v in task.items()) if isinstance(task, dict) else str(task)))
+    elif training.get("data"):
+        rows.append(("validation", training.get("valid") or "each source's validation split (or the last 1% of a local file)"))
+    for key, label in (("val_bits_per_byte", "val bits per byte"), ("val_loss", "val loss")):
+        if isinstance(training.get(key), (int, float)):
+            best = training.get(f"best_{key}")
+            rows.append((label, f"{training[key]:.4f}" + (f" (best {best:.4f})" if isinstance(best, (int, float)) else "")))
+    if isinstance(training.get("accuracy"), (int, float)):
+        rows.append(("accuracy", f"{100 * training['accuracy']:.2f}%"))
+    if training.get("seq_len") is not None:
+        accum = f" x {training['grad_accum']} accumulated" if (training.get("grad_accum") or 1) > 1 else ""
+        rows.append(("batch", f"{training.get('batch_size')} windows of {training['seq_len']} bytes{accum}"))
+    if isinstance(training.get("lr"), (int, float)):
+        rows.append(("peak lr", f"{training['lr']:g}"))
+    if training.get("seed") is not None:
+        rows.append(("seed", str(training["seed"])))
+    if training.get("device"):
+        from glactl.devices import plural
+
+        threads = f", {plural(training['threads'], 'thread')}" if isinstance(training.get("threads"), int) else ""
+        rows.append(("trained on", f"{training['device']}, {training.get('dtype', '?')}{threads}"))
+    if training.get("init_from"):
+        rows.append(("init from", str(training["init_from"])))
+    if training.get("command"):
+        rows.append(("command", str(training["command"])))
+    for command in training.get("resumed_with") or []:
+        rows.append(("resumed with", str(command)))
+    if training.get("glactl_version"):
+        rows.append(("glactl version", str(training["glactl_version"])))
+    return rows
 
 
 def _names_state_file(target: Optional[str]) -> bool:

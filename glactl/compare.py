@@ -205,6 +205,7 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
     from glactl.training import Reporter
 
     task = resolve_task(options)
+    defaulted = task is None and not options.data
     if task is None:
         options.data = list(options.data) or [DEFAULT_DATA]
     if options.eval_every is None:
@@ -217,8 +218,16 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
     set_threads(options.threads)
     text, prompt = b"", b""  # a task has no text to measure generation on and no sample
     if task is None:
+        from glactl.data import DatasetUnavailable
+
         try:
             data = load_training_data(options.data, options.valid, options.seq_len, say.prepare)
+        except DatasetUnavailable as e:
+            if not defaulted:
+                raise
+            raise DatasetUnavailable(e.label, e.reason, f"compare trains on {DEFAULT_DATA} when no --data is given: "
+                                     "pass --data PATH (local text) or --task mqar|selective-copy|sort (synthetic, "
+                                     "no download)") from None
         finally:
             say.end_prepare()
         text = reference_text(data, max(options.contexts))

@@ -63,6 +63,10 @@ class SourceSpec:
             try:
                 weight = float(tail)
             except ValueError:
+                if head and not Path(value).expanduser().exists() and (Path(head).expanduser().exists() or head in WIKITEXT
+                                                                       or head.startswith("hf:")):
+                    raise InputError(f"--data {value!r}: the weight {tail!r} is not a number (SOURCE@WEIGHT, "
+                                     f"e.g. {head}@2)") from None
                 return cls(value)  # an '@' that is part of a path
             if not head:
                 raise InputError(f"--data {value!r}: missing source before '@'")
@@ -247,6 +251,7 @@ def _encode_local(files: list[Path], folder: Path, progress: Progress | None, al
             last = b""
             try:
                 with _open_bytes(path) as f:
+                    _refuse_binary_start(path, f, allow_binary)  # before a byte goes into the cache
                     while chunk := f.read(CHUNK_BYTES):
                         counter.feed(chunk)
                         writer.write(chunk)
@@ -270,6 +275,24 @@ def _encode_local(files: list[Path], folder: Path, progress: Progress | None, al
     finally:
         writer.close()
     return {"train": writer.size}, {"train": writer.sha.hexdigest()}, {"files": [str(f) for f in files]}
+
+
+SNIFF_BYTES = 64 << 10
+
+
+def _refuse_binary_start(path: Path, f: Any, allow_binary: bool) -> None:
+    """Refuse a file whose first 64 KiB look binary before encoding any of it (the whole file is checked after)."""
+    if allow_binary:
+        return
+    head = f.read(SNIFF_BYTES)
+    f.seek(0)
+    counter = _TextCounter()
+    counter.feed(head)
+    if len(head) < SNIFF_BYTES:
+        counter.finish()
+    if counter.binary_fraction > BINARY_LIMIT:
+        raise InputError(f"--data {path}: looks binary ({100 * counter.binary_fraction:.0f}% of its first bytes are NUL "
+                         "or not UTF-8); pass --allow-binary to train on it anyway")
 
 
 class _TextCounter:
@@ -307,8 +330,46 @@ def join_rows(rows: Iterable[str]) -> Iterator[bytes]:
             yield data if data.endswith(b"\n") else data + b"\n"
 
 
+class DatasetUnavailable(InputError):
+    """A Hugging Face dataset that cannot be had here (no network and not cached): one line; `reason` without advice."""
+
+    def __init__(self, label: str, reason: str, advice: str = "use --data PATH to train on local text") -> None:
+        self.label, self.reason = label, reason
+        super().__init__(f"--data {label}: cannot load the dataset: {reason}; {advice}")
+
+
+def network_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (fails in milliseconds without a network)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline(datasets: Any) -> None:
+    """Hugging Face's offline mode, so datasets reads its cache instead of retrying the network for half a minute."""
+    try:
+        import huggingface_hub.constants as hub
+
+        hub.HF_HUB_OFFLINE = True
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    except (ImportError, AttributeError):  # pragma: no cover - other versions read the environment
+        pass
+
+
 def _load_hf(path: str, config: str | None, spec: str) -> Any:
     """datasets.load_dataset with offline failures turned into one line naming `--data PATH`."""
+    remote = not Path(path).expanduser().exists()
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    no_network = remote and not offline and not network_reachable()
+    if no_network:  # fail fast from the cache, not after half a minute of HF's retries
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        offline = True
     try:
         import datasets
     except ImportError:  # pragma: no cover - a dependency
@@ -319,6 +380,8 @@ def _load_hf(path: str, config: str | None, spec: str) -> Any:
     except AttributeError:  # pragma: no cover - older datasets
         pass
     label = spec if spec == path else f"{spec} ({path}" + (f", config {config})" if config else ")")
+    if no_network:
+        _go_offline(datasets)  # datasets may have been imported before: set its flags too
     kwargs: dict[str, Any] = {}
     if os.environ.get("HF_DATASETS_CACHE"):
         kwargs["cache_dir"] = os.environ["HF_DATASETS_CACHE"]  # honoured even if set after datasets was imported
@@ -332,11 +395,11 @@ def _load_hf(path: str, config: str | None, spec: str) -> Any:
             raise InputError(f"--data {label}: {message}") from None
         raise InputError(f"--data {label}: cannot load the dataset ({message}); use --data PATH to train on local text") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many types for missing network/cache
-        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        if not remote:
+            detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise InputError(f"--data {label}: cannot load the dataset ({type(e).__name__}: {detail})") from None
         why = "no network (offline mode) and not in the datasets cache" if offline else "not reachable and not in the datasets cache"
-        detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise InputError(f"--data {label}: cannot load the dataset: {why} ({type(e).__name__}: {detail}); "
-                         "use --data PATH to train on local text") from None
+        raise DatasetUnavailable(label, why) from None
 
 
 def _encode_hf(detail: dict[str, Any], folder: Path, progress: Progress | None) -> tuple[dict, dict, dict]:
@@ -582,8 +645,7 @@ class TextBatches:
 
 
 def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
+    """Sizes in glactl's one convention (KiB, MiB: powers of 1024)."""
+    from glactl.display import human_bytes
+
+    return human_bytes(n)

@@ -208,15 +208,15 @@ def default_threads(kind: str) -> tuple[int, str]:
     except (AttributeError, OSError):
         load = 0.0
     idle = max(1, min(cores, int(cores - load + 0.5)))
-    return idle, f"{plural(idle, 'idle core')} of {cores} (load average {load:.1f})"
+    return idle, f"{plural(idle, 'idle core')} of {cores}, load average {load:.1f}"
 
 
 def thread_line(kind: str, threads: int | None) -> tuple[int, str]:
-    """The count to use for `kind` and the one line that says so (given with --threads, or chosen and why)."""
+    """The count to use for `kind` and the line that says how it was chosen ("" when --threads gave it)."""
     if threads is not None:
-        return threads, f"threads: {plural(threads, 'thread')} for {kind} (--threads)"
+        return threads, ""
     count, why = default_threads(kind)
-    return count, f"threads: {plural(count, 'thread')} for {kind} ({why}; --threads N to choose)"
+    return count, f"threads: {plural(count, 'thread')} for {kind}: {why} (--threads N to choose)"
 
 
 def set_threads(threads: int | None) -> int:

@@ -262,12 +262,15 @@ def score_split(
     keep_state: bool = False,
 ) -> Score:
     """Score a split of a `--data` source (encoded once into the cache, then streamed from its memmap)."""
-    from glactl.data import SPLITS, prepare_source  # local import: the data layer loads only when asked
+    from glactl.data import SPLITS, DatasetUnavailable, prepare_source  # local import: the data layer loads only when asked
 
     check_positive("--window", window)
     if split not in SPLITS:
         raise InputError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    source = prepare_source(data, prepare_progress)
+    try:
+        source = prepare_source(data, prepare_progress)
+    except DatasetUnavailable as e:  # the advice for scoring, not for training
+        raise DatasetUnavailable(e.label, e.reason, "score local text instead: glactl perplexity FILE") from None
     tokens = source.array(split)
     if tokens.shape[0] == 0:
         have = ", ".join(name for name, size in source.splits.items() if size) or "none"

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import torch
 
 from glactl.errors import InputError
+from glactl.inference import stepper
 from glactl.models.state import expand_state, select_state
 from glactl.reading import START, Reading, extend_tail, next_logits, read
 from glactl.tokenizer import StreamDecoder
@@ -270,6 +271,7 @@ class Generation:
         self.stats.prompt_tokens = len(self.prompt) + (len(START) if self.start is None else 0)
         self.stats.state_bytes = model.state_nbytes(state)
         active = list(range(batch))  # sample index of each batch row
+        step_fn = stepper(model, batch, self.max_new_tokens)  # model.step, compiled where --compile says so
         for step in range(self.max_new_tokens):
             use_recent = recent if params.repetition_penalty != 1.0 else None
             tokens = next_tokens(logits, params, generator, use_recent)
@@ -296,7 +298,7 @@ class Generation:
                 state, tokens, recent = select_state(state, rows), tokens[rows], recent[rows]
                 active = [active[r] for r in keep]
             if step + 1 < self.max_new_tokens:
-                logits, state = model.step(tokens, state)
+                logits, state = step_fn(tokens, state)
                 if self._live is not None:
                     self._live = (state, logits, None, *self._live[3:])
         self.stats.state_bytes = max(self.stats.state_bytes, model.state_nbytes(state))
@@ -429,6 +431,7 @@ def _beam_search(model: torch.nn.Module, prefix_read: Reading, n: int, width: in
     closer = _byte_mask(_CLOSERS).to(device)
 
     logits, state = prefix_read.logits[None], prefix_read.state
+    step_fn = stepper(model, width, 4 * max_chars + 1)  # beams as one batch, padded to the width when compiled
     zero = torch.zeros(1, dtype=torch.long, device=device)
     beams = _Beams([b""], torch.zeros(1, dtype=torch.float64, device=device), zero.clone(), zero.clone(),
                    torch.zeros(1, dtype=torch.bool, device=device), torch.zeros(1, dtype=torch.bool, device=device))
@@ -452,7 +455,10 @@ def _beam_search(model: torch.nn.Module, prefix_read: Reading, n: int, width: in
         # Finished at a boundary: one text per beam (the boundary byte is not shown), mass summed over boundary bytes.
         ended = scores.masked_fill(~boundary, -math.inf).logsumexp(dim=-1)
         for row in torch.nonzero(torch.isfinite(ended)).flatten().tolist():
-            add(beams.texts[row].decode("utf-8"), float(ended[row]))
+            text = beams.texts[row].decode("utf-8")
+            if until == "sentence" and not bool(beams.terminal[row]):
+                text += "\n"  # a line that ends without . ! ?: the newline is the sentence's end, so it is shown
+            add(text, float(ended[row]))
         scores = scores.masked_fill(boundary, -math.inf)
         char_done = nxt == 0
         new_chars = beams.chars[:, None] + char_done.long()
@@ -484,7 +490,7 @@ def _beam_search(model: torch.nn.Module, prefix_read: Reading, n: int, width: in
             sentence_end[chosen] | (beams.terminal[rows] & closer[chosen]),
         )
         state = select_state(state, rows)
-        logits, state = model.step(chosen, state)
+        logits, state = step_fn(chosen, state)
 
     ranked = sorted(finished.items(), key=lambda item: item[1], reverse=True)[:n]
     return [Completion(text, logp) for text, logp in ranked]

@@ -361,13 +361,12 @@ class Reporter:
     def prepare(self, description: str, done: int, total: int | None) -> None:
         if self.console is None:
             return
-        if not self.rich:
+        if not self.rich:  # a line every 10 s of a long preparation; a short one is summed up after ("encoded ...")
             now = time.monotonic()
-            if now - self._last_prep_line > 10 or (total and done >= total):
-                if description != self._prep.get("last") or now - self._last_prep_line > 10:
-                    self.line(f"{description}: {done:,}/{total:,}" if total else description)
-                    self._prep["last"] = description
-                    self._last_prep_line = now
+            since = max(self._prep.setdefault("start", now), self._last_prep_line)
+            if now - since > 10:
+                self.line(f"{description}: {done:,}/{total:,}" if total else description)
+                self._last_prep_line = now
             return
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -431,6 +430,7 @@ class Trainer:
         self.on_step = on_step
         self.stop_requested = False
         self.lock: RunLock | None = None
+        self.notes: list[str] = []  # choices made for the user (threads, dtype), said once when training starts
 
     # -- setup --------------------------------------------------------------------------------
     def _resolve(self, saved: dict[str, Any]) -> None:
@@ -560,7 +560,8 @@ class Trainer:
         self.kernels = select_kernels(o.kernels, self.device)
         threads, why = thread_line("training", o.threads)
         self.threads = set_threads(threads)
-        self.report.line(why)
+        if why:
+            self.notes.append(why)
         torch.manual_seed(o.seed)
         model, info = self._build_model(resume_dir)
         if resume_dir is not None or o.init_from:
@@ -568,7 +569,6 @@ class Trainer:
         self.model = use_kernels(model.to(self.device), self.kernels)
         self.model.train()
         self.train_model = self.dist.wrap(self.model)  # DDP in a torchrun job; checkpoints save self.model
-        self._measure_auto_dtype()
         self.config = model.config
         self.init_from = info.get("init_from")
         # data: text windows, or a probe task's generated sequences (the same loop trains on either)
@@ -582,8 +582,7 @@ class Trainer:
                     data = load_training_data(o.data, o.valid, o.seq_len, self.report.prepare, o.allow_binary)
             finally:
                 self.report.end_prepare()
-            for message in data.messages:
-                self.report.line(message)
+            self.notes.extend(data.messages)  # said when training starts: a refusal before it stays one line
             self.data = data
             self.data_fingerprint = data.fingerprint()
             self._check_same_data(saved)
@@ -626,6 +625,7 @@ class Trainer:
             self.report.line(f"resuming {self.out} from step {self.step} ({self.tokens_seen:,} tokens, "
                              f"{_clock(self.elapsed_before)} trained)")
         self.resume_dir = resume_dir
+        self._measure_auto_dtype()  # last: bad data or flags are refused before any timing
 
     # -- saving ---------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -666,8 +666,8 @@ class Trainer:
         speedup = self.dist.from_main(speedup)  # every rank trains in rank 0's choice
         name = "bfloat16" if speedup > 1.0 else "float32"
         self.precision = select_precision(name, self.device)
-        self.report.line(f"dtype auto: {name} (bfloat16 autocast measured {speedup:.2f}x the speed of float32 "
-                         f"for this model on this CPU{'; measured before' if cached else ''})")
+        self.notes.append(f"dtype auto: {name} (bfloat16 autocast measured {speedup:.2f}x the speed of float32 "
+                          f"for this model on this CPU{'; measured before' if cached else ''})")
 
     def _check_same_data(self, saved: dict[str, Any]) -> None:
         """On --resume, the same text by content as before (a run from before fingerprints is taken on trust)."""
@@ -846,13 +846,15 @@ class Trainer:
 
     def _loop(self) -> dict[str, Any]:
         o = self.options
+        for note in self.notes:
+            self.report.line(note)
         n_params = self.model.num_parameters()
         target = f"{o.steps} steps" if o.steps is not None else ""
         if o.time_budget is not None:
             target += (" or " if target else "") + f"{_clock(o.time_budget)} of training"
         self.report.line(
             f"training {self.config.mixer} ({n_params / 1e6:.2f}M parameters, d {self.config.d_model}, "
-            f"{self.config.n_layers} layers) on {self.device.type}/{self.precision.name}, {plural(self.threads, 'thread')}, "
+            f"{plural(self.config.n_layers, 'layer')}) on {self.device.type}/{self.precision.name}, {plural(self.threads, 'thread')}, "
             f"seq {o.seq_len} x batch {o.batch_size}" + (f" x {o.grad_accum} accum" if o.grad_accum > 1 else "")
             + (f" over {self.dist.world} processes ({self.dist.backend})" if self.dist.enabled else "")
             + f", lr {self.schedule.peak:g}, until {target}; run folder {self.out}")

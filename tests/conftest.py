@@ -82,6 +82,14 @@ def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+def final_error_line(err: str) -> str:
+    """A failure after work began: stderr holds the logs, then exactly one `glactl: error:` line, last; returns it."""
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("glactl: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    return errors[0]
+
+
 # A glactl CLI run in a child process that reports its own peak RSS (ru_maxrss of RUSAGE_SELF).
 CHILD = """
 import resource, sys

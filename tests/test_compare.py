@@ -75,11 +75,16 @@ def test_compare_writes_results_then_skips_finished_runs(corpus: Path, tmp_path:
     assert "| model | params | train tok/s | val bpb |" in markdown and "loss.png" in markdown
     assert all(f"### {name}" in markdown for name in by_name)
     assert "| gla |" in stdout  # the table, as plain lines when piped
+    # stdout holds the result only (`glactl compare ... > table.md`); every log line went to stderr
+    assert stdout.splitlines()[0].startswith("| model |") and len(stdout.splitlines()) == 2 + len(entries)
+    assert "training in" in stderr and "wrote" in stderr
+    code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla,transformer,mingru", "--json"), capsys)
+    assert code == 0 and json.loads(stdout) == entries
 
     metrics = {name: (out / f"{name}-seed0" / "metrics.jsonl").read_text() for name in by_name}
     code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla,transformer,mingru"), capsys)
     assert code == 0, stderr
-    assert stdout.count("already finished") == 3 and "training in" not in stdout
+    assert stderr.count("already finished") == 3 and "training in" not in stderr and "already" not in stdout
     assert metrics == {name: (out / f"{name}-seed0" / "metrics.jsonl").read_text() for name in by_name}
     assert json.loads((out / "results.json").read_text()) == entries
 
@@ -88,7 +93,7 @@ def test_compare_writes_results_then_skips_finished_runs(corpus: Path, tmp_path:
 
     code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla", "--force"), capsys)
     assert code == 0, stderr
-    assert "training in" in stdout and "already finished" not in stdout
+    assert "training in" in stderr and "already finished" not in stderr
     assert [e["model"] for e in json.loads((out / "results.json").read_text())] == ["gla"]
 
 
@@ -122,7 +127,7 @@ def test_default_data_offline_without_cache(tmp_path: Path, capsys: pytest.Captu
     out = tmp_path / "offline"
     code, _, stderr = run_cli(["compare", "--models", "gla", "--preset", "tiny", "--steps", "1", "--out", str(out)], capsys)
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
-    assert "wikitext-103" in stderr and "--data PATH" in stderr
+    assert "wikitext-103" in stderr and "--data PATH" in stderr and "--task" in stderr  # both ways out
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -257,3 +262,23 @@ def test_compare_task_flags_bad_input_is_one_line(flags: list[str], words: list[
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert all(w in stderr for w in words), stderr
     assert not out.exists()
+
+
+def test_summarize_task_means_and_spread_over_seeds() -> None:
+    from glactl.compare import TASK_RESULT_KEYS, TASK_SPREAD_KEYS, summarize_task
+    from glactl.tasks import make_task
+
+    task = make_task("sort", 12, sort_count=6)
+    curve = [{"step": 0, "tokens": 0, "val_loss": 3.0, "accuracy": 0.1, "sequence_accuracy": 0.0},
+             {"step": 5, "tokens": 60, "val_loss": 1.0, "accuracy": 0.5, "sequence_accuracy": 0.25}]
+    result = {"parameters": 10, "train_tokens_per_second": 100.0, "accuracy": 0.5, "sequence_accuracy": 0.25,
+              "val_loss": 1.0, "curve": curve, "state_bytes": {"12": 64}, "config": {"mixer": "gla"}, "run": "o/gla-seed0"}
+    other = {**result, "accuracy": 0.7, "sequence_accuracy": 0.75, "run": "o/gla-seed1",
+             "curve": [curve[0], {**curve[1], "accuracy": 0.7, "sequence_accuracy": 0.75}]}
+    assert list(summarize_task("gla", [result], False, task)) == list(TASK_RESULT_KEYS)
+    two = summarize_task("gla", [result, other], True, task)
+    assert list(two) == list(TASK_RESULT_KEYS) + list(TASK_SPREAD_KEYS)
+    assert two["accuracy"] == pytest.approx(0.6) and two["sequence_accuracy"] == pytest.approx(0.5)
+    assert two["accuracy_std"] == pytest.approx(0.141421, abs=1e-6)
+    assert two["curve"][1] == {"step": 5, "tokens": 60, "val_loss": 1.0, "accuracy": 0.6, "sequence_accuracy": 0.5}
+    assert [s["seed"] for s in two["seeds"]] == [0, 1] and two["task_settings"] == task.settings()

@@ -65,6 +65,8 @@ def reference(model: Bigram, prefix: bytes, alphabet: bytes, until: str, max_cha
             lp = logp + model.logp(prev, byte)
             if ends(text, byte):
                 key = text.decode()
+                if until == "sentence" and text.rstrip(b"\"')]}")[-1:] not in (b".", b"!", b"?"):
+                    key += "\n"  # a sentence cut by a newline without . ! ? shows that newline
                 old = out.get(key, -math.inf)
                 out[key] = max(old, lp) + math.log1p(math.exp(-abs(old - lp))) if old > -math.inf else lp
             elif len(text) + 1 == max_chars:
@@ -110,6 +112,13 @@ def test_default_beam_reports_exact_probabilities_ranked_and_distinct(until: str
     for c in found:
         assert c.logprob == pytest.approx(exact[c.text], abs=1e-9)
         assert 0 < c.probability <= 1
+
+
+def test_a_sentence_ended_by_a_newline_without_punctuation_shows_the_newline() -> None:
+    found = complete(WORDS, b"x", n=10, beam=200, until="sentence", max_chars=6)
+    bare = [c.text for c in found if not c.text.rstrip("\"')]}\n").endswith((".", "!", "?"))]
+    assert bare and all(text.endswith("\n") for text in bare)
+    assert all(not c.text.endswith("\n") for c in found if c.text.rstrip("\n").endswith("."))
 
 
 def test_leading_whitespace_does_not_end_a_word() -> None:

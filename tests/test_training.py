@@ -45,7 +45,7 @@ def test_200_steps_on_tinyshakespeare_lower_bits_per_byte(tmp_path: Path, capsys
     trains = [m for m in metrics(run) if m["kind"] == "train"]
     assert [m["step"] for m in trains] == [50, 100, 150, 200]
     assert all({"loss", "bpb", "lr", "tokens_per_s", "tokens", "wall_time"} <= set(m) for m in trains)
-    assert "step 200/200" in out and "val bpb" in out  # plain log lines when not a terminal
+    assert "step 200/200" in err and "val bpb" in err and out == ""  # plain log lines on stderr; stdout holds results only
     config = json.loads((run / "checkpoint" / "config.json").read_text())
     summary = config["training"]
     assert summary["steps"] == 200 and summary["tokens_seen"] == 200 * 32 * 4

@@ -1,0 +1,216 @@
+"""Inference speed: the weights' format at run time (--precision) and a compiled decode step (--compile).
+
+Both leave the checkpoint alone: precision swaps a model's nn.Linear layers for int8 or bfloat16
+copies at load time; compile wraps `LanguageModel.step` in torch.compile for one batch size.
+Recurrent states and the residual stream stay float32 in every precision.
+
+Rules measured on the 2-core AMD EPYC (AVX512-BF16, no AMX), shipped gla-enwiki, 1 thread
+(benchmarks/RESULTS.md, section "Inference speed (issue 14)"):
+- int8: weights int8 with one absmax scale per output row, applied by torch's int8 weight-only
+  matmul (`aten._weight_int8pack_mm`, the CPU kernel torchao and gpt-fast use) with bfloat16
+  activations for up to INT8PACK_MAX_ROWS rows; larger inputs (perplexity windows) dequantize to
+  bfloat16 (float32 on CPUs without native bfloat16) and run one GEMM. torchao's own int8
+  weight-only layout measured slower than float32 here (it dequantizes on every call) and its
+  import costs seconds; torch.ao's quantize_dynamic is deprecated.
+- precision auto: int8 on CPUs with native bfloat16 (AVX512-BF16 or AMX): its cost in bits per byte
+  stayed below AUTO_BPB_BOUND of float32 on wiki.test.raw and enwiki held-out text; float32 elsewhere.
+- compile auto: compile the step when a run takes at least COMPILE_MIN_STEPS decode steps and the
+  mixer's step state holds tensors only (GLA, minGRU, minLSTM, Performer); never on other devices.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from glactl.errors import InputError
+
+PRECISION_CHOICES = ("auto", "float32", "bfloat16", "int8")
+COMPILE_CHOICES = ("auto", "on", "off")
+INT8PACK_MAX_ROWS = 16  # above this many rows a dequantized bfloat16 GEMM beats the int8 weight-only kernel
+COMPILE_MIN_STEPS = 1000  # auto: fewer decode steps than this never pay for a compile (see module docstring)
+AUTO_BPB_BOUND = 0.01
+COMPILED_MIXERS = ("gla", "mingru", "minlstm", "performer")  # step states of tensors only; others stay eager
+
+_notes_given: set[str] = set()
+
+
+def note(message: str) -> None:
+    """One line on stderr, once per process for the same message."""
+    if message not in _notes_given:
+        _notes_given.add(message)
+        sys.stderr.write(f"glactl: note: {message}\n")
+        sys.stderr.flush()
+
+
+def check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> str:
+    """The lower-cased choice, or an InputError (one line) naming the valid ones."""
+    name = (value or "auto").lower()
+    if name not in choices:
+        raise InputError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+    return name
+
+
+# ---- precision -----------------------------------------------------------------------------
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 math is native here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        from glactl.devices import cpu_supports_bf16
+
+        return cpu_supports_bf16()
+    return False
+
+
+def resolve_precision(name: str | None, device: torch.device) -> str:
+    """--precision: the weights' format to run with on `device` (auto: the measured rule above)."""
+    name = check_choice("--precision", name, PRECISION_CHOICES)
+    if name == "auto":
+        return "int8" if device.type == "cpu" and native_bf16(device) and int8_available() else "float32"
+    if name == "bfloat16" and not native_bf16(device):
+        note(f"--precision bfloat16: no native bfloat16 on this {device.type} (AVX512-BF16/AMX or a bf16 GPU); using float32")
+        return "float32"
+    if name == "int8" and (device.type != "cpu" or not int8_available()):
+        note(f"--precision int8: torch's int8 weight-only matmul is not available on {device.type} here; using float32")
+        return "float32"
+    return name
+
+
+def int8_available() -> bool:
+    """Whether this torch ships the CPU int8 weight-only matmul."""
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class Int8Linear(nn.Module):
+    """A Linear whose weight is int8 with one absmax scale per output row (float32 in and out)."""
+
+    def __init__(self, linear: nn.Linear, native: bool) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.compute_dtype = torch.bfloat16 if native else torch.float32
+        self.register_buffer("scale", scale.to(self.compute_dtype))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        if flat.shape[0] <= INT8PACK_MAX_ROWS and self.compute_dtype == torch.bfloat16:
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale)
+        else:
+            y = F.linear(flat, self.weight.to(self.compute_dtype)) * self.scale
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+class BFloat16Linear(nn.Module):
+    """A Linear whose weight (and bias) is bfloat16; float32 in and out."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+
+def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+    """Swap every nn.Linear of `model` for its `precision` copy in place (float32: unchanged); returns the model.
+
+    The embedding stays float32 (a lookup reads one row per token); a head tied to it gets its own copy.
+    """
+    model.precision = precision
+    if precision == "float32":
+        return model
+    native = native_bf16(next(model.parameters()).device)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                swapped = Int8Linear(child, native) if precision == "int8" else BFloat16Linear(child)
+                setattr(parent, name, swapped.to(child.weight.device))
+    return model
+
+
+# ---- compiled step -------------------------------------------------------------------------
+def configure(model: nn.Module, compile: str = "off") -> None:
+    """Record the --compile choice on a loaded model; `stepper` reads it."""
+    model.compile_choice = check_choice("--compile", compile, COMPILE_CHOICES)
+
+
+def should_compile(model: nn.Module, steps: int) -> bool:
+    """Whether `stepper` compiles for a run of `steps` decode steps (the --compile rule)."""
+    choice = getattr(model, "compile_choice", "off")
+    if choice == "off" or getattr(model, "_compile_failed", False):
+        return False
+    if model.config.mixer not in COMPILED_MIXERS or next(model.parameters()).device.type != "cpu":
+        if choice == "on":
+            note(f"--compile on: the {model.config.mixer} step on {next(model.parameters()).device.type} stays eager "
+                 f"(compiled: {', '.join(COMPILED_MIXERS)} on CPU)")
+        return False
+    return choice == "on" or steps >= COMPILE_MIN_STEPS
+
+
+def stepper(model: nn.Module, batch: int, steps: int) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
+    """`model.step`, compiled for `batch` rows when the rule says so (smaller batches are padded to it)."""
+    if not should_compile(model, steps):
+        return model.step
+    cache = model.__dict__.setdefault("_compiled_steps", {})
+    if batch not in cache:
+        cache[batch] = CompiledStep(model, batch)
+    return cache[batch]
+
+
+class CompiledStep:
+    """model.step under torch.compile for exactly `batch` rows; any failure falls back to eager with one note."""
+
+    def __init__(self, model: nn.Module, batch: int) -> None:
+        self.model, self.batch = model, batch
+        self.compiled: Callable[..., Any] | None = None
+
+    def _build(self) -> Callable[..., Any]:
+        from glactl.data import cache_root
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+        return torch.compile(self.model.step, dynamic=False)
+
+    def __call__(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        if getattr(self.model, "_compile_failed", False):
+            return self.model.step(tokens, state)
+        rows = tokens.shape[0]
+        if rows > self.batch:
+            return self.model.step(tokens, state)
+        try:
+            if self.compiled is None:
+                self.compiled = self._build()
+            if rows == self.batch:
+                return self.compiled(tokens, state)
+            from glactl.models.state import select_state
+
+            index = torch.cat([torch.arange(rows), torch.zeros(self.batch - rows, dtype=torch.long)]).to(tokens.device)
+            logits, new_state = self.compiled(tokens[index], select_state(state, index))
+            return logits[:rows], _first_rows(new_state, rows)
+        except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, a backend bug: eager still works
+            self.model._compile_failed = True
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            note(f"torch.compile failed ({type(e).__name__}{': ' + reason if reason else ''}); running eager")
+            return self.model.step(tokens, state)
+
+
+def _first_rows(state: Any, rows: int) -> Any:
+    """The first `rows` batch rows of a nested state (views, no copy)."""
+    if isinstance(state, torch.Tensor):
+        return state[:rows] if state.dim() else state
+    if isinstance(state, dict):
+        return {key: _first_rows(value, rows) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        items = [_first_rows(value, rows) for value in state]
+        return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
+    return state
