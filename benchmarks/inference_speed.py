@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--perplexity-bytes", type=int, default=300_000)
     parser.add_argument("--skip-commands", action="store_true")
+    parser.add_argument("--text", default=str(WIKI), help="file whose first --perplexity-bytes bytes perplexity scores")
     parser.add_argument("--model", default=str(ROOT / "weights" / "gla-enwiki"), help="checkpoint folder both versions load")
     args = parser.parse_args()
     old, new = args.old_python, args.new_python
@@ -161,7 +162,7 @@ def main() -> None:
     # ---- whole commands ------------------------------------------------------------------
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "wiki300k.txt"
-        text.write_bytes(WIKI.read_bytes()[: args.perplexity_bytes])
+        text.write_bytes(Path(args.text).read_bytes()[: args.perplexity_bytes])
         model = ["--model", args.model]
         commands = [("generate \"The\" -n 1", ["generate", "The", "--max-new-tokens", "1", "--seed", "0", *model]),
                     ("generate \"The history of\" -n 2000", ["generate", "The history of", "--max-new-tokens", "2000", "--seed", "0", *model]),

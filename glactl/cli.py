@@ -109,8 +109,11 @@ def fail(message: str, code: int = 1) -> None:
     """Print one error line to stderr and exit with `code`."""
     if code == 130 and _process["on"]:
         _ignore_sigint()  # exiting after Ctrl-C: a further Ctrl-C must not turn the exit into a traceback
-    sys.stderr.write(f"glactl: error: {message}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"glactl: error: {message}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError, ValueError):  # nobody reads stderr any more: the exit code still tells
+        pass
     raise SystemExit(code)
 
 
@@ -596,6 +599,10 @@ def perplexity(
 
     threads, thread_note = thread_line("scoring", threads)
     lm = _load_model(model, device, threads, context, kernels, precision, compile)
+    if (compile or "auto").lower() == "on":
+        from glactl.inference import note
+
+        note("--compile on: perplexity reads whole windows, whose time is matrix products; it runs eager")
     start_state = lm.load_state(state_file) if state_file is not None else None
     continuation = {"start_reading": start_state.reading if start_state is not None else None, "keep_state": save_state is not None}
     notes: list[str] = []

@@ -105,7 +105,8 @@ class Int8Linear(nn.Module):
         if flat.shape[0] <= INT8PACK_MAX_ROWS and self.compute_dtype == torch.bfloat16:
             y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale)
         else:
-            y = F.linear(flat, self.weight.to(self.compute_dtype)) * self.scale
+            # many rows (a perplexity window): dequantize once per call, one GEMM (bfloat16 where native)
+            y = F.linear(flat, (self.weight.to(self.scale.dtype) * self.scale[:, None]).to(self.compute_dtype))
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 

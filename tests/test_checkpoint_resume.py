@@ -49,7 +49,7 @@ def test_steps_20_then_resume_to_40_is_bit_identical(tmp_path: Path, text_file: 
     assert run_cli([*common, "--steps", "20", "--out", str(tmp_path / "two")], capsys)[0] == 0
     code, out, err = run_cli(["train", "--steps", "40", "--out", str(tmp_path / "two"), "--resume"], capsys)
     assert code == 0, err
-    assert "resuming" in out and "from step 20" in out
+    assert "resuming" in err and "from step 20" in err and out == ""  # logs on stderr
     assert_identical(tmp_path / "one", tmp_path / "two")
     trainer = json.loads((tmp_path / "two" / "checkpoint" / "trainer.json").read_text())
     assert trainer["step"] == 40 and trainer["tokens_seen"] == 40 * 16 * 2

@@ -1,0 +1,139 @@
+"""--precision and --compile (glactl/inference.py): compiled, eager and fallen-back steps agree; every precision runs
+and stays within its bits-per-byte bound; bad flag values are one line and exit 2."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from glactl import inference
+from glactl.models import LanguageModel, ModelConfig
+
+TEXT = (b"The history of the city begins in the early nineteenth century, when a small settlement grew up around "
+        b"the river crossing. By 1850 it had become a market town with a railway station, two churches and a school. "
+        b"In the following decades the population rose quickly as new industries arrived, and the town was granted "
+        b"a charter in 1889. During the twentieth century it expanded further, absorbing several nearby villages.\n")
+
+
+def tiny_gla(**overrides: object) -> LanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(mixer="gla", d_model=32, n_layers=1, n_heads=2, **overrides)
+    return LanguageModel(config).eval()
+
+
+def run_steps(model: LanguageModel, step, tokens: torch.Tensor, n: int = 4) -> list[torch.Tensor]:  # noqa: ANN001
+    """Logits of `n` greedy steps after reading `tokens` [B, T]."""
+    with torch.inference_mode():
+        logits, state = model(tokens, None)
+        token = logits[:, -1].argmax(-1)
+        out = []
+        for _ in range(n):
+            logits, state = step(token, state)
+            out.append(logits.clone())
+            token = logits.argmax(-1)
+    return out
+
+
+@pytest.mark.slow  # one torch.compile of a 1-layer model: tens of seconds on a 2-core machine
+def test_compiled_step_matches_eager_and_pads_smaller_batches() -> None:
+    model = tiny_gla()
+    tokens = torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(1))
+    eager = run_steps(model, model.step, tokens)
+    inference.configure(model, "on")
+    step = inference.stepper(model, 3, 4)
+    assert isinstance(step, inference.CompiledStep)
+    compiled = run_steps(model, step, tokens)
+    if getattr(model, "_compile_failed", False):
+        pytest.skip("torch.compile does not run on this machine (fallback covered below)")
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    smaller = run_steps(model, step, tokens[:2])  # two rows through the graph compiled for three
+    for a, b in zip(eager, smaller):
+        torch.testing.assert_close(b, a[:2], rtol=1e-5, atol=1e-5)
+
+
+def test_failing_compile_falls_back_to_eager_with_one_note(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_gla()
+    tokens = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(2))
+    eager = run_steps(model, model.step, tokens)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(inference, "_notes_given", set())
+    inference.configure(model, "on")
+    fallen = run_steps(model, inference.stepper(model, 1, 4), tokens)
+    for a, b in zip(eager, fallen):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.compile failed" in err[0] and "no C++ compiler" in err[0], err
+    assert inference.stepper(model, 1, 4) == model.step  # later runs go straight to eager
+
+
+def test_compile_rule() -> None:
+    model = tiny_gla()
+    inference.configure(model, "off")
+    assert inference.stepper(model, 1, 10**6) == model.step
+    inference.configure(model, "auto")
+    assert inference.stepper(model, 1, inference.COMPILE_MIN_STEPS - 1) == model.step  # short runs never compile
+    assert isinstance(inference.stepper(model, 1, inference.COMPILE_MIN_STEPS), inference.CompiledStep)
+    attention = LanguageModel(ModelConfig.tiny(mixer="transformer", d_model=32, n_layers=1, n_heads=2)).eval()
+    inference.configure(attention, "auto")
+    assert inference.stepper(attention, 1, 10**6) == attention.step  # a Python int in its state: stays eager
+
+
+def test_precision_layers_match_float32_closely() -> None:
+    model = tiny_gla()
+    x = torch.randn(5, 3, 32, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        reference, _ = model(torch.randint(0, 256, (2, 6)), None)
+        for precision, bound in (("bfloat16", 0.02), ("int8", 0.05)):
+            if inference.resolve_precision(precision, torch.device("cpu")) != precision:
+                continue  # no native bfloat16 here: the flag falls back (tested in test_precision_fallback_note)
+            swapped = inference.apply_precision(copy.deepcopy(model), precision)
+            assert not any(type(m) is torch.nn.Linear for m in swapped.modules())
+            linear = model.blocks[0].mlp.gate_up_proj
+            quantized = swapped.blocks[0].mlp.gate_up_proj
+            for rows in (x[:1, :1], x):  # one row (the int8 weight-only kernel) and many (one dequantized GEMM)
+                exact, approx = linear(rows), quantized(rows)
+                assert approx.dtype == torch.float32
+                assert (approx - exact).norm() / exact.norm() < bound
+
+
+def test_every_precision_runs_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    for precision in inference.PRECISION_CHOICES:
+        code, out, err = run_cli(["generate", "The", "--max-new-tokens", "3", "--seed", "0", "--precision", precision,
+                                  "--compile", "off"], capsys)
+        assert code == 0, err
+        assert out.startswith("The")
+
+
+def test_precision_bits_per_byte_within_bound_of_float32() -> None:
+    import glactl
+
+    bpb = {p: glactl.load(None, threads=1, precision=p).perplexity(TEXT)["bits_per_byte"] for p in ("float32", "bfloat16", "int8")}
+    for precision in ("bfloat16", "int8"):
+        assert abs(bpb[precision] - bpb["float32"]) < inference.AUTO_BPB_BOUND, bpb
+
+
+def test_precision_fallback_note(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    monkeypatch.setattr(inference, "_notes_given", set())
+    assert inference.resolve_precision("bfloat16", torch.device("cpu")) == "float32"
+    assert inference.resolve_precision("auto", torch.device("cpu")) == "float32"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bfloat16" in err[0], err
+
+
+@pytest.mark.parametrize("command", ["generate", "complete", "perplexity"])
+@pytest.mark.parametrize("flag, value", [("--precision", "fp16"), ("--compile", "maybe")])
+def test_bad_values_exit_2_with_one_line(command: str, flag: str, value: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    text = tmp_path / "t.txt"
+    text.write_bytes(TEXT)
+    argument = str(text) if command == "perplexity" else "The"
+    code, out, err = run_cli([command, argument, flag, value], capsys)
+    assert_one_line_error(code, out, err, flag, value)
