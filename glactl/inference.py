@@ -99,10 +99,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(self.compute_dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        # torch 2.13's CPU kernel reads 16 input columns at a time: other widths crash or compute garbage (measured)
+        self.packed = native and linear.in_features % 16 == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(self.compute_dtype)
-        if flat.shape[0] <= INT8PACK_MAX_ROWS and self.compute_dtype == torch.bfloat16:
+        flat = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # the int8 kernel reads rows densely
+        if flat.shape[0] <= INT8PACK_MAX_ROWS and self.packed:
             y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale)
         else:
             # many rows (a perplexity window): dequantize once per call, one GEMM (bfloat16 where native)
@@ -188,6 +190,10 @@ class CompiledStep:
         rows = tokens.shape[0]
         if rows > self.batch:
             return self.model.step(tokens, state)
+        if self.compiled is None and not _tensors_only(state):
+            self.model._compile_failed = True  # a Python number in the state would recompile every step
+            note(f"the {self.model.config.mixer} state holds Python numbers; its step runs eager")
+            return self.model.step(tokens, state)
         try:
             if self.compiled is None:
                 self.compiled = self._build()
@@ -215,3 +221,12 @@ def _first_rows(state: Any, rows: int) -> Any:
         items = [_first_rows(value, rows) for value in state]
         return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
     return state
+
+
+def _tensors_only(state: Any) -> bool:
+    """Whether every leaf of a nested state is a tensor (or None)."""
+    if isinstance(state, dict):
+        return all(_tensors_only(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_tensors_only(v) for v in state)
+    return state is None or isinstance(state, torch.Tensor)

@@ -137,3 +137,18 @@ def test_bad_values_exit_2_with_one_line(command: str, flag: str, value: str, tm
     argument = str(text) if command == "perplexity" else "The"
     code, out, err = run_cli([command, argument, flag, value], capsys)
     assert_one_line_error(code, out, err, flag, value)
+
+
+def test_int8_model_reads_and_steps_with_narrow_layers() -> None:
+    """A gate projection only 4 inputs wide (torch's int8 kernel needs multiples of 16) still runs, close to float32."""
+    model = tiny_gla(gla_gate_rank=4)
+    tokens = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(4))
+    quantized = inference.apply_precision(copy.deepcopy(model), "int8")
+    with torch.inference_mode():
+        for reader in (model, quantized):
+            logits, state = reader(tokens, None)
+            step_logits, _ = reader.step(tokens[:, -1], state)
+            reader.outputs = (logits, step_logits)
+    for exact, approx in zip(model.outputs, quantized.outputs):
+        assert torch.isfinite(approx).all()
+        assert (approx - exact).norm() / exact.norm() < 0.05
