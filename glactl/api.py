@@ -310,7 +310,7 @@ def load(
         use_kernels(model.to(torch_device), kernel_choice)
         apply_precision(model, run_precision)
     configure(model, compile)
-    document["precision"] = run_precision
+    document["precision"] = model.precision
     return Model(model, document, torch_device, threads)
 
 

@@ -130,6 +130,10 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
 
     The embedding stays float32 (a lookup reads one row per token); a head tied to it gets its own copy.
     """
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:  # a float64 reference model (tests, glactl.checkpoint loaders) keeps its exact weights
+        model.precision = str(dtype).replace("torch.", "")
+        return model
     model.precision = precision
     if precision == "float32":
         return model
