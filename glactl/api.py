@@ -244,7 +244,7 @@ class Model:
         return {
             "model": self.path,
             "architecture": self.config.to_dict(),
-            "parameters": int(self.model.num_parameters()),
+            "parameters": int(self.document.get("parameters", self.model.num_parameters())),
             "weights_dtype": self.document.get("weights_dtype", "float32"),
             "state": {
                 "bytes_after_10_tokens": short,
@@ -308,9 +308,11 @@ def load(
         if context is not None:
             model = _with_context(model, context)
         use_kernels(model.to(torch_device), kernel_choice)
+        parameters = model.num_parameters()  # the checkpoint's count: int8 weights are buffers, a tied head gets a copy
         apply_precision(model, run_precision)
     configure(model, compile)
     document["precision"] = model.precision
+    document["parameters"] = parameters
     return Model(model, document, torch_device, threads)
 
 
@@ -321,6 +323,7 @@ def _with_context(model: Any, context: int) -> Any:
     if isinstance(context, bool) or int(context) != context or not 1 <= context <= 1 << 24:
         raise InputError(f"--context must be a positive number of tokens, got {context}")
     config = dataclasses.replace(model.config, context=int(context))
-    rebuilt = LanguageModel(config.validate())
+    weights = next(model.parameters())
+    rebuilt = LanguageModel(config.validate()).to(device=weights.device, dtype=weights.dtype)  # keep the loaded dtype
     rebuilt.load_state_dict(model.state_dict())
     return rebuilt.eval()

@@ -750,7 +750,7 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     steps, planned, budget = training.get("steps"), training.get("steps_planned"), training.get("time_budget_seconds")
     done = f"{steps:,} steps" if isinstance(steps, int) else "?"
-    if isinstance(planned, int):
+    if isinstance(planned, int) and isinstance(steps, int):
         done = f"{steps:,} of {planned:,} steps"
     if budget:
         done += f", {clock(training.get('wall_time_seconds', 0))} of a {clock(budget)} budget"
@@ -767,9 +767,13 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
     if training.get("tokens_seen") is not None:
         rows.append(("tokens seen", f"{training['tokens_seen']:,}"))
     sources = training.get("data") or []
+    sources = [sources] if isinstance(sources, (str, dict)) else sources if isinstance(sources, list) else []
+    # config.json is user data: a source may be a bare name rather than train's {"source": ..., "weight": ...}
+    sources = [s if isinstance(s, dict) else {"source": s} for s in sources]
     total = sum(s["weight"] for s in sources if isinstance(s.get("weight"), (int, float))) or 1.0
     for source in sources:
-        facts = [_human_bytes(source["train_bytes"]) + " of training text"] if source.get("train_bytes") is not None else []
+        size = source.get("train_bytes")
+        facts = [_human_bytes(size) + " of training text"] if isinstance(size, (int, float)) else []
         if len(sources) > 1 and isinstance(source.get("weight"), (int, float)):
             facts.append(f"{100 * source['weight'] / total:.1f}% of the batches")
         rows.append(("data", f"{source.get('source')}" + (f" ({', '.join(facts)})" if facts else "")))

@@ -99,16 +99,21 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(self.compute_dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        # torch 2.13's CPU kernel reads 16 input columns at a time: other widths crash or compute garbage (measured)
-        self.packed = native and linear.in_features % 16 == 0
+        # torch 2.13's CPU kernel reads 16 input columns at a time: other widths crash or compute garbage (measured);
+        # the weight is this module's own int8 buffer, dense and aligned as the kernel's aligned loads need.
+        self.packed = native and linear.in_features % 16 == 0 and linear.in_features > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # the int8 kernel reads rows densely
+        flat = x.reshape(-1, self.in_features)
         if flat.shape[0] <= INT8PACK_MAX_ROWS and self.packed:
-            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale)
+            # The AVX512 kernel does aligned 32-byte loads of every input row: a view that starts at another offset
+            # segfaults (measured), so the kernel always gets a fresh, dense (64-byte aligned) bfloat16 copy.
+            dense = flat.to(self.compute_dtype, memory_format=torch.contiguous_format, copy=True)
+            y = torch.ops.aten._weight_int8pack_mm(dense, self.weight, self.scale)
         else:
             # many rows (a perplexity window): dequantize once per call, one GEMM (bfloat16 where native)
-            y = F.linear(flat, (self.weight.to(self.scale.dtype) * self.scale[:, None]).to(self.compute_dtype))
+            weight = (self.weight.to(self.scale.dtype) * self.scale[:, None]).to(self.compute_dtype)
+            y = F.linear(flat.to(self.compute_dtype), weight)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 

@@ -112,9 +112,9 @@ def test_compare_seeds_report_mean_and_spread(corpus: Path, tmp_path: Path, caps
 
 
 def test_unknown_model_is_one_line_listing_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, stdout, stderr = run_cli(["compare", "--models", "gla,lstm", "--steps", "1", "--out", str(tmp_path / "x")], capsys)
+    code, stdout, stderr = run_cli(["compare", "--models", "gla,lsmt", "--steps", "1", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
-    assert "'lstm'" in stderr and all(name in stderr for name in MIXERS)
+    assert "'lsmt'" in stderr and all(name in stderr for name in MIXERS)
     assert not (tmp_path / "x").exists()
 
 

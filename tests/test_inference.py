@@ -152,3 +152,20 @@ def test_int8_model_reads_and_steps_with_narrow_layers() -> None:
     for exact, approx in zip(model.outputs, quantized.outputs):
         assert torch.isfinite(approx).all()
         assert (approx - exact).norm() / exact.norm() < 0.05
+
+
+def test_int8_kernel_gets_aligned_rows_from_any_view() -> None:
+    """torch's int8 kernel does aligned loads of each input row (a row view at an odd offset segfaults): Int8Linear copies."""
+    if not inference.native_bf16(torch.device("cpu")) or not inference.int8_available():
+        pytest.skip("no native bfloat16 here: Int8Linear never calls the int8 weight-only kernel")
+    torch.manual_seed(5)
+    linear = torch.nn.Linear(32, 24)
+    quantized = inference.Int8Linear(linear, native=True)
+    assert quantized.packed
+    wide = torch.randn(3, 70)
+    views = (wide[:1, 1:33], wide[:, 3:35], wide.to(torch.bfloat16)[:1, 1:33], wide[:2, 5:37].reshape(1, 2, 32))
+    with torch.inference_mode():
+        for x in views:
+            exact, approx = linear(x.float()), quantized(x).float()
+            assert approx.shape == exact.shape
+            assert (approx - exact).norm() / exact.norm() < 0.05

@@ -45,6 +45,13 @@ def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
     return json.loads(out)
 
 
+def cli_json_exact(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    """cli_json with the library's defaults (float32 weights, eager): the CLI's auto precision may run int8."""
+    code, out, err = run_cli([*argv, "--threads", "1", "--json", "--precision", "float32", "--compile", "off"], capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
 # ---- info ----------------------------------------------------------------------------------
 def test_info_json_for_a_recurrent_model(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder = folders["gla"]
@@ -57,8 +64,12 @@ def test_info_json_for_a_recurrent_model(folders: dict[str, Path], capsys: pytes
     unique = {id(p): p.numel() for p in model.parameters()}  # the tied embedding once
     assert described["parameters"] == sum(unique.values())
     state = described["state"]
-    # GLA: one [heads, d/2/heads, d/heads] float32 matrix per layer, whatever the context length.
-    gla_state = config.n_layers * config.n_heads * (config.d_model // 2 // config.n_heads) * (config.d_model // config.n_heads) * 4
+    # GLA: one [heads, d/2/heads, d/heads] float32 matrix per layer, whatever the context length,
+    # plus the short convolution's last (short_conv - 1) q, k, v inputs (2 * d/2 + d channels) per layer.
+    assert config.short_conv == 4  # the default for new GLA models, so the buffer is counted below
+    matrix = config.n_heads * (config.d_model // 2 // config.n_heads) * (config.d_model // config.n_heads)
+    conv = (config.short_conv - 1) * (2 * (config.d_model // 2) + config.d_model)
+    gla_state = config.n_layers * (matrix + conv) * 4
     assert state["growth"] == "constant"
     assert state["bytes_after_10_tokens"] == state["bytes_after_100_tokens"] == gla_state
     assert state["bytes_per_token"] == 0
@@ -93,7 +104,7 @@ def test_info_table(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]
     flat = re.sub(r"\s+", " ", re.sub(r"[│┃║|]", " ", out))
     assert "gla" in flat and f"{params:,}" in flat
     assert "constant" in flat
-    assert "steps 3" in flat and "bits_per_byte 7.5" in flat
+    assert "3 steps" in flat and "data tiny.txt" in flat  # one fact per row (issue 16); a bare source name is shown too
     assert "config.json" in flat and "model.safetensors" in flat
     code, out, err = run_cli(["info", "--model", str(folders["windowed"]), "--threads", "1"], capsys)
     assert code == 0, err
@@ -133,25 +144,25 @@ def test_load_returns_a_model_with_the_operations(folders: dict[str, Path]) -> N
 def test_api_generate_matches_the_cli(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder = str(folders["gla"])
     lm = glactl.load(folder, device="cpu", threads=1)
-    document = cli_json(capsys, "generate", PROMPT, "--model", folder, "--device", "cpu", "--max-new-tokens", "40", "--seed", "7")
+    document = cli_json_exact(capsys, "generate", PROMPT, "--model", folder, "--device", "cpu", "--max-new-tokens", "40", "--seed", "7")
     text = lm.generate(PROMPT, max_new_tokens=40, seed=7)
     assert isinstance(text, str) and text == document["samples"][0]
     assert lm.generate(PROMPT.encode(), max_new_tokens=40, seed=7) == text
-    document = cli_json(capsys, "generate", PROMPT, "--model", folder, "--device", "cpu", "--max-new-tokens", "20",
+    document = cli_json_exact(capsys, "generate", PROMPT, "--model", folder, "--device", "cpu", "--max-new-tokens", "20",
                         "--num-samples", "2", "--seed", "8", "--temperature", "1.3", "--top-k", "50", "--top-p", "0.9",
                         "--repetition-penalty", "1.2", "--stop", "e")
     samples = lm.generate(PROMPT, max_new_tokens=20, num_samples=2, seed=8, temperature=1.3, top_k=50, top_p=0.9,
                           repetition_penalty=1.2, stop=["e"])
     assert samples == document["samples"] and len(samples) == 2
     greedy = lm.generate(PROMPT, max_new_tokens=30, temperature=0)
-    assert greedy == cli_json(capsys, "generate", PROMPT, "--model", folder, "--max-new-tokens", "30", "--temperature", "0")["samples"][0]
+    assert greedy == cli_json_exact(capsys, "generate", PROMPT, "--model", folder, "--max-new-tokens", "30", "--temperature", "0")["samples"][0]
 
 
 def test_api_complete_matches_the_cli(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder = str(folders["gla"])
     lm = glactl.load(folder, threads=1)
     for until in ("word", "line"):
-        document = cli_json(capsys, "complete", PROMPT, "--model", folder, "--n", "3", "--max-chars", "5", "--until", until)
+        document = cli_json_exact(capsys, "complete", PROMPT, "--model", folder, "--n", "3", "--max-chars", "5", "--until", until)
         found = lm.complete(PROMPT, n=3, max_chars=5, until=until)
         assert len(found) == 3
         assert [c.text for c in found] == [row["text"] for row in document["completions"]]
@@ -166,7 +177,7 @@ def test_api_perplexity_matches_the_cli(folders: dict[str, Path], tmp_path: Path
     for name in ("gla", "windowed"):
         folder = str(folders[name])
         lm = glactl.load(folder, threads=1)
-        document = cli_json(capsys, "perplexity", str(path), "--model", folder, "--window", "64")
+        document = cli_json_exact(capsys, "perplexity", str(path), "--model", folder, "--window", "64")
         expected = {k: v for k, v in document["files"][str(path)].items() if k != "tokens_per_second"}
         for source in (path, str(path), text, text.encode()):
             metrics = lm.perplexity(source, window=64)
@@ -180,6 +191,8 @@ def test_api_info_matches_the_cli(folders: dict[str, Path], capsys: pytest.Captu
     for name in ("gla", "windowed"):
         described = cli_json(capsys, "info", str(folders[name]))
         assert json.loads(json.dumps(glactl.load(folders[name], threads=1).info(), default=str)) == described
+        for precision in ("int8", "bfloat16"):  # run-time weights (int8 buffers, a tied head's copy) count as the checkpoint's
+            assert glactl.load(folders[name], threads=1, precision=precision).info()["parameters"] == described["parameters"]
 
 
 def test_api_context_override_and_errors(folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,7 +91,8 @@ def test_cli_float32_checkpoint_close_to_full_forward(gla_folder: Path, tmp_path
     path = tmp_path / "text.txt"
     path.write_bytes(data)
     reference = direct_loglik(load_model(gla_folder)[0], data)
-    code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--window", "50", "--threads", "1", "--json"], capsys)
+    code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--window", "50", "--threads", "1", "--json",
+                              "--precision", "float32", "--compile", "off"], capsys)  # auto may run int8 weights
     assert code == 0, err
     assert loglik_from_metrics(json.loads(out)["total"]) == pytest.approx(reference, rel=1e-5)
 
@@ -157,18 +158,29 @@ def test_text_counter_matches_whole_text_split_in_any_pieces(piece: int) -> None
     assert counter.valid_utf8
 
 
-def test_table_output_lists_every_metric(gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_output_lists_every_metric(gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a wide terminal the table has every column (issue 16's labels), the --json scores to 4 decimals, no note."""
+    monkeypatch.setenv("COLUMNS", "200")  # at 80 columns some are left out with a note (tests/test_cli_output.py)
     path = tmp_path / "t.txt"
     path.write_text("hello world\n")
-    code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--threads", "1"], capsys)
+    argv = ["perplexity", str(path), "--model", str(gla_folder), "--threads", "1", "--precision", "float32"]
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
-    for label in ("bits per byte", "bits per char", "byte perplexity", "word perplexity", "bytes", "chars", "words", "tokens per second"):
+    for label in ("bits/byte", "bits/char", "byte ppl", "word ppl", "bytes", "words", "bytes/s"):
         assert label in out
     assert err == ""
+    code, document, err = run_cli([*argv, "--json"], capsys)
+    assert code == 0, err
+    metrics = json.loads(document)["files"][str(path)]
+    for key in ("bits_per_byte", "bits_per_char", "byte_perplexity", "word_perplexity"):
+        value = metrics[key]
+        assert (f"{value:.4e}" if value >= 1e6 else f"{value:,.4f}") in out  # 4 decimals; e-notation above a million
+    assert f"{metrics['bytes']:,}" in out and f"{metrics['words']:,}" in out
 
 
 def test_non_utf8_bytes_are_scored_and_the_output_says_so(
-    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], float64_loading: None
+    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], float64_loading: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = b"ab\xff\xfe cd \xc3\xa9\xe2\x82 end\n\x80"
     path = tmp_path / "binary.txt"
@@ -185,7 +197,8 @@ def test_non_utf8_bytes_are_scored_and_the_output_says_so(
     assert loglik_from_metrics(metrics) == pytest.approx(loglik, rel=1e-8)
     assert metrics["bits_per_char"] == pytest.approx(-loglik / (len(decoded) * LN2), rel=1e-8)
     assert any("UTF-8" in note and "replacement" in note for note in document["notes"])
-    # The table form says it too, on one stderr line.
+    # The table form says it too, on one stderr line (wide enough that no column is left out with a note).
+    monkeypatch.setenv("COLUMNS", "200")
     code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--threads", "1"], capsys)
     assert code == 0
     notes = [line for line in err.splitlines() if line.strip()]

@@ -135,9 +135,11 @@ def test_batched_samples_stay_on_their_own_state_when_others_stop() -> None:
     model = tiny_model(torch.float64, seed=1)
     params = SamplingParams(temperature=1.0, top_k=2)
     free = generate(model, b"ab", max_new_tokens=25, params=params, num_samples=6, seed=0)
-    ascii_bytes = [b for b in free.sample_bytes[0][3:12] if 32 <= b < 127]
-    assert ascii_bytes, "fixture: expected printable bytes early in sample 0"
-    stats = generate(model, b"ab", max_new_tokens=25, params=params, num_samples=6, seed=0, stop=[chr(ascii_bytes[0])])
+    # A one-byte stop string that some sample meets after a few bytes and another sample never meets.
+    seen = [set(sample) for sample in free.sample_bytes]
+    stops = [b for sample in free.sample_bytes for b in sample[3:] if b < 128 and not all(b in s for s in seen)]
+    assert stops, "fixture: expected an ASCII byte that some samples reach and others do not"
+    stats = generate(model, b"ab", max_new_tokens=25, params=params, num_samples=6, seed=0, stop=[chr(stops[0])])
     assert min(len(b) for b in stats.sample_bytes) < 25 <= max(len(b) for b in stats.sample_bytes)
     with torch.no_grad():
         for sample in stats.sample_bytes:
