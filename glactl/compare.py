@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from glactl.errors import InputError, RunFailure
+from glactl.models.config import OPTION_MIXERS
 from glactl.display import human_bytes  # noqa: F401 - one size convention (KiB, MiB) for every command
 
 DEFAULT_DATA = "wikitext-103"
@@ -193,7 +194,10 @@ def check_options(options: CompareOptions) -> None:
         raise InputError("--contexts: give at least one context length")
     if not options.seeds:
         raise InputError("--seeds: give at least one seed")
-    for model in options.models:  # e.g. --short-conv on a model without one: the config's one-line refusal
+    for name, flag in (("short_conv", "--short-conv"), ("performer_rope", "--performer-rope")):
+        if getattr(options, name) is not None and not any(m in OPTION_MIXERS[name] for m in options.models):
+            raise InputError(f"{flag} applies to {', '.join(OPTION_MIXERS[name])} only, and --models names none of them")
+    for model in options.models:
         new_model_config(train_options(options, model, options.seeds[0]))
 
 
@@ -348,7 +352,9 @@ def train_options(options: CompareOptions, model: str, seed: int, folder: Path |
         force=not resume, seed=seed, device=options.device, dtype=options.dtype, threads=options.threads,
         command_line=options.command_line or ["glactl", "compare", "--models", model, "--seed", str(seed)],
         task=options.task if options.is_task else None, task_options=options.task_options() or None,
-        short_conv=options.short_conv, performer_rope=options.performer_rope,
+        # an architecture option reaches only the models that have it (--short-conv 0 with gla,transformer)
+        short_conv=options.short_conv if model in OPTION_MIXERS["short_conv"] else None,
+        performer_rope=options.performer_rope if model in OPTION_MIXERS["performer_rope"] else None,
     )
 
 

@@ -246,8 +246,8 @@ def test_compare_task_rerun_with_another_config_is_not_reused(tmp_path: Path, ca
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--task", "mqar", "--models", "transformer", "--short-conv", "4"], ["short_conv", "transformer"]),
-    (["--task", "mqar", "--models", "gla", "--performer-rope"], ["performer_rope", "gla"]),
+    (["--task", "mqar", "--models", "transformer", "--short-conv", "4"], ["--short-conv", "gla only"]),
+    (["--task", "mqar", "--models", "gla", "--performer-rope"], ["--performer-rope", "performer only"]),
     (["--task", "mqar", "--models", "gla", "--short-conv", "1"], ["short_conv"]),
     (["--task", "lm", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
     (["--task", "sort", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
@@ -282,3 +282,16 @@ def test_summarize_task_means_and_spread_over_seeds() -> None:
     assert two["accuracy_std"] == pytest.approx(0.141421, abs=1e-6)
     assert two["curve"][1] == {"step": 5, "tokens": 60, "val_loss": 1.0, "accuracy": 0.6, "sequence_accuracy": 0.5}
     assert [s["seed"] for s in two["seeds"]] == [0, 1] and two["task_settings"] == task.settings()
+
+
+def test_architecture_option_reaches_only_the_models_that_have_it() -> None:
+    """--short-conv 0 with gla,transformer: GLA without the convolution beside an unchanged Transformer."""
+    from glactl.compare import CompareOptions, check_options, train_options
+    from glactl.training import new_model_config
+
+    options = CompareOptions(models=["gla", "transformer"], steps=1, preset="tiny", seq_len=64, short_conv=0)
+    check_options(options)
+    assert new_model_config(train_options(options, "gla", 0)).short_conv == 0
+    assert new_model_config(train_options(options, "transformer", 0)).short_conv == 0  # off: it has none
+    with pytest.raises(InputError, match="--short-conv applies to gla only"):
+        check_options(CompareOptions(models=["transformer"], steps=1, preset="tiny", seq_len=64, short_conv=4))
