@@ -172,6 +172,9 @@ def save_state(state: State, path: str | os.PathLike) -> Path:
         save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(document, sort_keys=True)})
         with open(temporary, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)  # safetensors writes 0600; give the file the permissions `open` would
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException as e:
         try:
