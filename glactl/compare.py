@@ -261,6 +261,30 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
     return entries
 
 
+def comparison_dtype(options: CompareOptions, say: Any) -> str | None:
+    """One training dtype for every run of a comparison.
+
+    `--dtype auto` on a CPU with native bfloat16 measures each model's speed, so a table could mix
+    float32 and bfloat16 runs (two identical models once landed 0.23 apart that way: README, Probes);
+    here the first model's measurement decides for all of them.
+    """
+    if (options.dtype or "auto") != "auto":
+        return options.dtype
+    from glactl.data import cache_root
+    from glactl.devices import cpu_dtype_by_measurement, select_device, select_precision
+    from glactl.models import LanguageModel
+    from glactl.training import new_model_config
+
+    device = select_device(options.device)
+    if device.type != "cpu" or select_precision("auto", device).name != "bfloat16":
+        return options.dtype  # a fixed rule elsewhere (bfloat16 on GPUs that have it, else float32)
+    model = LanguageModel(new_model_config(train_options(options, options.models[0], options.seeds[0])))
+    name, speedup, _ = cpu_dtype_by_measurement(model, options.seq_len, options.batch_size, cache_root())
+    say.line(f"dtype auto: {name} for every model (measured on {options.models[0]}: bfloat16 autocast "
+             f"{speedup:.2f}x the speed of float32)")
+    return name
+
+
 def training_settings(options: CompareOptions, model: str, seed: int) -> dict[str, Any]:
     """What a run was trained with: a change here means the run has to be redone."""
     from glactl.models.registry import default_lr
@@ -313,6 +337,7 @@ def run_one(options: CompareOptions, model: str, seed: int, folder: Path, text: 
         resume = record is not None and _has_checkpoint(folder)
         say.line(f"{label}: {'resuming' if resume else 'training'} in {folder}")
         write_record(folder, {"status": "training", "training": trained_with})
+        options.dtype = comparison_dtype(options, say)  # decided at the first training, once for all
         train_run(options, model, seed, folder, resume, say.console)
         record = {"status": "trained", "training": trained_with}
         write_record(folder, record)

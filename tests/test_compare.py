@@ -295,3 +295,23 @@ def test_architecture_option_reaches_only_the_models_that_have_it() -> None:
     assert new_model_config(train_options(options, "transformer", 0)).short_conv == 0  # off: it has none
     with pytest.raises(InputError, match="--short-conv applies to gla only"):
         check_options(CompareOptions(models=["transformer"], steps=1, preset="tiny", seq_len=64, short_conv=4))
+
+
+def test_auto_dtype_is_decided_once_for_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dtype auto on a bfloat16 CPU: the first model's measurement decides for all runs; a given dtype passes through."""
+    from glactl import devices
+    from glactl.compare import CompareOptions, comparison_dtype
+    from glactl.training import Reporter
+
+    measured: list[str] = []
+
+    def fake_measurement(model, seq_len, batch_size, cache=None):  # noqa: ANN001, ANN202
+        measured.append(model.config.mixer)
+        return "float32", 0.9, False
+
+    monkeypatch.setattr(devices, "select_precision", lambda name, device: devices.Precision("bfloat16", None, False))
+    monkeypatch.setattr(devices, "cpu_dtype_by_measurement", fake_measurement)
+    options = CompareOptions(models=["transformer", "gla"], steps=1, preset="tiny", seq_len=32, device="cpu")
+    assert comparison_dtype(options, Reporter(None)) == "float32" and measured == ["transformer"]
+    options.dtype = "bfloat16"
+    assert comparison_dtype(options, Reporter(None)) == "bfloat16" and measured == ["transformer"]
