@@ -225,8 +225,13 @@ def read_config(folder: Path) -> dict[str, Any]:
     return document
 
 
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse and check a safetensors header against the file size before reading any tensor."""
+def read_safetensors_header(path: Path, dtypes: dict[str, torch.dtype] = _DTYPES,
+                            max_header: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """Parse and check a safetensors header against the file size before reading any tensor.
+
+    Every entry needs a dtype from `dtypes`, a shape whose size matches its span, and a span inside
+    the file that overlaps no other; `__metadata__` is kept as it is for the caller to read.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -234,7 +239,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
             if len(head) < 8:
                 raise InputError(f"{path}: truncated safetensors file ({size} bytes)")
             (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(MAX_HEADER_BYTES, size - 8):
+            if header_len > min(max_header, size - 8):
                 raise InputError(f"{path}: safetensors header claims {header_len} bytes, more than the file holds")
             header = json.loads(f.read(header_len).decode("utf-8"))
     except InputError:
@@ -246,6 +251,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise InputError(f"{path}: not a safetensors file (header is not an object)")
     data_size = size - 8 - header_len
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -254,14 +260,18 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         begin, end = info["data_offsets"]
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end)) or not 0 <= begin <= end <= data_size:
             raise InputError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
-        if not isinstance(info.get("dtype"), str) or info["dtype"] not in _DTYPES:
+        if not isinstance(info.get("dtype"), str) or info["dtype"] not in dtypes:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
         shape = info.get("shape")
         if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
             raise InputError(f"{path}: tensor {name!r} has a malformed shape")
-        nbytes = math.prod(shape) * _DTYPES[info["dtype"]].itemsize
+        nbytes = math.prod(shape) * dtypes[info["dtype"]].itemsize
         if nbytes != end - begin:
             raise InputError(f"{path}: tensor {name!r} claims {nbytes} bytes but spans {end - begin}")
+        spans.append((begin, end))
+    spans.sort()
+    if any(b < a_end for (_, a_end), (b, _) in zip(spans, spans[1:])):
+        raise InputError(f"{path}: tensors overlap (corrupt file)")
     return header
 
 

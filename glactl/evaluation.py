@@ -20,7 +20,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import torch
 
 from glactl.errors import InputError
-from glactl.reading import START, Reading, clone_state, extend_tail, read
+from glactl.models.state import clone_state
+from glactl.reading import START, Reading, extend_tail, read
 from glactl.sampling import check_positive
 
 DEFAULT_WINDOW = 4096

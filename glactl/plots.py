@@ -38,6 +38,16 @@ def _plain_log_labels(axis: Any) -> None:
     axis.yaxis.set_minor_formatter(plain if low > 0 and high / low < 10 else NullFormatter())
 
 
+def _finish(figure: Any, axis: Any, path: Path, xlabel: str, ylabel: str, heading: str, title: str, legend: str) -> None:
+    """Labels, title (with the comparison's settings under it), grid and legend of a one-axis curve plot; saves it."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(heading + (f"\n{title}" if title else ""), fontsize=10)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8, title=legend, title_fontsize=8)
+    figure.savefig(path)
+
+
 def plot_loss(entries: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """loss.png: validation bits per byte against training tokens, one line per model."""
     figure, (axis,) = _figure(7.5, 4.8)
@@ -52,12 +62,8 @@ def plot_loss(entries: list[dict[str, Any]], path: Path, title: str = "") -> Non
         low, high = min(finals), max(finals)
         margin = max(0.05, 0.08 * (high - low))
         axis.set_ylim(low - margin, high + margin)
-    axis.set_xlabel("training tokens (bytes)")
-    axis.set_ylabel("validation bits per byte")
-    axis.set_title("Validation bits per byte" + (f"\n{title}" if title else ""), fontsize=10)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8, title="model (final bpb)", title_fontsize=8)
-    figure.savefig(path)
+    _finish(figure, axis, path, "training tokens (bytes)", "validation bits per byte",
+            "Validation bits per byte", title, "model (final bpb)")
 
 
 def plot_accuracy(entries: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -68,12 +74,8 @@ def plot_accuracy(entries: list[dict[str, Any]], path: Path, title: str = "") ->
         axis.plot([p["step"] for p in points], [p["accuracy"] for p in points],
                   label=f"{entry['model']} ({entry['accuracy']:.3f})", **_style(i))
     axis.set_ylim(-0.02, 1.02)
-    axis.set_xlabel("training steps")
-    axis.set_ylabel("test-set accuracy at the answers")
-    axis.set_title("Accuracy" + (f"\n{title}" if title else ""), fontsize=10)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8, title="model (final accuracy)", title_fontsize=8)
-    figure.savefig(path)
+    _finish(figure, axis, path, "training steps", "test-set accuracy at the answers", "Accuracy", title,
+            "model (final accuracy)")
 
 
 def plot_scaling(entries: list[dict[str, Any]], path: Path, title: str = "") -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from glactl.models.state import clone_state
+
 START = b"\n"
 TAIL_BYTES = 64  # bytes of the text kept with a state: the repetition penalty's window (sampling.REPETITION_WINDOW)
 READ_WINDOW = 4096
@@ -32,20 +34,6 @@ class Reading:
     def tokens_read(self) -> int:
         """Bytes the model has read, START included."""
         return self.bytes_read + len(START)
-
-
-def clone_state(state: Any) -> Any:
-    """A copy of a nested state (lists, tuples, dicts of tensors and Python values) that shares no tensor memory."""
-    if isinstance(state, torch.Tensor):
-        return state.clone()
-    if isinstance(state, dict):
-        return {key: clone_state(value) for key, value in state.items()}
-    if isinstance(state, tuple):
-        items = [clone_state(value) for value in state]
-        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
-    if isinstance(state, list):
-        return [clone_state(value) for value in state]
-    return state
 
 
 def next_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from glactl import __version__
+from glactl.checkpoint import read_safetensors_header
 from glactl.errors import InputError, RunFailure
 from glactl.reading import TAIL_BYTES, Reading
 
@@ -220,22 +221,8 @@ def _check_file(path: Path) -> int:
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """(tensor entries, metadata document) of a state file, checked against the file size; nothing else is read."""
     path = Path(path)
-    size = _check_file(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputError(f"{path}: truncated ({size} bytes), not a state file")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(MAX_HEADER_BYTES, size - 8):
-                raise InputError(f"{path}: not a glactl state file (truncated or not safetensors)")
-            header = json.loads(f.read(header_len).decode("utf-8"))
-    except InputError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise InputError(f"{path}: not a glactl state file ({type(e).__name__})") from None
-    if not isinstance(header, dict):
-        raise InputError(f"{path}: not a glactl state file (header is not an object)")
+    _check_file(path)
+    header = read_safetensors_header(path, _CODES, MAX_HEADER_BYTES)
     metadata = header.pop("__metadata__", None)
     if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
         raise InputError(f"{path}: a safetensors file but not a glactl state file (no {METADATA_KEY} metadata)")
@@ -244,7 +231,6 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
     except (ValueError, RecursionError) as e:
         raise InputError(f"{path}: unreadable state metadata ({type(e).__name__})") from None
     _check_document(path, document)
-    _check_entries(path, header, size - 8 - header_len)
     return header, document
 
 
@@ -274,28 +260,6 @@ def _check_document(path: Path, document: Any) -> None:
     bad = [key for key, ok in checks.items() if not ok]
     if bad:
         raise InputError(f"{path}: state metadata has a missing or malformed {', '.join(bad)}")
-
-
-def _check_entries(path: Path, header: dict[str, Any], data_size: int) -> None:
-    """Every tensor entry has a known dtype, a shape, and offsets inside the file that match its size."""
-    spans = []
-    for name, info in header.items():
-        if not isinstance(info, dict) or not isinstance(info.get("data_offsets"), list) or len(info["data_offsets"]) != 2:
-            raise InputError(f"{path}: malformed entry for tensor {name!r}")
-        begin, end = info["data_offsets"]
-        if not (_is_int(begin) and _is_int(end) and 0 <= begin <= end <= data_size):
-            raise InputError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
-        if info.get("dtype") not in _CODES:
-            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-        shape = info.get("shape")
-        if not isinstance(shape, list) or not all(_is_int(x) and 0 <= x <= MAX_INT for x in shape):
-            raise InputError(f"{path}: tensor {name!r} has a malformed shape")
-        if math.prod(shape) * _CODES[info["dtype"]].itemsize != end - begin:
-            raise InputError(f"{path}: tensor {name!r} has a shape that does not match its size")
-        spans.append((begin, end))
-    spans.sort()
-    if any(b < a_end for (_, a_end), (b, _) in zip(spans, spans[1:])):
-        raise InputError(f"{path}: tensors overlap (corrupt file)")
 
 
 # ---- checking against the loading model ----------------------------------------------------------

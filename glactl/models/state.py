@@ -6,25 +6,33 @@ on dim 0; 0-d tensors and non-tensors (ints, strings, None) are shared by the wh
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 
-def select_state(state: Any, index: torch.Tensor) -> Any:
-    """The state of batch rows `index` (a 1-d long tensor; repeats allowed): reorder, drop or copy beams."""
+def map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """The same nested state (tensors in lists, tuples, dicts) with `fn` applied to every tensor; other values kept."""
     if isinstance(state, torch.Tensor):
-        if state.dim() == 0:
-            return state
-        return state.index_select(0, index.to(state.device))
+        return fn(state)
     if isinstance(state, dict):
-        return {key: select_state(value, index) for key, value in state.items()}
+        return {key: map_state(value, fn) for key, value in state.items()}
     if isinstance(state, tuple):
-        items = [select_state(value, index) for value in state]
+        items = [map_state(value, fn) for value in state]
         return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
     if isinstance(state, list):
-        return [select_state(value, index) for value in state]
+        return [map_state(value, fn) for value in state]
     return state
+
+
+def select_state(state: Any, index: torch.Tensor) -> Any:
+    """The state of batch rows `index` (a 1-d long tensor; repeats allowed): reorder, drop or copy beams."""
+    return map_state(state, lambda t: t if t.dim() == 0 else t.index_select(0, index.to(t.device)))
+
+
+def clone_state(state: Any) -> Any:
+    """A copy of a nested state that shares no tensor memory with it."""
+    return map_state(state, torch.Tensor.clone)
 
 
 def expand_state(state: Any, batch_size: int) -> Any:
