@@ -186,6 +186,14 @@ class CompiledStep:
     def __init__(self, model: nn.Module, batch: int) -> None:
         self.model, self.batch = model, batch
         self.compiled: Callable[..., Any] | None = None
+        self._paddings: dict[int, torch.Tensor] = {}
+
+    def _padding(self, rows: int, device: torch.device) -> torch.Tensor:
+        """Batch rows 0..rows-1, then row 0 repeated up to the compiled batch (built once per row count)."""
+        if rows not in self._paddings:
+            pad = torch.zeros(self.batch - rows, dtype=torch.long)
+            self._paddings[rows] = torch.cat([torch.arange(rows), pad]).to(device)
+        return self._paddings[rows]
 
     def _build(self) -> Callable[..., Any]:
         from glactl.data import cache_root
@@ -208,28 +216,16 @@ class CompiledStep:
                 self.compiled = self._build()
             if rows == self.batch:
                 return self.compiled(tokens, state)
-            from glactl.models.state import select_state
+            from glactl.models.state import map_state, select_state
 
-            index = torch.cat([torch.arange(rows), torch.zeros(self.batch - rows, dtype=torch.long)]).to(tokens.device)
+            index = self._padding(rows, tokens.device)
             logits, new_state = self.compiled(tokens[index], select_state(state, index))
-            return logits[:rows], _first_rows(new_state, rows)
+            return logits[:rows], map_state(new_state, lambda t: t[:rows] if t.dim() else t)
         except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, a backend bug: eager still works
             self.model._compile_failed = True
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
             note(f"torch.compile failed ({type(e).__name__}{': ' + reason if reason else ''}); running eager")
             return self.model.step(tokens, state)
-
-
-def _first_rows(state: Any, rows: int) -> Any:
-    """The first `rows` batch rows of a nested state (views, no copy)."""
-    if isinstance(state, torch.Tensor):
-        return state[:rows] if state.dim() else state
-    if isinstance(state, dict):
-        return {key: _first_rows(value, rows) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        items = [_first_rows(value, rows) for value in state]
-        return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
-    return state
 
 
 def _tensors_only(state: Any) -> bool:
