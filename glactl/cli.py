@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import click
 import typer
 
+from glactl.display import clock, human_bytes
 from glactl.errors import GlactlError
 
 app = typer.Typer(
@@ -341,11 +342,6 @@ def _write(stream, text: str) -> None:  # noqa: ANN001
     stream.flush()
 
 
-def _human_bytes(n: float) -> str:
-    """Sizes as every glactl command writes them: B, KiB, MiB, GiB (glactl.display.human_bytes)."""
-    from glactl.display import human_bytes
-
-    return human_bytes(n)
 
 
 _STATE_HELP = "Continue from a state file (written by --save-state) instead of the usual \"\\n\" start: the input is read after the text the state holds."
@@ -474,7 +470,7 @@ def _print_generation(run, prompt_bytes: bytes, lm, num_samples: int, no_stream:
 
         sys.stderr.write(f"load {getattr(lm, 'load_seconds', 0.0):.2f} s ({lm.precision}); "
                          f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s, "
-                         f"{plural(lm.threads or 1, 'thread')}), state {_human_bytes(stats.state_bytes)}, seed {stats.seed}\n")
+                         f"{plural(lm.threads or 1, 'thread')}), state {human_bytes(stats.state_bytes)}, seed {stats.seed}\n")
 
 
 @app.command()
@@ -719,10 +715,10 @@ def info(
                   f"context {arch['context'] if arch['context'] is not None else 'unlimited'}")
     table.add_row("parameters", f"{described['parameters']:,}")
     if state["growth"] == "constant":
-        growth = f"constant: {_human_bytes(state['bytes_after_100_tokens'])} whatever the context length"
+        growth = f"constant: {human_bytes(state['bytes_after_100_tokens'])} whatever the context length"
     else:
         growth = (f"growing: {state['bytes_per_token']:,.0f} bytes per token of context "
-                  f"({_human_bytes(state['bytes_after_10_tokens'])} at 10 tokens, {_human_bytes(state['bytes_after_100_tokens'])} at 100)")
+                  f"({human_bytes(state['bytes_after_10_tokens'])} at 10 tokens, {human_bytes(state['bytes_after_100_tokens'])} at 100)")
         if state["context"] is not None:
             growth += f", up to the {state['context']}-token window"
     table.add_row("state", growth)
@@ -730,7 +726,7 @@ def info(
     for what, value in _training_rows(described["training"], described["model"]):
         table.add_row(what, value)
     for name, size in described["files"].items():
-        table.add_row(f"file {name}", _human_bytes(size))
+        table.add_row(f"file {name}", human_bytes(size))
     Console().print(table)
 
 
@@ -742,10 +738,6 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
         return [("training", "no training summary in config.json")]
     folder = Path(path)
     run = folder.parent if folder.name.removesuffix(".old") in ("checkpoint", "best") else folder
-
-    def clock(seconds: float) -> str:
-        seconds = int(seconds or 0)
-        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
     rows: list[tuple[str, str]] = []
     steps, planned, budget = training.get("steps"), training.get("steps_planned"), training.get("time_budget_seconds")
@@ -773,7 +765,7 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
     total = sum(s["weight"] for s in sources if isinstance(s.get("weight"), (int, float))) or 1.0
     for source in sources:
         size = source.get("train_bytes")
-        facts = [_human_bytes(size) + " of training text"] if isinstance(size, (int, float)) else []
+        facts = [human_bytes(size) + " of training text"] if isinstance(size, (int, float)) else []
         if len(sources) > 1 and isinstance(source.get("weight"), (int, float)):
             facts.append(f"{100 * source['weight'] / total:.1f}% of the batches")
         rows.append(("data", f"{source.get('source')}" + (f" ({', '.join(facts)})" if facts else "")))
@@ -847,7 +839,7 @@ def _describe_state_file(path: str, json_out: bool) -> None:
     table.add_row("bytes read", f"{described['bytes_read']:,} (after the \"\\n\" start)")
     table.add_row("text ends with", json.dumps(described["text_ends_with"], ensure_ascii=False))
     table.add_row("precision", described["precision"])
-    table.add_row("size", f"{_human_bytes(described['file_bytes'])} file, {_human_bytes(described['state_bytes'])} of state")
+    table.add_row("size", f"{human_bytes(described['file_bytes'])} file, {human_bytes(described['state_bytes'])} of state")
     table.add_row("format", f"version {described['format_version']}, written by glactl {described['glactl_version']}")
     Console().print(table)
 

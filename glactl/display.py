@@ -13,6 +13,12 @@ from typing import Any, Sequence
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
+def clock(seconds: float | None) -> str:
+    """A duration as H:MM:SS (logs, info and ETAs alike)."""
+    seconds = max(0, int(seconds or 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB': powers of 1024 with their IEC names, the one size convention of glactl."""
     value = float(n)

@@ -33,6 +33,7 @@ from glactl.checkpoint import load_model, resolve_checkpoint_dir, save_model
 from glactl.data import TextBatches, TrainingData, load_training_data
 from glactl.devices import (Precision, plural, select_device, select_kernels, select_precision, set_threads, thread_line,
                             use_kernels)
+from glactl.display import clock
 from glactl.distributed import Distributed
 from glactl.errors import GlactlError, InputError, RunFailure
 from glactl.models import LanguageModel, ModelConfig
@@ -413,9 +414,6 @@ class Reporter:
             self.progress = None
 
 
-def _clock(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ---- the trainer ---------------------------------------------------------------------------
@@ -623,7 +621,7 @@ class Trainer:
             if self.scaler is not None and saved.get("scaler"):
                 self.scaler.load_state_dict(saved["scaler"])
             self.report.line(f"resuming {self.out} from step {self.step} ({self.tokens_seen:,} tokens, "
-                             f"{_clock(self.elapsed_before)} trained)")
+                             f"{clock(self.elapsed_before)} trained)")
         self.resume_dir = resume_dir
         self._measure_auto_dtype()  # last: bad data or flags are refused before any timing
 
@@ -851,7 +849,7 @@ class Trainer:
         n_params = self.model.num_parameters()
         target = f"{o.steps} steps" if o.steps is not None else ""
         if o.time_budget is not None:
-            target += (" or " if target else "") + f"{_clock(o.time_budget)} of training"
+            target += (" or " if target else "") + f"{clock(o.time_budget)} of training"
         self.report.line(
             f"training {self.config.mixer} ({n_params / 1e6:.2f}M parameters, d {self.config.d_model}, "
             f"{plural(self.config.n_layers, 'layer')}) on {self.device.type}/{self.precision.name}, {plural(self.threads, 'thread')}, "
@@ -873,7 +871,7 @@ class Trainer:
         self.current_lr = self.schedule.lr(self.step, self.elapsed())
         if self.resume_dir is not None and self.done():
             reached = (f"step {self.step} of --steps {o.steps}" if o.steps is not None and self.step >= o.steps
-                       else f"its --time budget ({_clock(self.elapsed())} trained)")
+                       else f"its --time budget ({clock(self.elapsed())} trained)")
             self.report.line(f"nothing to train: the run already reached {reached}; "
                              "pass a larger --steps or --time with --resume to train further")
         while not self.done() and not self._stop_agreed():
@@ -900,7 +898,7 @@ class Trainer:
                 if self.task is not None:
                     del parts[2]
                 # A permanent line every --log-every steps (above the live bar on a terminal), as nanoGPT prints.
-                self.report.line(" | ".join(parts + [f"elapsed {_clock(self.elapsed())}", f"ETA {_clock(self._eta(rate))}"]))
+                self.report.line(" | ".join(parts + [f"elapsed {clock(self.elapsed())}", f"ETA {clock(self._eta(rate))}"]))
                 self.report.update(self.step if use_steps else self.elapsed(), parts[0].replace("step ", ""))
                 window_t, window_tokens, loss_sum, loss_n = now, 0, 0.0, 0
             if self.step % o.eval_every == 0 or finished:
@@ -931,7 +929,7 @@ class Trainer:
             summary["start_val_bits_per_byte"] = None
             summary["start_val_loss"] = self.start_bpb
         self.report.line(f"done: step {self.step}, {self.tokens_seen:,} tokens, {self._eval_text()} "
-                         f"(best {self.best_bpb:.4f}), {_clock(self.elapsed())}; checkpoint in {self.out / 'checkpoint'}")
+                         f"(best {self.best_bpb:.4f}), {clock(self.elapsed())}; checkpoint in {self.out / 'checkpoint'}")
         return summary
 
     def _stop_agreed(self) -> bool:
