@@ -95,6 +95,7 @@ class TrainOptions:
     task_options: dict[str, int] | None = None  # the task's settings given: pairs, sort_count, sort_range
     short_conv: int | None = None  # ModelConfig.short_conv for a new model (None: the architecture's default)
     performer_rope: bool | None = None  # ModelConfig.performer_rope for a new model (None: the default)
+    model_options: dict[str, Any] | None = None  # further ModelConfig fields for a new model (library only: ablations)
 
 
 # Architecture defaults (used only for a new model; a checkpoint brings its own).
@@ -189,6 +190,7 @@ def new_model_config(options: TrainOptions) -> ModelConfig:
     o = options
     overrides = {k: v for k, v in (("d_model", o.d_model), ("n_layers", o.n_layers), ("n_heads", o.n_heads),
                                    ("short_conv", o.short_conv), ("performer_rope", o.performer_rope)) if v is not None}
+    overrides.update(o.model_options or {})
     # The training window becomes the attention window W (DESIGN.md 3.3); recurrent mixers ignore it.
     config = ModelConfig.preset(o.preset or MODEL_DEFAULTS["preset"], mixer=o.model or MODEL_DEFAULTS["model"],
                                 context=o.seq_len if o.seq_len is not None else DEFAULTS["seq_len"], **overrides)

@@ -242,3 +242,14 @@ def test_short_conv_and_performer_rope_flags(tmp_path: Path, text_file: Path, ca
         code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--steps", "1", *flags, "--out", str(tmp_path / "b")], capsys)
         assert code == 2 and word in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "b").exists()
+
+
+def test_model_options_reach_a_new_model_and_are_validated() -> None:
+    """TrainOptions.model_options (ablations such as benchmarks/gla_levers.py) set ModelConfig fields of a new model."""
+    from glactl.training import new_model_config
+
+    config = new_model_config(TrainOptions(model="gla", preset="tiny", n_heads=2,
+                                           model_options={"gla_gate_normalizer": 8.0, "gla_gate_rank": 64}))
+    assert (config.n_heads, config.gla_gate_normalizer, config.gla_gate_rank) == (2, 8.0, 64)
+    with pytest.raises(InputError):
+        new_model_config(TrainOptions(model="gla", preset="tiny", model_options={"gla_gate_normalizer": -1.0}))

@@ -1,0 +1,103 @@
+"""GLA's levers on recall and on text: each change to today's GLA (short convolution 4, 4 heads, lr 1e-3,
+gate normalizer 16) trained on a harder mqar and on enwiki, one change at a time, same seeds and tokens.
+
+    python benchmarks/gla_levers.py --phase mqar --out /tmp/levers          # every lever, one seed
+    python benchmarks/gla_levers.py --phase lm --levers base,heads1 --seeds 0,1,2 --out /tmp/levers
+
+mqar: tiny preset, 16 pairs in 64 bytes (twice the probe table's pairs and length), batch 32, 1500 steps,
+float32. lm: tiny preset, enwiki-2015, 400 steps x 16 x 256 bytes, float32, final validation bits per byte.
+Runs are ordinary run folders under --out; scores go to OUT/levers.json after each run and a point already
+there is not trained again. Prints a markdown table (mean and spread over the seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from glactl.training import TrainOptions, train
+
+ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
+
+# lever -> TrainOptions fields that differ from today's GLA defaults
+LEVERS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "no-conv": {"short_conv": 0},
+    "lr3e-3": {"lr": 3e-3},
+    "heads2": {"n_heads": 2},
+    "heads1": {"n_heads": 1},
+    "normalizer8": {"model_options": {"gla_gate_normalizer": 8.0}},
+    "normalizer32": {"model_options": {"gla_gate_normalizer": 32.0}},
+    "gate-rank64": {"model_options": {"gla_gate_rank": 64}},
+}
+
+PHASES: dict[str, dict[str, Any]] = {
+    "mqar": {"task": "mqar", "task_options": {"pairs": 16}, "seq_len": 64, "batch_size": 32, "steps": 1500,
+             "eval_every": 150},
+    "lm": {"data": [ENWIKI], "seq_len": 256, "batch_size": 16, "steps": 400, "eval_every": 400},
+}
+
+
+def run(phase: str, lever: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """Train one point; the score of its last evaluation (mqar: accuracy and answer loss; lm: bits per byte)."""
+    fields = {**PHASES[phase], **LEVERS[lever]}
+    folder = Path(args.out) / f"{phase}-{lever}-seed{seed}"
+    options = TrainOptions(model="gla", preset="tiny", dtype="float32", threads=args.threads, seed=seed,
+                           out=str(folder), force=True, command_line=["benchmarks/gla_levers.py", phase, lever],
+                           **fields)
+    summary = train(options)
+    if phase == "lm":
+        return {"bpb": float(summary["val_bits_per_byte"])}
+    last = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
+    return {"accuracy": last["accuracy"], "answer_loss": last["val_loss"]}
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+
+def table(known: dict[str, Any]) -> str:
+    lines = ["| lever | change | mqar accuracy (16 pairs, 64 bytes) | mqar seeds | lm bits per byte | lm seeds |",
+             "|---|---|---:|---:|---:|---:|"]
+    for lever, fields in LEVERS.items():
+        mqar = [p["accuracy"] for p in known.get("mqar", {}).get(lever, {}).values()]
+        lm = [p["bpb"] for p in known.get("lm", {}).get(lever, {}).values()]
+        if not mqar and not lm:
+            continue
+        change = ", ".join(f"{k} {v}" for k, v in {**{k: v for k, v in fields.items() if k != "model_options"},
+                                                   **fields.get("model_options", {})}.items()) or "today's GLA"
+        lines.append(f"| {lever} | {change} | {spread(mqar) if mqar else '-'} | {len(mqar)} | "
+                     f"{spread(lm) if lm else '-'} | {len(lm)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=list(PHASES), required=True)
+    parser.add_argument("--levers", default=",".join(LEVERS))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="/tmp/glactl-gla-levers")
+    parser.add_argument("--table-only", action="store_true", help="print the table of what is in OUT/levers.json")
+    args = parser.parse_args()
+    record = Path(args.out, "levers.json")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    if not args.table_only:
+        for lever in args.levers.split(","):
+            if lever not in LEVERS:
+                parser.error(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
+            for seed in (int(s) for s in args.seeds.split(",")):
+                points = known.setdefault(args.phase, {}).setdefault(lever, {})
+                if str(seed) not in points:
+                    points[str(seed)] = run(args.phase, lever, seed, args)
+                    record.write_text(json.dumps(known, indent=1))
+    print(table(known))
+
+
+if __name__ == "__main__":
+    main()
