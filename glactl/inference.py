@@ -9,11 +9,14 @@ Rules measured on the 2-core AMD EPYC (AVX512-BF16, no AMX), shipped gla-enwiki,
 - int8: weights int8 with one absmax scale per output row, applied by torch's int8 weight-only
   matmul (`aten._weight_int8pack_mm`, the CPU kernel torchao and gpt-fast use) with bfloat16
   activations for up to INT8PACK_MAX_ROWS rows; larger inputs (perplexity windows) dequantize to
-  bfloat16 (float32 on CPUs without native bfloat16) and run one GEMM. torchao's own int8
-  weight-only layout measured slower than float32 here (it dequantizes on every call) and its
-  import costs seconds; torch.ao's quantize_dynamic is deprecated.
-- precision auto: int8 on CPUs with native bfloat16 (AVX512-BF16 or AMX): its cost in bits per byte
-  stayed below AUTO_BPB_BOUND of float32 on wiki.test.raw and enwiki held-out text; float32 elsewhere.
+  bfloat16 (float32 on CPUs without native bfloat16) and run one GEMM. The kernel is vectorised for
+  AVX2 and AVX512 (its float32-input path is scalar, 6-14x slower: measured), so it always gets
+  bfloat16 rows. torchao's own int8 weight-only layout measured slower than float32 here (it
+  dequantizes on every call) and its import costs seconds; torch.ao's quantize_dynamic is deprecated.
+- precision auto: int8 on x86 CPUs whose torch build runs the int8 kernel vectorised (AVX2 or
+  AVX512): decoding the shipped model ran 2.2x float32 on an AVX512-BF16 EPYC and 1.5x on an
+  AVX2-only EPYC (Zen 2), and its cost in bits per byte stayed below AUTO_BPB_BOUND of float32 on
+  wiki.test.raw and enwiki held-out text; float32 elsewhere (other CPUs were not measured).
 - compile auto: compile the step when a run takes at least COMPILE_MIN_STEPS decode steps and the
   mixer's step state holds tensors only (GLA, minGRU, minLSTM, Performer); never on other devices.
 """
@@ -72,7 +75,7 @@ def resolve_precision(name: str | None, device: torch.device) -> str:
     """--precision: the weights' format to run with on `device` (auto: the measured rule above)."""
     name = check_choice("--precision", name, PRECISION_CHOICES)
     if name == "auto":
-        return "int8" if device.type == "cpu" and native_bf16(device) and int8_available() else "float32"
+        return "int8" if int8_kernel_vectorized(device) else "float32"
     if name == "bfloat16" and not native_bf16(device):
         note(f"--precision bfloat16: no native bfloat16 on this {device.type} (AVX512-BF16/AMX or a bf16 GPU); using float32")
         return "float32"
@@ -87,29 +90,41 @@ def int8_available() -> bool:
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
-class Int8Linear(nn.Module):
-    """A Linear whose weight is int8 with one absmax scale per output row (float32 in and out)."""
+def int8_kernel_vectorized(device: torch.device) -> bool:
+    """Whether the int8 weight-only kernel runs vectorised here (a CPU whose torch uses AVX2 or AVX512)."""
+    if device.type != "cpu" or not int8_available():
+        return False
+    return torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512"))
 
-    def __init__(self, linear: nn.Linear, native: bool) -> None:
+
+class Int8Linear(nn.Module):
+    """A Linear whose weight is int8 with one absmax scale per output row (float32 in and out).
+
+    `kernel`: few rows go through torch's int8 weight-only kernel (bfloat16 rows); `native`: whether
+    bfloat16 math is native, which picks bfloat16 over float32 for the dequantized GEMM of many rows.
+    """
+
+    def __init__(self, linear: nn.Linear, kernel: bool, native: bool) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         self.register_buffer("weight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.compute_dtype = torch.bfloat16 if native else torch.float32
         self.register_buffer("scale", scale.to(self.compute_dtype))
+        self.register_buffer("kernel_scale", scale.to(torch.bfloat16))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # torch 2.13's CPU kernel reads 16 input columns at a time: other widths crash or compute garbage (measured);
         # the weight is this module's own int8 buffer, dense and aligned as the kernel's aligned loads need.
-        self.packed = native and linear.in_features % 16 == 0 and linear.in_features > 0
+        self.packed = kernel and linear.in_features % 16 == 0 and linear.in_features > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] <= INT8PACK_MAX_ROWS and self.packed:
             # The AVX512 kernel does aligned 32-byte loads of every input row: a view that starts at another offset
             # segfaults (measured), so the kernel always gets a fresh, dense (64-byte aligned) bfloat16 copy.
-            dense = flat.to(self.compute_dtype, memory_format=torch.contiguous_format, copy=True)
-            y = torch.ops.aten._weight_int8pack_mm(dense, self.weight, self.scale)
+            dense = flat.to(torch.bfloat16, memory_format=torch.contiguous_format, copy=True)
+            y = torch.ops.aten._weight_int8pack_mm(dense, self.weight, self.kernel_scale)
         else:
             # many rows (a perplexity window): dequantize once per call, one GEMM (bfloat16 where native)
             weight = (self.weight.to(self.scale.dtype) * self.scale[:, None]).to(self.compute_dtype)
@@ -142,11 +157,12 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     model.precision = precision
     if precision == "float32":
         return model
-    native = native_bf16(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    native, kernel = native_bf16(device), int8_kernel_vectorized(device)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                swapped = Int8Linear(child, native) if precision == "int8" else BFloat16Linear(child)
+                swapped = Int8Linear(child, kernel, native) if precision == "int8" else BFloat16Linear(child)
                 setattr(parent, name, swapped.to(child.weight.device))
     return model
 

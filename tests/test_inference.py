@@ -120,10 +120,21 @@ def test_precision_bits_per_byte_within_bound_of_float32() -> None:
         assert abs(bpb[precision] - bpb["float32"]) < inference.AUTO_BPB_BOUND, bpb
 
 
+def test_auto_precision_is_int8_where_the_int8_kernel_is_vectorised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule measured on AVX512-BF16 and on AVX2-only CPUs: int8 wherever the kernel is vectorised, native bf16 or not."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert inference.int8_kernel_vectorized(torch.device("cpu")) == (inference.int8_available() and capability.startswith(("AVX2", "AVX512")))
+    assert not inference.int8_kernel_vectorized(torch.device("meta"))
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    monkeypatch.setattr(inference, "int8_kernel_vectorized", lambda device: True)
+    assert inference.resolve_precision("auto", torch.device("cpu")) == "int8"
+
+
 def test_precision_fallback_note(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(inference, "native_bf16", lambda device: False)
     monkeypatch.setattr(inference, "_notes_given", set())
     assert inference.resolve_precision("bfloat16", torch.device("cpu")) == "float32"
+    monkeypatch.setattr(inference, "int8_kernel_vectorized", lambda device: False)
     assert inference.resolve_precision("auto", torch.device("cpu")) == "float32"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bfloat16" in err[0], err
@@ -156,11 +167,11 @@ def test_int8_model_reads_and_steps_with_narrow_layers() -> None:
 
 def test_int8_kernel_gets_aligned_rows_from_any_view() -> None:
     """torch's int8 kernel does aligned loads of each input row (a row view at an odd offset segfaults): Int8Linear copies."""
-    if not inference.native_bf16(torch.device("cpu")) or not inference.int8_available():
-        pytest.skip("no native bfloat16 here: Int8Linear never calls the int8 weight-only kernel")
+    if not inference.int8_kernel_vectorized(torch.device("cpu")):
+        pytest.skip("the int8 weight-only kernel is not vectorised here: Int8Linear never calls it")
     torch.manual_seed(5)
     linear = torch.nn.Linear(32, 24)
-    quantized = inference.Int8Linear(linear, native=True)
+    quantized = inference.Int8Linear(linear, kernel=True, native=False)
     assert quantized.packed
     wide = torch.randn(3, 70)
     views = (wide[:1, 1:33], wide[:, 3:35], wide.to(torch.bfloat16)[:1, 1:33], wide[:2, 5:37].reshape(1, 2, 32))
