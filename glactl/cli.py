@@ -201,11 +201,12 @@ _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, 
 _UNTIL = ("word", "line", "sentence")  # glactl.sampling.UNTIL_MODES (a test keeps them equal)
 _CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
 _PRECISION_CHOICES = choices("auto", "float32", "bfloat16", "int8")
-_PRECISION_HELP = ("Weights' format at run time (default auto: int8 on CPUs with native bfloat16, where it costs < 0.01 "
+_PRECISION_HELP = ("Weights' format at run time (default auto: int8 on x86 CPUs with AVX2 or AVX512, where it costs < 0.01 "
                    "bits per byte; else float32). States stay float32.")
 _COMPILE_CHOICES = choices("auto", "on", "off")
-_COMPILE_HELP = ("Compile the decoding step with torch.compile (default auto: for runs of 1000 or more steps of GLA, minGRU, "
-                 "minLSTM or Performer on CPU; falls back to eager with a note where it cannot).")
+_COMPILE_HELP = ("Compile the decoding step ahead of time with AOTInductor, cached for later runs (default auto: for runs "
+                 "of 1000 or more steps of GLA, minGRU, minLSTM or Performer on CPU; falls back to eager with a note "
+                 "where it cannot).")
 
 
 # ---- train (issue 3) ---------------------------------------------------------------------

@@ -37,8 +37,8 @@ def run_steps(model: LanguageModel, step, tokens: torch.Tensor, n: int = 4) -> l
     return out
 
 
-@pytest.mark.slow  # one torch.compile of a 1-layer model: tens of seconds on a 2-core machine
-def test_compiled_step_matches_eager_and_pads_smaller_batches() -> None:
+@pytest.mark.slow  # one AOTInductor compile of a 1-layer model: tens of seconds on a 2-core machine
+def test_compiled_step_matches_eager_pads_smaller_batches_and_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_gla()
     tokens = torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(1))
     eager = run_steps(model, model.step, tokens)
@@ -47,40 +47,77 @@ def test_compiled_step_matches_eager_and_pads_smaller_batches() -> None:
     assert isinstance(step, inference.CompiledStep)
     compiled = run_steps(model, step, tokens)
     if getattr(model, "_compile_failed", False):
-        pytest.skip("torch.compile does not run on this machine (fallback covered below)")
+        pytest.skip("AOTInductor does not run on this machine (fallback covered below)")
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-    smaller = run_steps(model, step, tokens[:2])  # two rows through the graph compiled for three
+    smaller = run_steps(model, step, tokens[:2])  # two rows through the step compiled for three
     for a, b in zip(eager, smaller):
         torch.testing.assert_close(b, a[:2], rtol=1e-5, atol=1e-5)
 
+    def no_compiler(*args: object) -> None:
+        raise AssertionError("the cached package should have been loaded, not rebuilt")
+
+    monkeypatch.setattr(inference, "build_package", no_compiler)
+    again = tiny_gla()  # same config and weights: the package on disk answers
+    inference.configure(again, "on")
+    for a, b in zip(eager, run_steps(again, inference.stepper(again, 3, 4), tokens)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert not getattr(again, "_compile_failed", False)
+    other = tiny_gla()
+    with torch.no_grad():
+        other.head.weight.mul_(2)  # other weights: another package (here: a build, which fails, so eager)
+    inference.configure(other, "on")
+    assert inference.package_path(other, 3) != inference.package_path(again, 3)
+    assert inference.package_path(again, 2) != inference.package_path(again, 3)
+
+
+@pytest.mark.slow  # one AOTInductor compile per mixer
+@pytest.mark.parametrize("mixer", [m for m in inference.COMPILED_MIXERS if m != "gla"])
+def test_compiled_step_matches_eager_for_every_compiled_mixer(mixer: str) -> None:
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig.tiny(mixer=mixer, d_model=32, n_layers=1, n_heads=2)).eval()
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    eager = run_steps(model, model.step, tokens)
+    inference.configure(model, "on")
+    compiled = run_steps(model, inference.stepper(model, 2, 4), tokens)
+    if getattr(model, "_compile_failed", False):
+        pytest.skip("AOTInductor does not run on this machine (fallback covered below)")
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
 
 def test_failing_compile_falls_back_to_eager_with_one_note(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    model = tiny_gla()
+    model = tiny_gla(gla_gate_rank=3)  # a config no other test compiles: nothing cached
     tokens = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(2))
     eager = run_steps(model, model.step, tokens)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch._inductor if hasattr(torch, "_inductor") else inference, "aoti_compile_and_package", broken, raising=False)
+    monkeypatch.setattr(torch.export, "export", broken)
     monkeypatch.setattr(inference, "_notes_given", set())
     inference.configure(model, "on")
     fallen = run_steps(model, inference.stepper(model, 1, 4), tokens)
     for a, b in zip(eager, fallen):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "torch.compile failed" in err[0] and "no C++ compiler" in err[0], err
+    assert len(err) == 1 and "compiling the decode step failed" in err[0] and "no C++ compiler" in err[0], err
     assert inference.stepper(model, 1, 4) == model.step  # later runs go straight to eager
 
 
-def test_compile_rule() -> None:
-    model = tiny_gla()
+def test_compile_rule(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    model = tiny_gla(gla_gate_rank=5)  # a config no other test compiles: nothing cached
     inference.configure(model, "off")
     assert inference.stepper(model, 1, 10**6) == model.step
     inference.configure(model, "auto")
-    assert inference.stepper(model, 1, inference.COMPILE_MIN_STEPS - 1) == model.step  # short runs never compile
+    assert inference.stepper(model, 1, inference.COMPILE_MIN_STEPS - 1) == model.step  # short runs never build one
     assert isinstance(inference.stepper(model, 1, inference.COMPILE_MIN_STEPS), inference.CompiledStep)
+    cached = tmp_path / "step.pt2"
+    cached.write_bytes(b"")
+    monkeypatch.setattr(inference, "package_path", lambda model, batch: cached)  # a package already built
+    assert isinstance(inference.stepper(model, 2, inference.CACHED_MIN_STEPS), inference.CompiledStep)
+    assert inference.stepper(model, 2, inference.CACHED_MIN_STEPS - 1) == model.step
     attention = LanguageModel(ModelConfig.tiny(mixer="transformer", d_model=32, n_layers=1, n_heads=2)).eval()
     inference.configure(attention, "auto")
     assert inference.stepper(attention, 1, 10**6) == attention.step  # a Python int in its state: stays eager
