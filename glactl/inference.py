@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -298,13 +299,17 @@ def build_package(model: nn.Module, batch: int, path: Path) -> None:
     import torch._inductor
 
     tokens = torch.zeros(batch, dtype=torch.long, device=next(model.parameters()).device)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         program = torch.export.export(_StepModule(model).eval(), (tokens, model.init_state(batch)), strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".partial.pt2")
     os.close(handle)
     try:
-        torch._inductor.aoti_compile_and_package(program, package_path=partial)
+        with warnings.catch_warnings():  # torch's own deprecation chatter while packaging is not the user's concern
+            warnings.simplefilter("ignore")
+            torch._inductor.aoti_compile_and_package(program, package_path=partial)
+        os.chmod(partial, 0o644)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
