@@ -4,7 +4,7 @@ gate normalizer 16) trained on a harder mqar and on enwiki, one change at a time
     python benchmarks/gla_levers.py --phase mqar --out /tmp/levers          # every lever, one seed
     python benchmarks/gla_levers.py --phase lm --levers base,heads1 --seeds 0,1,2 --out /tmp/levers
 
-mqar: tiny preset, 16 pairs in 64 bytes (twice the probe table's pairs and length), batch 32, 1500 steps,
+mqar: tiny preset, 16 pairs in 64 bytes (twice the probe table's pairs and length), batch 32, 1000 steps,
 float32. lm: tiny preset, enwiki-2015, 400 steps x 16 x 256 bytes, float32, final validation bits per byte.
 Runs are ordinary run folders under --out; scores go to OUT/levers.json after each run and a point already
 there is not trained again. Prints a markdown table (mean and spread over the seeds).
@@ -35,8 +35,8 @@ LEVERS: dict[str, dict[str, Any]] = {
 }
 
 PHASES: dict[str, dict[str, Any]] = {
-    "mqar": {"task": "mqar", "task_options": {"pairs": 16}, "seq_len": 64, "batch_size": 32, "steps": 1500,
-             "eval_every": 150},
+    "mqar": {"task": "mqar", "task_options": {"pairs": 16}, "seq_len": 64, "batch_size": 32, "steps": 1000,
+             "eval_every": 100},
     "lm": {"data": [ENWIKI], "seq_len": 256, "batch_size": 16, "steps": 400, "eval_every": 400},
 }
 
