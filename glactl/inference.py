@@ -227,10 +227,14 @@ class CompiledStep:
 
     def _build(self) -> Callable[..., Any]:
         path = package_path(self.model, self.batch)
-        if not path.is_file():
-            if sys.stderr.isatty():  # progress for a person waiting; scripts see only what went wrong
-                sys.stderr.write(f"glactl: compiling the decode step once for this model (cached in {path.parent})\n")
-            build_package(self.model, self.batch, path)
+        if path.is_file():
+            try:
+                return load_package(path)
+            except Exception:  # noqa: BLE001 - a damaged cache file (a full disk, another torch): build it again
+                path.unlink(missing_ok=True)
+        if sys.stderr.isatty():  # progress for a person waiting; scripts see only what went wrong
+            sys.stderr.write(f"glactl: compiling the decode step once for this model (cached in {path.parent})\n")
+        build_package(self.model, self.batch, path)
         return load_package(path)
 
     def __call__(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:

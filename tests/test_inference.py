@@ -106,6 +106,28 @@ def test_failing_compile_falls_back_to_eager_with_one_note(monkeypatch: pytest.M
     assert inference.stepper(model, 1, 4) == model.step  # later runs go straight to eager
 
 
+def test_damaged_cached_package_is_removed_and_rebuilt(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_gla(gla_gate_rank=6)  # a config no other test compiles
+    path = inference.package_path(model, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"PK\x03\x04 not a package")
+    built = []
+
+    def no_compiler(model: object, batch: int, target: object) -> None:
+        built.append(target)
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(inference, "build_package", no_compiler)
+    monkeypatch.setattr(inference, "_notes_given", set())
+    inference.configure(model, "on")
+    tokens = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(3))
+    eager = run_steps(model, model.step, tokens)
+    for a, b in zip(eager, run_steps(model, inference.stepper(model, 1, 4), tokens)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert built == [path] and not path.exists()  # the damaged file is gone; the rebuild was tried once
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_compile_rule(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     model = tiny_gla(gla_gate_rank=5)  # a config no other test compiles: nothing cached
     inference.configure(model, "off")
