@@ -32,6 +32,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "normalizer8": {"model_options": {"gla_gate_normalizer": 8.0}},
     "normalizer32": {"model_options": {"gla_gate_normalizer": 32.0}},
     "gate-rank64": {"model_options": {"gla_gate_rank": 64}},
+    "transformer": {"model": "transformer"},  # the reference, not a lever: the same budget for softmax attention
 }
 
 PHASES: dict[str, dict[str, Any]] = {
@@ -43,9 +44,9 @@ PHASES: dict[str, dict[str, Any]] = {
 
 def run(phase: str, lever: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     """Train one point; the score of its last evaluation (mqar: accuracy and answer loss; lm: bits per byte)."""
-    fields = {**PHASES[phase], **LEVERS[lever]}
+    fields = {"model": "gla", **PHASES[phase], **LEVERS[lever]}
     folder = Path(args.out) / f"{phase}-{lever}-seed{seed}"
-    options = TrainOptions(model="gla", preset="tiny", dtype="float32", threads=args.threads, seed=seed,
+    options = TrainOptions(preset="tiny", dtype="float32", threads=args.threads, seed=seed,
                            out=str(folder), force=True, command_line=["benchmarks/gla_levers.py", phase, lever],
                            **fields)
     summary = train(options)
@@ -70,6 +71,7 @@ def table(known: dict[str, Any]) -> str:
             continue
         change = ", ".join(f"{k} {v}" for k, v in {**{k: v for k, v in fields.items() if k != "model_options"},
                                                    **fields.get("model_options", {})}.items()) or "today's GLA"
+        change = "softmax attention (reference)" if fields.get("model") == "transformer" else change
         lines.append(f"| {lever} | {change} | {spread(mqar) if mqar else '-'} | {len(mqar)} | "
                      f"{spread(lm) if lm else '-'} | {len(lm)} |")
     return "\n".join(lines)
