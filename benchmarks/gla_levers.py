@@ -58,7 +58,7 @@ def run(phase: str, lever: str, seed: int, args: argparse.Namespace) -> dict[str
                            out=str(folder), force=True, command_line=["benchmarks/gla_levers.py", phase, lever],
                            **fields)
     summary = train(options)
-    if phase not in ("mqar", "mqar-16pairs"):
+    if "task" not in PHASES[phase]:
         return {"bpb": float(summary["val_bits_per_byte"])}
     last = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
     return {"accuracy": last["accuracy"], "answer_loss": last["val_loss"]}

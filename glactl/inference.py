@@ -117,12 +117,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.compute_dtype = torch.bfloat16 if native else torch.float32
         self.register_buffer("scale", scale.to(self.compute_dtype))
-        self.register_buffer("kernel_scale", scale.to(torch.bfloat16))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # torch 2.13's CPU kernel reads 16 input columns at a time: other widths crash or compute garbage (measured);
         # the weight is this module's own int8 buffer, dense and aligned as the kernel's aligned loads need.
         self.packed = kernel and linear.in_features % 16 == 0 and linear.in_features > 0
+        # the kernel takes bfloat16 scales: a copy only where `scale` is float32 (no native bfloat16)
+        needs_copy = self.packed and self.compute_dtype != torch.bfloat16
+        self.register_buffer("kernel_scale", scale.to(torch.bfloat16) if needs_copy else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -130,7 +132,8 @@ class Int8Linear(nn.Module):
             # The AVX512 kernel does aligned 32-byte loads of every input row: a view that starts at another offset
             # segfaults (measured), so the kernel always gets a fresh, dense (64-byte aligned) bfloat16 copy.
             dense = flat.to(torch.bfloat16, memory_format=torch.contiguous_format, copy=True)
-            y = torch.ops.aten._weight_int8pack_mm(dense, self.weight, self.kernel_scale)
+            scale = self.scale if self.kernel_scale is None else self.kernel_scale
+            y = torch.ops.aten._weight_int8pack_mm(dense, self.weight, scale)
         else:
             # many rows (a perplexity window): dequantize once per call, one GEMM (bfloat16 where native)
             weight = (self.weight.to(self.scale.dtype) * self.scale[:, None]).to(self.compute_dtype)
@@ -191,7 +194,7 @@ def should_compile(model: nn.Module, batch: int, steps: int) -> bool:
         return False
     if choice == "on" or steps >= COMPILE_MIN_STEPS:
         return True
-    return steps >= CACHED_MIN_STEPS and package_path(model, batch).is_file()
+    return steps >= CACHED_MIN_STEPS and model_package(model, batch).is_file()
 
 
 def stepper(model: nn.Module, batch: int, steps: int) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
@@ -226,7 +229,7 @@ class CompiledStep:
         return self._paddings[rows]
 
     def _build(self) -> Callable[..., Any]:
-        path = package_path(self.model, self.batch)
+        path = model_package(self.model, self.batch)
         if path.is_file():
             try:
                 return load_package(path)
@@ -293,10 +296,16 @@ def package_path(model: nn.Module, batch: int) -> Path:
     return cache_root() / "aoti" / f"step-{digest.hexdigest()[:32]}.pt2"
 
 
+def model_package(model: nn.Module, batch: int) -> Path:
+    """`package_path` of a loaded model, hashed once per batch size (its weights do not change at inference)."""
+    paths = model.__dict__.setdefault("_package_paths", {})
+    if batch not in paths:
+        paths[batch] = package_path(model, batch)
+    return paths[batch]
+
+
 def build_package(model: nn.Module, batch: int, path: Path) -> None:
     """Export the step for `batch` rows and compile it into `path` (written whole or not at all)."""
-    import tempfile
-
     from glactl.data import cache_root
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
@@ -307,17 +316,14 @@ def build_package(model: nn.Module, batch: int, path: Path) -> None:
         warnings.simplefilter("ignore")
         program = torch.export.export(_StepModule(model).eval(), (tokens, model.init_state(batch)), strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".partial.pt2")
-    os.close(handle)
+    partial = path.with_name(f".{path.stem}.tmp-{os.getpid()}.pt2")  # renamed over `path` once whole
     try:
         with warnings.catch_warnings():  # torch's own deprecation chatter while packaging is not the user's concern
             warnings.simplefilter("ignore")
-            torch._inductor.aoti_compile_and_package(program, package_path=partial)
-        os.chmod(partial, 0o644)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
         os.replace(partial, path)
     finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+        partial.unlink(missing_ok=True)
 
 
 def load_package(path: Path) -> Callable[..., Any]:
@@ -327,10 +333,15 @@ def load_package(path: Path) -> Callable[..., Any]:
     loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
     in_spec, out_spec = (pytree.treespec_loads(spec) for spec in loader.get_call_spec())
 
+    checked = False
+
     def run(tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        nonlocal checked
         flat, spec = pytree.tree_flatten(((tokens, state), {}))
-        if spec != in_spec:
-            raise ValueError("the state's structure differs from the compiled one")
+        if not checked:  # the package returns states of the structure it takes: one check is enough
+            if spec != in_spec:
+                raise ValueError("the state's structure differs from the compiled one")
+            checked = True
         # The package reads its inputs with the strides it was exported with (dense, from init_state); a state
         # from the parallel form or from the package itself may be a strided view, so it is made dense here.
         return pytree.tree_unflatten(loader.boxed_run([t.contiguous() for t in flat]), out_spec)
