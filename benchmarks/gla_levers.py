@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,16 @@ def table(known: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def record_point(record: Path, phase: str, lever: str, seed: int, score: dict[str, float]) -> dict[str, Any]:
+    """Add one point to OUT/levers.json as it is on disk now (another phase may be running beside this one)."""
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    known.setdefault(phase, {}).setdefault(lever, {})[str(seed)] = score
+    partial = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+    partial.write_text(json.dumps(known, indent=1))
+    os.replace(partial, record)
+    return known
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=list(PHASES), required=True)
@@ -104,8 +115,8 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 points = known.setdefault(args.phase, {}).setdefault(lever, {})
                 if str(seed) not in points:
-                    points[str(seed)] = run(args.phase, lever, seed, args)
-                    record.write_text(json.dumps(known, indent=1))
+                    points[str(seed)] = score = run(args.phase, lever, seed, args)
+                    known = record_point(record, args.phase, lever, seed, score)
     print(table(known))
 
 

@@ -875,6 +875,8 @@ def compare(
     threads: Optional[int] = typer.Option(None, "--threads", help=_TRAIN_THREADS_HELP),
     device: str = typer.Option("auto", "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", metavar=_DTYPE_CHOICES, help=_DTYPE_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help="Weights' format for the generation speed columns and the samples, as for generate (default auto)."),
+    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help="Compiled decoding step for the generation speed columns, as for generate (default auto: for runs that trained 5 minutes or more)."),
 ) -> None:
     """Train several architectures on the same data and budget, then compare speed, memory and bits per byte."""
     from rich.console import Console
@@ -882,6 +884,7 @@ def compare(
     from glactl.api import read_prompt
     from glactl.compare import CompareOptions, markdown_table, parse_contexts, parse_models, parse_seeds, run_compare
     from glactl.errors import InputError
+    from glactl.inference import COMPILE_CHOICES, PRECISION_CHOICES, check_choice
     from glactl.training import parse_duration
 
     if seed is not None and seeds is not None:
@@ -894,7 +897,8 @@ def compare(
         seeds=parse_seeds(seeds) if seeds is not None else [seed if seed is not None else 0], spread=seeds is not None,
         lr=lr, contexts=parse_contexts(contexts), eval_every=eval_every, eval_windows=eval_windows,
         prompt=read_prompt(prompt) if prompt is not None else None, out=out, force=force, threads=threads, device=device,
-        dtype=dtype, command_line=["glactl", *sys.argv[1:]],
+        dtype=dtype, precision=check_choice("--precision", precision, PRECISION_CHOICES),
+        compile=check_choice("--compile", compile, COMPILE_CHOICES), command_line=["glactl", *sys.argv[1:]],
     )
     entries = run_compare(options, Console(stderr=True))  # progress and logs on stderr, results on stdout
     screen = Console()

@@ -34,6 +34,9 @@ DEFAULT_DATA = "wikitext-103"
 DEFAULT_CONTEXTS = (1024, 8192, 32768)
 MAX_CONTEXT = 1 << 20
 DECODE_STEPS = 64  # timed model.step calls per context length
+# --compile auto for the speed columns: compile the step (tens of seconds on a 2-core CPU) when the run
+# trained at least this long, so the compile adds at most about a tenth to the run's time
+COMPILE_MIN_TRAINING_SECONDS = 300
 WARMUP_STEPS = 2  # untimed steps before them
 PREFILL_PIECE = 1024  # bytes per parallel-form call while reading a context
 SAMPLE_BYTES = 200
@@ -43,7 +46,7 @@ RUN_FILE = "compare.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RESULT_KEYS = ("model", "task", "parameters", "train_tokens_per_second", "val_bits_per_byte", "curve",
-               "generate_tokens_per_second", "state_bytes", "sample", "config")
+               "generate_tokens_per_second", "decode", "state_bytes", "sample", "config")
 SPREAD_KEYS = ("val_bits_per_byte_std", "seeds")
 # --task rows: accuracy on the task's test set; sequence_accuracy only for tasks scored per whole sequence.
 TASK_RESULT_KEYS = ("model", "task", "parameters", "train_tokens_per_second", "accuracy", "sequence_accuracy",
@@ -86,6 +89,8 @@ class CompareOptions:
     sort_range: int | None = None  # sort
     short_conv: int | None = None  # ModelConfig.short_conv for every model (None: each architecture's default)
     performer_rope: bool | None = None  # ModelConfig.performer_rope (None: the architecture's default)
+    precision: str = "auto"  # weights' format for the speed columns and the sample, as `glactl generate --precision`
+    compile: str = "auto"  # compiled decode step for the speed columns (auto: COMPILE_MIN_TRAINING_SECONDS)
 
     @property
     def is_task(self) -> bool:
@@ -315,7 +320,8 @@ def measurement_settings(options: CompareOptions, prompt: bytes) -> dict[str, An
     if options.is_task:
         return {"state_after": options.seq_len}
     return {"contexts": list(options.contexts), "decode_steps": options.decode_steps,
-            "sample_bytes": options.sample_bytes, "prompt": prompt.decode("utf-8", errors="replace")}
+            "sample_bytes": options.sample_bytes, "prompt": prompt.decode("utf-8", errors="replace"),
+            "precision": options.precision, "compile": options.compile}
 
 
 def run_one(options: CompareOptions, model: str, seed: int, folder: Path, text: bytes, prompt: bytes,
@@ -420,6 +426,7 @@ def measure_run(folder: Path, options: CompareOptions, text: bytes, prompt: byte
     """Parameters, training speed, validation curve (metrics.jsonl); generation speed, state, sample (checkpoint)."""
     from glactl.checkpoint import load_model
     from glactl.devices import select_device
+    from glactl.inference import apply_precision, configure, resolve_precision
 
     device = select_device(options.device)
     model, _ = load_model(folder, device)
@@ -427,13 +434,16 @@ def measure_run(folder: Path, options: CompareOptions, text: bytes, prompt: byte
     curve = validation_curve(records)
     if not curve:
         raise RunFailure(f"{folder}: metrics.jsonl holds no validation result")
-    speeds, sizes = measure_generation(model, text, options.contexts, options.decode_steps)
+    apply_precision(model, resolve_precision(options.precision, device))
+    configure(model, measurement_compile(options.compile, records))
+    speeds, sizes, compiled = measure_generation(model, text, options.contexts, options.decode_steps)
     return {
         "parameters": model.num_parameters(),
         "train_tokens_per_second": round(training_speed(records), 1),
         "val_bits_per_byte": curve[-1]["val_bits_per_byte"],
         "curve": curve,
         "generate_tokens_per_second": speeds,
+        "decode": {"precision": model.precision, "compiled": compiled},
         "state_bytes": sizes,
         "sample": draw_sample(model, prompt, options.sample_bytes, seed),
         "config": model.config.to_dict(),
@@ -534,18 +544,33 @@ def training_speed(records: list[dict[str, Any]]) -> float:
     return sum(t for t, _ in windows) / seconds if seconds > 0 else 0.0
 
 
-def measure_generation(model: Any, text: bytes, contexts: list[int], decode_steps: int) -> tuple[dict[str, float], dict[str, int]]:
-    """Generation tokens/s and state bytes after each context length.
+def measurement_compile(choice: str, records: list[dict[str, Any]]) -> str:
+    """--compile for the speed columns: on/off as given; auto is on when the run trained long enough to pay for it."""
+    from glactl.inference import COMPILE_CHOICES, check_choice
+
+    choice = check_choice("--compile", choice, COMPILE_CHOICES)
+    if choice != "auto":
+        return choice
+    trained = max((float(r.get("wall_time", 0.0)) for r in records), default=0.0)
+    return "on" if trained >= COMPILE_MIN_TRAINING_SECONDS else "off"
+
+
+def measure_generation(model: Any, text: bytes, contexts: list[int],
+                       decode_steps: int) -> tuple[dict[str, float], dict[str, int], bool]:
+    """Generation tokens/s and state bytes after each context length, and whether the step ran compiled.
 
     The context is read with the parallel form in pieces carrying the state; at each length
-    the state's size is taken, then `decode_steps` greedy `model.step` calls are timed on a
-    copy of the state, so the reading goes on from exactly that many bytes.
+    the state's size is taken, then `decode_steps` greedy steps are timed on a copy of the state,
+    so the reading goes on from exactly that many bytes. The step is the one `glactl generate`
+    runs (`glactl.inference.stepper`: compiled where the model's --compile choice says so).
     """
+    from glactl.inference import CompiledStep, stepper
     from glactl.models.state import expand_state
 
     speeds: dict[str, float] = {}
     sizes: dict[str, int] = {}
     device = model.device
+    step = stepper(model, 1, decode_steps)
     with torch.inference_mode():
         state, logits, done = None, None, 0
         for length in contexts:
@@ -555,22 +580,23 @@ def measure_generation(model: Any, text: bytes, contexts: list[int], decode_step
                 logits = out[:, -1]
                 done += len(piece)
             sizes[str(length)] = int(model.state_nbytes(state))
-            speeds[str(length)] = round(decode_speed(model, expand_state(state, 1), logits, decode_steps), 1)
-    return speeds, sizes
+            speeds[str(length)] = round(decode_speed(step, device, expand_state(state, 1), logits, decode_steps), 1)
+    compiled = isinstance(step, CompiledStep) and not getattr(model, "_compile_failed", False)
+    return speeds, sizes, compiled
 
 
-def decode_speed(model: Any, state: Any, logits: torch.Tensor, steps: int) -> float:
-    """Tokens per second of `steps` greedy model.step calls (batch 1) after a short untimed warm-up."""
+def decode_speed(step: Any, device: torch.device, state: Any, logits: torch.Tensor, steps: int) -> float:
+    """Tokens per second of `steps` greedy decode steps (batch 1) after a short untimed warm-up (and compile)."""
     token = logits.argmax(-1)
     for _ in range(WARMUP_STEPS):
-        logits, state = model.step(token, state)
+        logits, state = step(token, state)
         token = logits.argmax(-1)
-    _synchronize(model.device)
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        logits, state = model.step(token, state)
+        logits, state = step(token, state)
         token = logits.argmax(-1)
-    _synchronize(model.device)
+    _synchronize(device)
     return steps / max(time.perf_counter() - start, 1e-9)
 
 
@@ -624,6 +650,7 @@ def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[s
         "curve": mean_curve([r["curve"] for r in results]),
         "generate_tokens_per_second": {k: round(statistics.fmean(r["generate_tokens_per_second"][k] for r in results), 1)
                                        for k in first["generate_tokens_per_second"]},
+        "decode": dict(first["decode"]),
         "state_bytes": dict(first["state_bytes"]),
         "sample": first["sample"],
         "config": first.get("config"),
@@ -698,7 +725,7 @@ def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str]
     at = [i for i, h in enumerate(header) if "@" in h]
     longest = max((context_of(header[i]) for i in at), default=0)
     order = sorted(at, key=lambda i: (context_of(header[i]) == longest, context_of(header[i]), header[i].startswith("state")))
-    order += [i for i, h in enumerate(header) if h in ("params", "train tok/s")]
+    order += [i for i, h in enumerate(header) if h in ("decode", "params", "train tok/s")]
     return fit_columns(short, rows, width, order)
 
 
@@ -709,16 +736,24 @@ def table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     contexts = list(entries[0]["state_bytes"]) if entries else []
     spread = any("val_bits_per_byte_std" in e for e in entries)
     header = ["model", "params", "train tok/s", "val bpb" + (" (± sd)" if spread else "")]
-    header += [f"gen tok/s @{context_label(int(c))}" for c in contexts]
+    header += ["decode"] + [f"gen tok/s @{context_label(int(c))}" for c in contexts]
     header += [f"state @{context_label(int(c))}" for c in contexts]
     rows = []
     for e in entries:
         bpb = f"{e['val_bits_per_byte']:.4f}" + (f" ± {e['val_bits_per_byte_std']:.4f}" if "val_bits_per_byte_std" in e else "")
-        row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}", bpb]
+        row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}", bpb, decode_label(e)]
         row += [f"{e['generate_tokens_per_second'][c]:,.0f}" for c in contexts]
         row += [human_bytes(e["state_bytes"][c]) for c in contexts]
         rows.append(row)
     return header, rows
+
+
+def decode_label(entry: dict[str, Any]) -> str:
+    """How the speed columns decoded: "int8 compiled", "float32 eager" ("-" for results from before glactl recorded it)."""
+    decode = entry.get("decode")
+    if not decode:
+        return "-"
+    return f"{decode['precision']} {'compiled' if decode['compiled'] else 'eager'}"
 
 
 def task_table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -804,8 +839,9 @@ def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, pro
         f"Data: {', '.join(options.data)}. Preset {options.preset}, sequence length {options.seq_len}, "
         f"batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
         "Validation bits per byte is the last evaluation" + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
-        + "; training tokens/s leaves evaluation time out; generation is batch 1, greedy `model.step` after "
-        "the given bytes of context, read with the parallel form.", "",
+        + "; training tokens/s leaves evaluation time out; generation is batch 1, greedy, after the given bytes "
+        "of context read with the parallel form, with the step `glactl generate` runs (column decode: the weights' "
+        f"format, --precision {options.precision}, and whether the step ran compiled, --compile {options.compile}).", "",
         markdown_table(entries), "",
         "![validation bits per byte against training tokens](loss.png)", "",
         "![state memory and generation speed against context length](scaling.png)", "",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from glactl.compare import (
     RESULT_KEYS,
@@ -18,6 +19,7 @@ from glactl.compare import (
     validation_curve,
 )
 from glactl.errors import InputError
+from glactl.inference import resolve_precision
 from glactl.models.registry import MIXERS
 from conftest import run_cli
 
@@ -65,6 +67,8 @@ def test_compare_writes_results_then_skips_finished_runs(corpus: Path, tmp_path:
         assert [p["step"] for p in e["curve"]] == [0, 1, 2, 3]
         assert e["curve"][-1]["val_bits_per_byte"] == e["val_bits_per_byte"]
         assert isinstance(e["sample"], str) and e["sample"]
+        # default flags: the weights' format generate's --precision auto picks; a 3-step run is too short to compile
+        assert e["decode"] == {"precision": resolve_precision("auto", torch.device("cpu")), "compiled": False}
         assert (out / f"{e['model']}-seed0" / "checkpoint" / "model.safetensors").is_file()
     by_name = {e["model"]: e for e in entries}
     assert by_name["gla"]["state_bytes"]["64"] == by_name["gla"]["state_bytes"]["256"]  # constant state
@@ -172,7 +176,8 @@ def test_training_speed_leaves_evaluations_out() -> None:
 def test_summarize_single_seed_has_exactly_the_result_keys() -> None:
     result = {"parameters": 10, "train_tokens_per_second": 100.0, "val_bits_per_byte": 3.0,
               "curve": [{"step": 0, "tokens": 0, "val_bits_per_byte": 8.0}, {"step": 5, "tokens": 50, "val_bits_per_byte": 3.0}],
-              "generate_tokens_per_second": {"64": 10.0}, "state_bytes": {"64": 512}, "sample": "x", "run": "out/gla-seed0"}
+              "generate_tokens_per_second": {"64": 10.0}, "decode": {"precision": "float32", "compiled": False},
+              "state_bytes": {"64": 512}, "sample": "x", "run": "out/gla-seed0"}
     assert list(summarize("gla", [result], spread=False)) == list(RESULT_KEYS)
     two = summarize("gla", [result, {**result, "val_bits_per_byte": 4.0, "run": "out/gla-seed1"}], spread=True)
     assert two["val_bits_per_byte"] == 3.5 and two["val_bits_per_byte_std"] == pytest.approx(0.707107, abs=1e-6)
@@ -315,3 +320,41 @@ def test_auto_dtype_is_decided_once_for_every_model(monkeypatch: pytest.MonkeyPa
     assert comparison_dtype(options, Reporter(None)) == "float32" and measured == ["transformer"]
     options.dtype = "bfloat16"
     assert comparison_dtype(options, Reporter(None)) == "bfloat16" and measured == ["transformer"]
+
+
+def test_compile_for_the_speed_columns_follows_the_training_time() -> None:
+    """--compile auto compiles the measured step only after a run long enough to pay for it; on/off as given."""
+    from glactl.compare import COMPILE_MIN_TRAINING_SECONDS, measurement_compile
+
+    short = [{"kind": "train", "step": 10, "wall_time": COMPILE_MIN_TRAINING_SECONDS - 1.0}]
+    long = [*short, {"kind": "eval", "step": 20, "wall_time": COMPILE_MIN_TRAINING_SECONDS + 5.0}]
+    assert measurement_compile("auto", short) == "off" and measurement_compile("auto", long) == "on"
+    assert measurement_compile("on", short) == "on" and measurement_compile("off", long) == "off"
+    with pytest.raises(InputError, match="--compile 'sometimes'"):
+        measurement_compile("sometimes", long)
+
+
+def test_speed_columns_time_the_compiled_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With compile on, every timed step goes through the compiled step (here a counting stand-in for the package)."""
+    from glactl import inference
+    from glactl.compare import measure_generation
+    from glactl.models import LanguageModel
+    from glactl.models.config import ModelConfig
+
+    model = LanguageModel(ModelConfig(mixer="gla", d_model=32, n_layers=1, n_heads=2)).eval()
+    calls = []
+
+    def stand_in(self: inference.CompiledStep) -> object:
+        def run(tokens: torch.Tensor, state: object) -> object:
+            calls.append(tokens.shape[0])
+            return self.model.step(tokens, state)
+        return run
+
+    monkeypatch.setattr(inference.CompiledStep, "_build", stand_in)
+    inference.configure(model, "on")
+    speeds, sizes, compiled = measure_generation(model, bytes(range(65, 91)) * 4, [16, 64], decode_steps=5)
+    assert compiled and set(speeds) == {"16", "64"} and all(v > 0 for v in speeds.values())
+    assert calls == [1] * 2 * (5 + 2)  # two contexts x (timed + warm-up steps), batch 1
+    inference.configure(model, "off")
+    calls.clear()
+    assert measure_generation(model, bytes(range(65, 91)) * 4, [16], decode_steps=5)[2] is False and not calls
