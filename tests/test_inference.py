@@ -162,6 +162,27 @@ def test_precision_layers_match_float32_closely() -> None:
                 assert (approx - exact).norm() / exact.norm() < bound
 
 
+def test_float32_on_cpu_keeps_the_products_with_transposed_weights() -> None:
+    """--precision float32 only stores each weight [in, out]: layers and whole-model logits equal float32's."""
+    model = tiny_gla()
+    swapped = inference.apply_precision(copy.deepcopy(model), "float32")
+    assert swapped.precision == "float32"
+    assert not any(type(m) is torch.nn.Linear for m in swapped.modules())
+    assert sum(p.numel() for p in swapped.parameters()) <= sum(p.numel() for p in model.parameters())
+    x = torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(5))
+    tokens = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        for rows in (x[:1, :1], x):
+            exact, same = model.blocks[0].mixer.in_proj(rows), swapped.blocks[0].mixer.in_proj(rows)
+            assert same.shape == exact.shape and torch.allclose(same, exact, rtol=1e-6, atol=1e-6)
+        reference, state = model(tokens, None)
+        logits, swapped_state = swapped(tokens, None)
+        assert torch.allclose(logits, reference, rtol=1e-5, atol=1e-5)
+        step, _ = model.step(tokens[:, 0], state)
+        swapped_step, _ = swapped.step(tokens[:, 0], swapped_state)
+        assert torch.allclose(swapped_step, step, rtol=1e-5, atol=1e-5)
+
+
 def test_every_precision_runs_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     for precision in inference.PRECISION_CHOICES:
         code, out, err = run_cli(["generate", "The", "--max-new-tokens", "3", "--seed", "0", "--precision", precision,
