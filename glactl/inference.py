@@ -1,7 +1,7 @@
 """Inference speed: the weights' format at run time (--precision) and a compiled decode step (--compile).
 
-Both leave the checkpoint alone: precision swaps a model's nn.Linear layers for int8 or bfloat16
-copies at load time; compile turns `LanguageModel.step` into an AOTInductor package for one batch size.
+Both leave the checkpoint alone: precision swaps a model's nn.Linear layers for int8, bfloat16 or
+(float32 on CPUs) transposed copies at load time; compile turns `LanguageModel.step` into an AOTInductor package for one batch size.
 Recurrent states and the residual stream stay float32 in every precision.
 
 Rules measured on the 2-core AMD EPYC (AVX512-BF16, no AMX), shipped gla-enwiki, 1 thread
