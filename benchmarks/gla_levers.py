@@ -113,10 +113,8 @@ def main() -> None:
             if lever not in LEVERS:
                 parser.error(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
             for seed in (int(s) for s in args.seeds.split(",")):
-                points = known.setdefault(args.phase, {}).setdefault(lever, {})
-                if str(seed) not in points:
-                    points[str(seed)] = score = run(args.phase, lever, seed, args)
-                    known = record_point(record, args.phase, lever, seed, score)
+                if str(seed) not in known.get(args.phase, {}).get(lever, {}):
+                    known = record_point(record, args.phase, lever, seed, run(args.phase, lever, seed, args))
     print(table(known))
 
 

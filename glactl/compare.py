@@ -434,11 +434,12 @@ def measure_run(folder: Path, options: CompareOptions, text: bytes, prompt: byte
     curve = validation_curve(records)
     if not curve:
         raise RunFailure(f"{folder}: metrics.jsonl holds no validation result")
+    parameters = model.num_parameters()  # before the precision swap, which keeps int8 and transposed weights as buffers
     apply_precision(model, resolve_precision(options.precision, device))
     configure(model, measurement_compile(options.compile, records))
     speeds, sizes, compiled = measure_generation(model, text, options.contexts, options.decode_steps)
     return {
-        "parameters": model.num_parameters(),
+        "parameters": parameters,
         "train_tokens_per_second": round(training_speed(records), 1),
         "val_bits_per_byte": curve[-1]["val_bits_per_byte"],
         "curve": curve,

@@ -20,6 +20,8 @@ from glactl.compare import (
 )
 from glactl.errors import InputError
 from glactl.inference import resolve_precision
+from glactl.models import LanguageModel
+from glactl.models.config import ModelConfig
 from glactl.models.registry import MIXERS
 from conftest import run_cli
 
@@ -69,6 +71,7 @@ def test_compare_writes_results_then_skips_finished_runs(corpus: Path, tmp_path:
         assert isinstance(e["sample"], str) and e["sample"]
         # default flags: the weights' format generate's --precision auto picks; a 3-step run is too short to compile
         assert e["decode"] == {"precision": resolve_precision("auto", torch.device("cpu")), "compiled": False}
+        assert e["parameters"] == LanguageModel(ModelConfig.from_dict(e["config"])).num_parameters()
         assert (out / f"{e['model']}-seed0" / "checkpoint" / "model.safetensors").is_file()
     by_name = {e["model"]: e for e in entries}
     assert by_name["gla"]["state_bytes"]["64"] == by_name["gla"]["state_bytes"]["256"]  # constant state
@@ -338,8 +341,6 @@ def test_speed_columns_time_the_compiled_step(monkeypatch: pytest.MonkeyPatch) -
     """With compile on, every timed step goes through the compiled step (here a counting stand-in for the package)."""
     from glactl import inference
     from glactl.compare import measure_generation
-    from glactl.models import LanguageModel
-    from glactl.models.config import ModelConfig
 
     model = LanguageModel(ModelConfig(mixer="gla", d_model=32, n_layers=1, n_heads=2)).eval()
     calls = []
