@@ -219,13 +219,15 @@ def test_precision_fallback_note(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert len(err) == 1 and "bfloat16" in err[0], err
 
 
-@pytest.mark.parametrize("command", ["generate", "complete", "perplexity"])
+@pytest.mark.parametrize("command", ["generate", "complete", "perplexity", "compare"])
 @pytest.mark.parametrize("flag, value", [("--precision", "fp16"), ("--compile", "maybe")])
 def test_bad_values_exit_2_with_one_line(command: str, flag: str, value: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
     text = tmp_path / "t.txt"
     text.write_bytes(TEXT)
-    argument = str(text) if command == "perplexity" else "The"
-    code, out, err = run_cli([command, argument, flag, value], capsys)
+    argument = {"perplexity": [str(text)], "compare": ["--models", "gla", "--steps", "1", "--data", str(text),
+                                                       "--out", str(tmp_path / "cmp")]}.get(command, ["The"])
+    code, out, err = run_cli([command, *argument, flag, value], capsys)
+    assert not (tmp_path / "cmp").exists()  # refused before any run folder is made
     assert_one_line_error(code, out, err, flag, value)
 
 
