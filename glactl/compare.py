@@ -710,8 +710,9 @@ def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str], list[str], list[str]]:
     """The table for a terminal `width` columns wide: short headers, whole columns left out until it fits.
 
-    Per-context columns go first (all but the longest context, shortest first), then the longest
-    context's, then parameters and training speed; model and score columns always stay. Returns
+    Per-context columns go first (all but the longest context, shortest first), then the decode
+    path, then the longest context's, then parameters and training speed; model and score columns
+    always stay. Returns
     the header, the rows and the names of the columns left out.
     """
     from glactl.display import fit_columns
@@ -726,7 +727,9 @@ def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str]
     at = [i for i, h in enumerate(header) if "@" in h]
     longest = max((context_of(header[i]) for i in at), default=0)
     order = sorted(at, key=lambda i: (context_of(header[i]) == longest, context_of(header[i]), header[i].startswith("state")))
-    order += [i for i, h in enumerate(header) if h in ("decode", "params", "train tok/s")]
+    shorter = [i for i in order if context_of(header[i]) != longest]
+    order = shorter + [i for i, h in enumerate(header) if h == "decode"] + order[len(shorter):]
+    order += [i for i, h in enumerate(header) if h in ("params", "train tok/s")]
     return fit_columns(short, rows, width, order)
 
 

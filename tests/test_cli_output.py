@@ -158,6 +158,7 @@ def test_compare_table_fits_80_columns_with_whole_numbers() -> None:
 
     entries = [{"model": name, "parameters": 4_780_000, "train_tokens_per_second": 1773.4, "val_bits_per_byte": 2.855468,
                 "generate_tokens_per_second": {"1024": 1234.5, "8192": 1200.0, "32768": 119.0},
+                "decode": {"precision": "int8", "compiled": name != "transformer"},
                 "state_bytes": {"1024": 196608, "8192": 1572864, "32768": 6291456}, "curve": [], "sample": ""}
                for name in ("gla", "transformer", "performer", "minlstm")]
     screen = io.StringIO()
@@ -167,7 +168,10 @@ def test_compare_table_fits_80_columns_with_whole_numbers() -> None:
     assert max(len(line) for line in lines) <= 80 and "…" not in screen.getvalue()
     assert "2.8555" in screen.getvalue() and "transformer" in screen.getvalue() and "6.0 MiB" in screen.getvalue()
     assert "gen/s @32k" in header and dropped  # the longest context stays; the others are named as left out
-    assert terminal_table(entries, 200)[2] == []
+    assert "decode" in dropped  # the decode path goes before the longest context's columns
+    wide_header, wide_rows, wide_dropped = terminal_table(entries, 200)
+    assert wide_dropped == [] and [row[wide_header.index("decode")] for row in wide_rows] == [
+        "int8 compiled", "int8 eager", "int8 compiled", "int8 compiled"]
 
 
 def test_perplexity_lists_files_as_rows_within_80_columns(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str],
