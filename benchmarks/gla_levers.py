@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
+from glactl.compare import write_json_atomic
 from glactl.training import TrainOptions, train
 
 ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
@@ -90,9 +90,7 @@ def record_point(record: Path, phase: str, lever: str, seed: int, score: dict[st
     """Add one point to OUT/levers.json as it is on disk now (another phase may be running beside this one)."""
     known = json.loads(record.read_text()) if record.is_file() else {}
     known.setdefault(phase, {}).setdefault(lever, {})[str(seed)] = score
-    partial = record.with_name(f".{record.name}.tmp-{os.getpid()}")
-    partial.write_text(json.dumps(known, indent=1))
-    os.replace(partial, record)
+    write_json_atomic(record, known)
     return known
 
 

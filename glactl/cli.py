@@ -884,7 +884,6 @@ def compare(
     from glactl.api import read_prompt
     from glactl.compare import CompareOptions, markdown_table, parse_contexts, parse_models, parse_seeds, run_compare
     from glactl.errors import InputError
-    from glactl.inference import COMPILE_CHOICES, PRECISION_CHOICES, check_choice
     from glactl.training import parse_duration
 
     if seed is not None and seeds is not None:
@@ -897,8 +896,7 @@ def compare(
         seeds=parse_seeds(seeds) if seeds is not None else [seed if seed is not None else 0], spread=seeds is not None,
         lr=lr, contexts=parse_contexts(contexts), eval_every=eval_every, eval_windows=eval_windows,
         prompt=read_prompt(prompt) if prompt is not None else None, out=out, force=force, threads=threads, device=device,
-        dtype=dtype, precision=check_choice("--precision", precision, PRECISION_CHOICES),
-        compile=check_choice("--compile", compile, COMPILE_CHOICES), command_line=["glactl", *sys.argv[1:]],
+        dtype=dtype, precision=precision or "auto", compile=compile or "auto", command_line=["glactl", *sys.argv[1:]],
     )
     entries = run_compare(options, Console(stderr=True))  # progress and logs on stderr, results on stdout
     screen = Console()

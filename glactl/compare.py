@@ -180,9 +180,12 @@ def resolve_task(options: CompareOptions) -> Any:
 
 
 def check_options(options: CompareOptions) -> None:
-    """Reject bad settings before any training starts (one InputError line)."""
+    """Reject bad settings before any training starts (one InputError line); lower-cases the choice flags."""
+    from glactl.inference import COMPILE_CHOICES, PRECISION_CHOICES, check_choice
     from glactl.training import new_model_config
 
+    options.precision = check_choice("--precision", options.precision, PRECISION_CHOICES)
+    options.compile = check_choice("--compile", options.compile, COMPILE_CHOICES)
     if options.steps is None and options.time_budget is None:
         raise InputError("give a budget: --steps N or --time DURATION (per model, e.g. --time 10m)")
     if options.steps is not None and options.steps < 1:
@@ -547,9 +550,6 @@ def training_speed(records: list[dict[str, Any]]) -> float:
 
 def measurement_compile(choice: str, records: list[dict[str, Any]]) -> str:
     """--compile for the speed columns: on/off as given; auto is on when the run trained long enough to pay for it."""
-    from glactl.inference import COMPILE_CHOICES, check_choice
-
-    choice = check_choice("--compile", choice, COMPILE_CHOICES)
     if choice != "auto":
         return choice
     trained = max((float(r.get("wall_time", 0.0)) for r in records), default=0.0)
@@ -565,7 +565,7 @@ def measure_generation(model: Any, text: bytes, contexts: list[int],
     so the reading goes on from exactly that many bytes. The step is the one `glactl generate`
     runs (`glactl.inference.stepper`: compiled where the model's --compile choice says so).
     """
-    from glactl.inference import CompiledStep, stepper
+    from glactl.inference import stepper
     from glactl.models.state import expand_state
 
     speeds: dict[str, float] = {}
@@ -582,8 +582,7 @@ def measure_generation(model: Any, text: bytes, contexts: list[int],
                 done += len(piece)
             sizes[str(length)] = int(model.state_nbytes(state))
             speeds[str(length)] = round(decode_speed(step, device, expand_state(state, 1), logits, decode_steps), 1)
-    compiled = isinstance(step, CompiledStep) and not getattr(model, "_compile_failed", False)
-    return speeds, sizes, compiled
+    return speeds, sizes, bool(getattr(step, "ran_compiled", False))
 
 
 def decode_speed(step: Any, device: torch.device, state: Any, logits: torch.Tensor, steps: int) -> float:

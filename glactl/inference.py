@@ -241,6 +241,11 @@ class CompiledStep:
         self.compiled: Callable[..., Any] | None = None
         self._paddings: dict[int, torch.Tensor] = {}
 
+    @property
+    def ran_compiled(self) -> bool:
+        """Whether the steps so far ran the compiled package (False before the first step and after a fallback)."""
+        return self.compiled is not None and not getattr(self.model, "_compile_failed", False)
+
     def _padding(self, rows: int, device: torch.device) -> torch.Tensor:
         """Batch rows 0..rows-1, then row 0 repeated up to the compiled batch (built once per row count)."""
         if rows not in self._paddings:

@@ -327,14 +327,14 @@ def test_auto_dtype_is_decided_once_for_every_model(monkeypatch: pytest.MonkeyPa
 
 def test_compile_for_the_speed_columns_follows_the_training_time() -> None:
     """--compile auto compiles the measured step only after a run long enough to pay for it; on/off as given."""
-    from glactl.compare import COMPILE_MIN_TRAINING_SECONDS, measurement_compile
+    from glactl.compare import COMPILE_MIN_TRAINING_SECONDS, CompareOptions, check_options, measurement_compile
 
     short = [{"kind": "train", "step": 10, "wall_time": COMPILE_MIN_TRAINING_SECONDS - 1.0}]
     long = [*short, {"kind": "eval", "step": 20, "wall_time": COMPILE_MIN_TRAINING_SECONDS + 5.0}]
     assert measurement_compile("auto", short) == "off" and measurement_compile("auto", long) == "on"
     assert measurement_compile("on", short) == "on" and measurement_compile("off", long) == "off"
     with pytest.raises(InputError, match="--compile 'sometimes'"):
-        measurement_compile("sometimes", long)
+        check_options(CompareOptions(models=["gla"], steps=1, compile="sometimes"))
 
 
 def test_speed_columns_time_the_compiled_step(monkeypatch: pytest.MonkeyPatch) -> None:
