@@ -222,18 +222,20 @@ def stepper(model: nn.Module, batch: int, steps: int) -> Callable[[torch.Tensor,
     if not should_compile(model, batch, steps):
         return model.step
     cache = model.__dict__.setdefault("_compiled_steps", {})
-    if batch not in cache:
-        cache[batch] = CompiledStep(model, batch)
-    return cache[batch]
+    key = (batch, torch.get_num_threads())  # a package runs the thread count it was built for
+    if key not in cache:
+        cache[key] = CompiledStep(model, batch)
+    return cache[key]
 
 
 class CompiledStep:
     """model.step compiled ahead of time (AOTInductor) for exactly `batch` rows; any failure: eager, one note.
 
     The compiled package (kernels and weights in one .pt2) is cached under $GLACTL_CACHE/aoti, keyed by
-    the model's config, weights, precision, batch, torch and glactl versions and the CPU's vector
-    capability; a later process loads it through torch's C++ loader in well under a second, with no
-    dynamo tracing and no import of torch._inductor (which torch.compile pays on every start).
+    the model's config, weights, precision, batch, torch and glactl versions, the CPU's vector
+    capability and torch's thread count; a later process loads it through torch's C++ loader in well
+    under a second, with no dynamo tracing and no import of torch._inductor (which torch.compile pays on
+    every start).
     """
 
     def __init__(self, model: nn.Module, batch: int) -> None:
@@ -312,8 +314,11 @@ def package_path(model: nn.Module, batch: int) -> Path:
     from glactl.data import cache_root
 
     digest = hashlib.sha256()
+    # inductor writes the thread count into every parallel loop it generates: a package built for 1 thread
+    # never uses a second one, and one built for 2 would run 2 under --threads 1, so the count is in the key
     about = {"config": model.config.to_dict(), "precision": getattr(model, "precision", "float32"), "batch": batch,
-             "torch": torch.__version__, "glactl": __version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+             "torch": torch.__version__, "glactl": __version__, "cpu": torch.backends.cpu.get_cpu_capability(),
+             "threads": torch.get_num_threads()}
     digest.update(json.dumps(about, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -322,11 +327,12 @@ def package_path(model: nn.Module, batch: int) -> Path:
 
 
 def model_package(model: nn.Module, batch: int) -> Path:
-    """`package_path` of a loaded model, hashed once per batch size (its weights do not change at inference)."""
+    """`package_path` of a loaded model, hashed once per batch size and thread count (its weights stay put)."""
     paths = model.__dict__.setdefault("_package_paths", {})
-    if batch not in paths:
-        paths[batch] = package_path(model, batch)
-    return paths[batch]
+    key = (batch, torch.get_num_threads())
+    if key not in paths:
+        paths[key] = package_path(model, batch)
+    return paths[key]
 
 
 def build_package(model: nn.Module, batch: int, path: Path) -> None:

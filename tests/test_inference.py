@@ -69,6 +69,14 @@ def test_compiled_step_matches_eager_pads_smaller_batches_and_is_cached(monkeypa
     inference.configure(other, "on")
     assert inference.package_path(other, 3) != inference.package_path(again, 3)
     assert inference.package_path(again, 2) != inference.package_path(again, 3)
+    threads, one = torch.get_num_threads(), inference.model_package(again, 3)
+    try:  # inductor writes the thread count into its loops: another count, another package
+        torch.set_num_threads(threads + 1)
+        more = inference.model_package(again, 3)
+        assert more == inference.package_path(again, 3) != one
+    finally:
+        torch.set_num_threads(threads)
+    assert inference.model_package(again, 3) == one
 
 
 @pytest.mark.slow  # one AOTInductor compile per mixer
