@@ -24,6 +24,17 @@ def machine_line() -> str:
     )
 
 
+def cpu_flags() -> str:
+    """The vector-math flags that decide CPU speed rules (AVX2, FMA, AVX512*, AMX*), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return "unknown"
+    keep = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
+    return " ".join(sorted(keep))
+
+
 def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, min_seconds: float = 0.0) -> float:
     """Best wall time of `fn` over `repeats` runs after `warmup` runs (noise only adds time)."""
     for _ in range(warmup):

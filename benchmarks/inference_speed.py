@@ -3,8 +3,9 @@
 Usage: python benchmarks/inference_speed.py --old-python /tmp/venv-old/bin/python [--new-python .venv/bin/python]
            [--steps 300] [--repeats 3] [--perplexity-bytes 300000] [--skip-commands]
 
-Every measurement runs in a child process of the named Python (so old and new code never mix), with one
-torch thread, on the shipped gla-enwiki at batch 1. Old and new runs alternate, so a neighbour's load hits
+Every measurement runs in a child process of the named Python (so old and new code never mix), on the
+shipped gla-enwiki at batch 1; decode steps with one torch thread, whole commands with each version's own
+thread defaults (old: torch's, all cores, for scoring; new: the idle cores; both: 1 for decoding). Old and new runs alternate, so a neighbour's load hits
 both alike; each cell is the best of --repeats. Decode speed is reported twice: wall clock, and the
 process's CPU time (time.process_time), which a busy machine inflates less. Floors: weight bytes divided by
 this machine's memory read bandwidth (best torch.sum over a 512 MB float32 array, 1 thread). Whole commands
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import markdown_table
+from common import cpu_flags, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-103-raw" / "wiki.test.raw"
@@ -92,15 +93,6 @@ def timed_command(python: str, argv: list[str], env: dict) -> tuple[float, float
     return wall, user + system
 
 
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
-    return " ".join(sorted(keep))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old-python", required=True)
@@ -161,7 +153,8 @@ def main() -> None:
     if args.skip_commands:
         return
 
-    # ---- whole commands ------------------------------------------------------------------
+    # ---- whole commands, each version with its own thread defaults (no OMP_NUM_THREADS) ---------------
+    env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "wiki300k.txt"
         text.write_bytes(Path(args.text).read_bytes()[: args.perplexity_bytes])
@@ -188,7 +181,7 @@ def main() -> None:
                 rows.append([label, "new, cold cache", c[0], c[1], f"{o[0] / c[0]:.2f}x"])
             print(f"{label}: old {o[0]:.2f}s new {n[0]:.2f}s", flush=True)
         print()
-        print("Whole commands, default flags, timed with /usr/bin/time (best of the runs; OMP_NUM_THREADS=1)")
+        print("Whole commands, default flags and threads, timed with /usr/bin/time (best of the runs)")
         print()
         print(markdown_table(["command", "glactl", "wall s", "user+sys s", "old / this"], rows))
 

@@ -193,8 +193,8 @@ _DTYPE_CHOICES = choices("auto", "float32", "bfloat16", "float16")
 _DTYPE_HELP = ("Training precision (default auto: bfloat16 on GPUs that have it, else float16; on a CPU with native "
                "bfloat16 the faster of bfloat16 and float32 for this model, timed over a few passes once and "
                "cached, else float32; the log says which).")
-_THREADS_HELP = ("CPU threads for torch (default: 1 for decoding; for scoring and training the idle cores, i.e. cores "
-                 "minus the load average, said on stderr).")
+_THREADS_HELP = ("CPU threads for torch (default: OMP_NUM_THREADS where set, else 1 for decoding and for scoring and "
+                 "training the idle cores, i.e. cores minus those other work keeps busy, said on stderr).")
 _TRAIN_THREADS_HELP = _THREADS_HELP
 _KERNEL_CHOICES = choices("torch", "fla")
 _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, needs the fla package) (default torch)."

@@ -258,13 +258,40 @@ def test_thread_counts_by_kind_and_their_grammar(monkeypatch: pytest.MonkeyPatch
 
     assert devices.plural(1, "thread") == "1 thread" and devices.plural(2, "thread") == "2 threads"
     assert devices.default_threads("decoding")[0] == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (3.7, 0.0, 0.0))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    assert devices.default_threads("scoring")[0] == 4 and devices.default_threads("training")[0] == 4
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    monkeypatch.setattr(devices, "busy_cores", lambda cpus: 3.7)  # what other work keeps busy right now
+    assert devices.default_threads("scoring") == (4, "4 idle cores of 8, 3.7 busy over the last 0.1 s")
+    assert devices.default_threads("training")[0] == 4
+    monkeypatch.setattr(devices, "busy_cores", lambda cpus: 9.0)
     count, line = devices.thread_line("scoring", None)
     assert count == 1 and line.startswith("threads: 1 thread for scoring")
     assert devices.thread_line("scoring", 3) == (3, "")
+    monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "3")  # OMP_NUM_THREADS as the user started glactl
+    assert devices.thread_line("scoring", None) == (3, "") and devices.thread_line("decoding", 2) == (2, "")
+    monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "many")  # not a count: the rule decides
+    assert devices.thread_line("decoding", None)[0] == 1
+    monkeypatch.setattr(devices, "busy_cores", lambda cpus: None)  # no /proc/stat: the 1-minute load average
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
+    assert devices.default_threads("scoring") == (2, "2 idle cores of 8, load average 5.6")
+
+
+def test_busy_cores_counts_the_ticks_other_work_used_on_our_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from glactl import devices
+
+    samples = iter([{0: (1000, 900), 1: (1000, 100), 2: (50, 50)},  # (all ticks, idle ticks) since boot
+                    {0: (1100, 1000), 1: (1100, 125), 2: (50, 50)}])  # cpu 0 idle, cpu 1 3/4 busy, cpu 2 no ticks
+    monkeypatch.setattr(devices, "cpu_times", lambda cpus: next(samples))
+    assert devices.busy_cores({0, 1, 2}, seconds=0) == pytest.approx(0.75)
+
+    def missing(cpus: set[int]) -> dict:
+        raise OSError("no /proc/stat")
+
+    monkeypatch.setattr(devices, "cpu_times", missing)
+    assert devices.busy_cores({0}, seconds=0) is None
+    if os.path.exists("/proc/stat"):
+        monkeypatch.undo()
+        times = devices.cpu_times({0})
+        assert set(times) == {0} and times[0][0] >= times[0][1] >= 0
 
 
 def test_auto_dtype_is_measured_once_and_cached(tmp_path: Path) -> None:
