@@ -144,6 +144,10 @@ _NO_ARGS_IS_HELP = getattr(_typer_click, "NoArgsIsHelpError", ())
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: run the app and turn every failure into one line + exit code."""
     _process["on"] = argv is None
+    if _process["on"]:  # our own process: keep freed memory for the next window (glactl/process_memory.py)
+        from glactl.process_memory import keep_freed_memory
+
+        keep_freed_memory()
     try:
         code = app(args=argv, prog_name="glactl", standalone_mode=False)
     except _NO_ARGS_IS_HELP as e:  # `glactl` alone: the help (rich has printed it already), exit 2 as click does

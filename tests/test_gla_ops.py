@@ -121,3 +121,22 @@ def test_quadratic_form_matches_recurrent() -> None:
     q, k, v, log_a, _ = random_inputs(100, seed=21)
     ref_o, _ = gla_recurrent(q, k, v, log_a)
     assert rel_err(gla_quadratic(q, k, v, log_a), ref_o) < 1e-10
+
+
+def test_model_runs_shorter_chunks_without_autograd_on_cpu_with_the_same_logits() -> None:
+    from glactl.models import LanguageModel, ModelConfig
+    from glactl.ops.gla import INFERENCE_CHUNK_SIZE
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(mixer="gla", d_model=32, n_layers=2, n_heads=2, chunk_size=64)).double()
+    mixer = model.blocks[0].mixer
+    tokens = torch.randint(0, 256, (2, 150))
+    q = torch.zeros(1, dtype=torch.float64)
+    with torch.no_grad():
+        assert mixer._chunk_length(q) == INFERENCE_CHUNK_SIZE < 64  # scoring, prefill: the faster schedule
+        fast, fast_state = model(tokens)
+    assert mixer._chunk_length(q) == 64  # training keeps the configured chunk
+    trained, trained_state = model(tokens)
+    assert rel_err(fast, trained.detach()) < 1e-12
+    for a, b in zip(fast_state, trained_state):
+        torch.testing.assert_close(a, b.detach() if torch.is_tensor(b) else b, rtol=1e-12, atol=1e-12)

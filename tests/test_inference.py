@@ -269,3 +269,59 @@ def test_int8_kernel_gets_aligned_rows_from_any_view() -> None:
             exact, approx = linear(x.float()), quantized(x).float()
             assert approx.shape == exact.shape
             assert (approx - exact).norm() / exact.norm() < 0.05
+
+
+# ---- the CLI process keeps freed memory (glactl/process_memory.py) -----------------------------------------------
+_FAULTS_SNIPPET = r"""
+import ctypes, resource, sys
+from glactl.process_memory import keep_freed_memory
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    print("unsupported"); raise SystemExit
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+size = 12 << 20  # a window's activations: blocks of megabytes, allocated, written and freed again and again
+def window():
+    blocks = [libc.malloc(size) for _ in range(4)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for block in blocks:
+        libc.free(block)
+window()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    window()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+def test_cli_process_keeps_freed_memory_and_faults_far_less() -> None:
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _FAULTS_SNIPPET, mode], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    kept = faults("keep")
+    if kept == "unsupported":
+        pytest.skip("not glibc: mallopt is not there (the setting is skipped, nothing else changes)")
+    default = int(faults("default"))
+    assert default > 10 * 4 * (12 << 20) // 4096 // 2  # glibc hands the blocks back and faults them in again
+    assert int(kept) < default // 20
+
+
+def test_keep_freed_memory_is_set_by_the_process_entry_point_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from glactl import cli, process_memory
+
+    calls = []
+    monkeypatch.setattr(process_memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])  # in-process (tests, the API): the host's allocator is left alone
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["glactl", "--version"])
+    monkeypatch.setitem(cli._process, "on", False)  # restored after the process-style call below
+    with pytest.raises(SystemExit):
+        cli.main()  # as the console script runs it
+    assert calls == [1]

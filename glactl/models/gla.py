@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from glactl.models.config import ModelConfig
 from glactl.models.layers import Mixer
 from glactl.ops.conv import causal_conv, causal_conv_step, conv_buffer
-from glactl.ops.gla import gate_log, gla_chunk, gla_chunk_fla, gla_recurrent, gla_step, state_dtype
+from glactl.ops.gla import (
+    INFERENCE_CHUNK_SIZE, gate_log, gla_chunk, gla_chunk_fla, gla_recurrent, gla_step, state_dtype,
+)
 
 
 class GatedLinearAttention(Mixer):
@@ -108,8 +110,14 @@ class GatedLinearAttention(Mixer):
         elif self.kernels == "fla" and q.is_cuda and q.dtype != torch.float64:
             o, matrix = gla_chunk_fla(q, k, v, log_a, matrix)
         else:
-            o, matrix = gla_chunk(q, k, v, log_a, matrix, chunk_size=self.chunk_size)
+            o, matrix = gla_chunk(q, k, v, log_a, matrix, chunk_size=self._chunk_length(q))
         return self._output(o.transpose(1, 2), r), self._join_state(matrix, conv)
+
+    def _chunk_length(self, q: torch.Tensor) -> int:
+        """The configured chunk length, or INFERENCE_CHUNK_SIZE where shorter for a CPU pass without autograd."""
+        if q.device.type == "cpu" and not torch.is_grad_enabled():
+            return min(self.chunk_size, INFERENCE_CHUNK_SIZE)
+        return self.chunk_size
 
     def step(self, x: torch.Tensor, state: Any, exchange: dict | None = None) -> tuple[torch.Tensor, Any]:
         matrix, conv = self._split_state(state)

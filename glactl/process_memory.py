@@ -1,0 +1,25 @@
+"""Process-wide memory setting for the glactl command (no torch import: `glactl --help` stays light).
+
+A 4096-byte window of the shipped model allocates and frees about 0.3 GB of activations. glibc returns
+freed memory at the top of its heap to the system and maps large blocks afresh, so every window paid
+21,000-78,000 page faults; with freed memory kept (mmap threshold 32 MiB, no trimming) 200-350, and a
+window took 828-1025 ms against 1012-1100 (benchmarks/RESULTS.md section 8d). The CLI process asks for
+that at start; the library never changes its host process's allocator.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest allowed value on 64-bit
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse (fewer page faults per window); False where not glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the running process's own C library
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
