@@ -261,12 +261,14 @@ def environment_threads() -> int | None:
 
 
 def thread_line(kind: str, threads: int | None) -> tuple[int, str]:
-    """The count to use for `kind` and the line that says how it was chosen ("" when the user gave the count:
-    --threads, or OMP_NUM_THREADS in the environment)."""
-    threads = threads if threads is not None else environment_threads()
+    """The count to use for `kind` and the line that says how it was chosen ("" when --threads gave it)."""
     if threads is not None:
         return threads, ""
-    count, why = default_threads(kind)
+    count = environment_threads()
+    if count is not None:
+        why = f"OMP_NUM_THREADS={count}"
+    else:
+        count, why = default_threads(kind)
     return count, f"threads: {plural(count, 'thread')} for {kind}: {why} (--threads N to choose)"
 
 

@@ -267,7 +267,9 @@ def test_thread_counts_by_kind_and_their_grammar(monkeypatch: pytest.MonkeyPatch
     assert count == 1 and line.startswith("threads: 1 thread for scoring")
     assert devices.thread_line("scoring", 3) == (3, "")
     monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "3")  # OMP_NUM_THREADS as the user started glactl
-    assert devices.thread_line("scoring", None) == (3, "") and devices.thread_line("decoding", 2) == (2, "")
+    assert devices.thread_line("scoring", None) == (3, "threads: 3 threads for scoring: OMP_NUM_THREADS=3 "
+                                                      "(--threads N to choose)")
+    assert devices.thread_line("decoding", 2) == (2, "")
     monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "many")  # not a count: the rule decides
     assert devices.thread_line("decoding", None)[0] == 1
     monkeypatch.setattr(devices, "busy_cores", lambda cpus: None)  # no /proc/stat: the 1-minute load average
