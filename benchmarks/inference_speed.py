@@ -6,11 +6,12 @@ Usage: python benchmarks/inference_speed.py --old-python /tmp/venv-old/bin/pytho
 Every measurement runs in a child process of the named Python (so old and new code never mix), on the
 shipped gla-enwiki at batch 1; decode steps with one torch thread, whole commands with each version's own
 thread defaults (old: torch's, all cores, for scoring; new: the idle cores; both: 1 for decoding). Old
-and new runs alternate, so a neighbour's load hits both alike; each cell is the best of --repeats. Decode speed is reported twice: wall clock, and the
-process's CPU time (time.process_time), which a busy machine inflates less. Floors: weight bytes divided by
-this machine's memory read bandwidth (best torch.sum over a 512 MB float32 array, 1 thread). Whole commands
-are timed from outside with /usr/bin/time (wall and user+sys seconds); `cold` runs with an empty
-GLACTL_CACHE (no compiled step cached), `warm` after a run that filled it.
+and new runs alternate, so a neighbour's load hits both alike; each cell is the best of --repeats. Decode
+speed is reported twice: wall clock, and the process's CPU time (time.process_time), which a busy machine
+inflates less. Floors: weight bytes divided by this machine's memory read bandwidth (best torch.sum over a
+512 MB float32 array, 1 thread). Whole commands are timed from outside with /usr/bin/time (wall and
+user+sys seconds); `cold` runs with an empty GLACTL_CACHE (no compiled step cached), `warm` after a run
+that filled it.
 """
 
 from __future__ import annotations

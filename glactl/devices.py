@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +120,6 @@ def cpu_dtype_by_measurement(model: torch.nn.Module, seq_len: int, batch_size: i
     """(dtype name, bfloat16's speed-up over float32, whether the answer came from the cache) for training on this CPU."""
     import copy
     import json
-    import time
     from pathlib import Path
 
     config = getattr(model, "config", None)
@@ -203,16 +203,15 @@ def cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]]:
     with open("/proc/stat") as f:
         for line in f:
             name, *fields = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            cpu = int(name[3:]) if name.startswith("cpu") and name[3:].isdigit() else None
+            if cpu in cpus:
                 ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
-                times[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4])
+                times[cpu] = (sum(ticks), ticks[3] + ticks[4])
     return times
 
 
 def busy_cores(cpus: set[int], seconds: float = BUSY_SAMPLE_SECONDS) -> float | None:
     """How many of `cpus` other work keeps busy right now (this process sleeps while it looks); None if unknown."""
-    import time
-
     try:
         before = cpu_times(cpus)
         time.sleep(seconds)
@@ -237,17 +236,17 @@ def default_threads(kind: str) -> tuple[int, str]:
         cpus = os.sched_getaffinity(0)
     except (AttributeError, OSError):
         cpus = set(range(os.cpu_count() or 1))
-    cores = len(cpus)
-    busy = busy_cores(cpus)
+    cores, busy = len(cpus), busy_cores(cpus)
     if busy is not None:
-        idle = max(1, min(cores, int(cores - busy + 0.5)))
-        return idle, f"{plural(idle, 'idle core')} of {cores}, {busy:.1f} busy over the last {BUSY_SAMPLE_SECONDS:g} s"
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    idle = max(1, min(cores, int(cores - load + 0.5)))
-    return idle, f"{plural(idle, 'idle core')} of {cores}, load average {load:.1f}"
+        source = f"{busy:.1f} busy over the last {BUSY_SAMPLE_SECONDS:g} s"
+    else:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            busy = 0.0
+        source = f"load average {busy:.1f}"
+    idle = max(1, min(cores, int(cores - busy + 0.5)))
+    return idle, f"{plural(idle, 'idle core')} of {cores}, {source}"
 
 
 # OMP_NUM_THREADS as it was when glactl started (set_threads writes it later for child processes)

@@ -214,7 +214,7 @@ def should_compile(model: nn.Module, batch: int, steps: int) -> bool:
         return False
     if choice == "on" or steps >= COMPILE_MIN_STEPS:
         return True
-    return steps >= CACHED_MIN_STEPS and model_package(model, batch).is_file()
+    return steps >= CACHED_MIN_STEPS and package_path(model, batch).is_file()
 
 
 def stepper(model: nn.Module, batch: int, steps: int) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
@@ -256,7 +256,7 @@ class CompiledStep:
         return self._paddings[rows]
 
     def _build(self) -> Callable[..., Any]:
-        path = model_package(self.model, self.batch)
+        path = package_path(self.model, self.batch)
         if path.is_file():
             try:
                 return load_package(path)
@@ -313,26 +313,26 @@ def package_path(model: nn.Module, batch: int) -> Path:
     from glactl import __version__
     from glactl.data import cache_root
 
-    digest = hashlib.sha256()
     # inductor writes the thread count into every parallel loop it generates: a package built for 1 thread
     # never uses a second one, and one built for 2 would run 2 under --threads 1, so the count is in the key
     about = {"config": model.config.to_dict(), "precision": getattr(model, "precision", "float32"), "batch": batch,
              "torch": torch.__version__, "glactl": __version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-             "threads": torch.get_num_threads()}
-    digest.update(json.dumps(about, sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return cache_root() / "aoti" / f"step-{digest.hexdigest()[:32]}.pt2"
+             "threads": torch.get_num_threads(), "weights": weights_digest(model)}
+    digest = hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()
+    return cache_root() / "aoti" / f"step-{digest[:32]}.pt2"
 
 
-def model_package(model: nn.Module, batch: int) -> Path:
-    """`package_path` of a loaded model, hashed once per batch size and thread count (its weights stay put)."""
-    paths = model.__dict__.setdefault("_package_paths", {})
-    key = (batch, torch.get_num_threads())
-    if key not in paths:
-        paths[key] = package_path(model, batch)
-    return paths[key]
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every weight byte of a loaded model, hashed once (its weights do not change at inference)."""
+    import hashlib
+
+    if "_weights_digest" not in model.__dict__:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        model.__dict__["_weights_digest"] = digest.hexdigest()
+    return model.__dict__["_weights_digest"]
 
 
 def build_package(model: nn.Module, batch: int, path: Path) -> None:

@@ -69,14 +69,14 @@ def test_compiled_step_matches_eager_pads_smaller_batches_and_is_cached(monkeypa
     inference.configure(other, "on")
     assert inference.package_path(other, 3) != inference.package_path(again, 3)
     assert inference.package_path(again, 2) != inference.package_path(again, 3)
-    threads, one = torch.get_num_threads(), inference.model_package(again, 3)
+    threads, one = torch.get_num_threads(), inference.package_path(again, 3)
     try:  # inductor writes the thread count into its loops: another count, another package
         torch.set_num_threads(threads + 1)
-        more = inference.model_package(again, 3)
+        more = inference.package_path(again, 3)
         assert more == inference.package_path(again, 3) != one
     finally:
         torch.set_num_threads(threads)
-    assert inference.model_package(again, 3) == one
+    assert inference.package_path(again, 3) == one
 
 
 @pytest.mark.slow  # one AOTInductor compile per mixer
@@ -144,7 +144,7 @@ def test_compile_rule(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noq
     assert isinstance(inference.stepper(model, 1, inference.COMPILE_MIN_STEPS), inference.CompiledStep)
     cached = tmp_path / "step.pt2"
     cached.write_bytes(b"")
-    monkeypatch.setattr(inference, "model_package", lambda model, batch: cached)  # a package already built
+    monkeypatch.setattr(inference, "package_path", lambda model, batch: cached)  # a package already built
     assert isinstance(inference.stepper(model, 2, inference.CACHED_MIN_STEPS), inference.CompiledStep)
     assert inference.stepper(model, 2, inference.CACHED_MIN_STEPS - 1) == model.step
     attention = LanguageModel(ModelConfig.tiny(mixer="transformer", d_model=32, n_layers=1, n_heads=2)).eval()
