@@ -1,7 +1,8 @@
 """Issue 14's targets side by side in one run: glactl as it was (an old environment) against this tree.
 
 Usage: python benchmarks/inference_speed.py --old-python /tmp/venv-old/bin/python [--new-python .venv/bin/python]
-           [--steps 300] [--repeats 3] [--perplexity-bytes 300000] [--skip-commands]
+           [--steps 300] [--repeats 3] [--perplexity-bytes 300000] [--skip-commands | --skip-decode]
+           [--commands generate1,generate2000,perplexity] [--perplexity-repeats 1]
 
 Every measurement runs in a child process of the named Python (so old and new code never mix), on the
 shipped gla-enwiki at batch 1; decode steps with one torch thread, whole commands with each version's own
@@ -11,7 +12,7 @@ speed is reported twice: wall clock, and the process's CPU time (time.process_ti
 inflates less. Floors: weight bytes divided by this machine's memory read bandwidth (best torch.sum over a
 512 MB float32 array, 1 thread). Whole commands are timed from outside with /usr/bin/time (wall and
 user+sys seconds); `cold` runs with an empty GLACTL_CACHE (no compiled step cached), `warm` after a run
-that filled it.
+that filled it. Perplexity is also timed with `--precision float32` (the exact weights) beside the defaults.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--perplexity-bytes", type=int, default=300_000)
     parser.add_argument("--skip-commands", action="store_true")
+    parser.add_argument("--skip-decode", action="store_true", help="only the whole commands")
+    parser.add_argument("--commands", default="generate1,generate2000,perplexity", help="which whole commands to time")
+    parser.add_argument("--perplexity-repeats", type=int, default=1)
     parser.add_argument("--text", default=str(WIKI), help="file whose first --perplexity-bytes bytes perplexity scores")
     parser.add_argument("--model", default=str(ROOT / "weights" / "gla-enwiki"), help="checkpoint folder both versions load")
     args = parser.parse_args()
@@ -121,6 +125,15 @@ def main() -> None:
           f"{all_cores / 1e9:.1f} GB/s on {os.cpu_count()} threads", flush=True)
 
     # ---- decode steps --------------------------------------------------------------------
+    if not args.skip_decode:
+        decode_table(args, old, new, env, floors, params)
+    if args.skip_commands:
+        return
+    command_table(args, old, new, env)
+
+
+def decode_table(args: argparse.Namespace, old: str, new: str, env: dict, floors: dict, params: int) -> None:
+    """Decode steps of the old version and of each new precision x compile, interleaved; best of --repeats."""
     cells = [("old", old, {}),
              ("new eager float32", new, {"precision": "float32", "compile": "off"}),
              ("new compiled float32", new, {"precision": "float32", "compile": "on"}),
@@ -151,35 +164,42 @@ def main() -> None:
     print()
     print(markdown_table(["precision", "weight bytes", "floor ms/token", "floor tok/s"],
                          [[p, int(params * {"float32": 4, "bfloat16": 2, "int8": 1}[p]), f * 1e3, 1 / f] for p, f in floors.items()]))
-    if args.skip_commands:
-        return
 
-    # ---- whole commands, each version with its own thread defaults (no OMP_NUM_THREADS) ---------------
+
+def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> None:
+    """Whole commands, each version with its own thread defaults (no OMP_NUM_THREADS), old and new alternating."""
     env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "wiki300k.txt"
         text.write_bytes(Path(args.text).read_bytes()[: args.perplexity_bytes])
         model = ["--model", args.model]
-        commands = [("generate \"The\" -n 1", ["generate", "The", "--max-new-tokens", "1", "--seed", "0", *model]),
-                    ("generate \"The history of\" -n 2000", ["generate", "The history of", "--max-new-tokens", "2000", "--seed", "0", *model]),
-                    (f"perplexity {args.perplexity_bytes // 1000} KB of wiki.test.raw", ["perplexity", str(text), *model])]
+        commands = {"generate1": ("generate \"The\" -n 1", ["generate", "The", "--max-new-tokens", "1", "--seed", "0", *model]),
+                    "generate2000": ("generate \"The history of\" -n 2000",
+                                     ["generate", "The history of", "--max-new-tokens", "2000", "--seed", "0", *model]),
+                    "perplexity": (f"perplexity {args.perplexity_bytes // 1000} KB of {Path(args.text).name}",
+                                   ["perplexity", str(text), *model])}
         rows = []
-        for label, argv in commands:
-            times: dict[str, list[tuple[float, float]]] = {"old": [], "new": [], "new cold": []}
-            repeats = 2 if "perplexity" not in label else 1
+        for key in args.commands.split(","):
+            label, argv = commands[key]
+            times: dict[str, list[tuple[float, float]]] = {"old": [], "new": [], "new cold": [], "new float32": []}
+            repeats = args.perplexity_repeats if key == "perplexity" else 2
             for _ in range(repeats):
                 times["old"].append(timed_command(old, argv, env))
-                if "2000" in label:
+                if key == "generate2000":
                     cold_env = dict(env, GLACTL_CACHE=tempfile.mkdtemp(prefix="glactl-cold-"))
                     times["new cold"].append(timed_command(new, argv, cold_env))
                 times["new"].append(timed_command(new, argv, env))  # warm: the cold run (or a previous one) filled the cache
+                if key == "perplexity":
+                    times["new float32"].append(timed_command(new, [*argv, "--precision", "float32"], env))
             o = min(times["old"])
             n = min(times["new"])
             rows.append([label, "old", o[0], o[1], ""])
-            rows.append([label, "new, warm" if "2000" in label else "new", n[0], n[1], f"{o[0] / n[0]:.2f}x"])
-            if times["new cold"]:
-                c = min(times["new cold"])
-                rows.append([label, "new, cold cache", c[0], c[1], f"{o[0] / c[0]:.2f}x"])
+            rows.append([label, "new, warm" if key == "generate2000" else "new", n[0], n[1], f"{o[0] / n[0]:.2f}x"])
+            for name in ("new cold", "new float32"):
+                if times[name]:
+                    c = min(times[name])
+                    rows.append([label, {"new cold": "new, cold cache", "new float32": "new, --precision float32"}[name],
+                                 c[0], c[1], f"{o[0] / c[0]:.2f}x"])
             print(f"{label}: old {o[0]:.2f}s new {n[0]:.2f}s", flush=True)
         print()
         print("Whole commands, default flags and threads, timed with /usr/bin/time (best of the runs)")

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glactl.errors import InputError
+from glactl.ops.int8_rows import int8_row_codes, int8_rows_available, int8_rows_matmul, pack_int8_rows
 
 PRECISION_CHOICES = ("auto", "float32", "bfloat16", "int8")
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -107,10 +108,12 @@ class Int8Linear(nn.Module):
     """A Linear whose weight is int8 with one absmax scale per output row (float32 in and out).
 
     `kernel`: few rows go through torch's int8 weight-only kernel (bfloat16 rows); `native`: whether
-    bfloat16 math is native, which picks bfloat16 over float32 for the dequantized GEMM of many rows.
+    bfloat16 math is native, which picks a dequantized bfloat16 GEMM for many rows; `int8_rows`: where
+    it is not, many rows run int8 x int8 products with one scale per row (glactl/ops/int8_rows.py),
+    packed on first use so that decoding never pays for it; elsewhere a dequantized float32 GEMM.
     """
 
-    def __init__(self, linear: nn.Linear, kernel: bool, native: bool) -> None:
+    def __init__(self, linear: nn.Linear, kernel: bool, native: bool, int8_rows: bool = False) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
@@ -125,6 +128,10 @@ class Int8Linear(nn.Module):
         # the kernel takes bfloat16 scales: a copy only where `scale` is float32 (no native bfloat16)
         needs_copy = self.packed and self.compute_dtype != torch.bfloat16
         self.register_buffer("kernel_scale", scale.to(torch.bfloat16) if needs_copy else None)
+        self.int8_rows = int8_rows and not native
+        # the many-row products' own codes (|w| <= 64, see glactl/ops/int8_rows.py), packed by the first such call
+        self._row_codes = int8_row_codes(linear.weight) if self.int8_rows else None
+        self._rows_weight: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -134,12 +141,21 @@ class Int8Linear(nn.Module):
             dense = flat.to(torch.bfloat16, memory_format=torch.contiguous_format, copy=True)
             scale = self.scale if self.kernel_scale is None else self.kernel_scale
             y = torch.ops.aten._weight_int8pack_mm(dense, self.weight, scale)
+        elif self.int8_rows and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()) and self._pack_rows():
+            y = int8_rows_matmul(flat.float(), self._rows_weight)
         else:
             # many rows (a perplexity window): dequantize once per call, one GEMM (bfloat16 where native)
             weight = (self.weight.to(self.scale.dtype) * self.scale[:, None]).to(self.compute_dtype)
             y = F.linear(flat.to(self.compute_dtype), weight)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
+
+    def _pack_rows(self) -> bool:
+        """Pack the many-row codes for fbgemm on first use; False (and float32 from then on) if torch cannot."""
+        if self._rows_weight is None:
+            self._rows_weight = pack_int8_rows(*self._row_codes)
+            self.int8_rows = self._rows_weight is not None
+        return self.int8_rows
 
 
 class BFloat16Linear(nn.Module):
@@ -186,9 +202,9 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     device = next(model.parameters()).device
     if precision == "float32" and device.type != "cpu":
         return model
-    native, kernel = native_bf16(device), int8_kernel_vectorized(device)
-    copies: dict[str, Callable[[nn.Linear], nn.Module]] = {
-        "float32": TransposedLinear, "bfloat16": BFloat16Linear, "int8": lambda child: Int8Linear(child, kernel, native)}
+    native, kernel, rows = native_bf16(device), int8_kernel_vectorized(device), int8_rows_available(device)
+    copies: dict[str, Callable[[nn.Linear], nn.Module]] = {"float32": TransposedLinear, "bfloat16": BFloat16Linear,
+                                                           "int8": lambda child: Int8Linear(child, kernel, native, rows)}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:

@@ -2,17 +2,19 @@
 
 A 4096-byte window of the shipped model allocates and frees about 0.3 GB of activations. glibc returns
 freed memory at the top of its heap to the system and maps large blocks afresh, so every window paid
-21,000-78,000 page faults; with freed memory kept (mmap threshold 32 MiB, no trimming) 200-350, and a
-window took 828-1025 ms against 1012-1100 (benchmarks/RESULTS.md section 8d). The CLI process asks for
-that at start; the library never changes its host process's allocator.
+21,000-78,000 page faults; with freed memory kept (no trimming, mmap threshold 32 MiB) 200-350, and a
+window took 828-1025 ms against 1012-1100 (benchmarks/RESULTS.md section 8d). 32 MiB is the largest
+threshold glibc takes on 64-bit, and the window's [4096, 2048] MLP products are exactly 32 MiB, so they
+were still mapped and faulted in afresh each time (16 ms for one such product against 2.3 ms into
+reused memory, measured): glactl now maps no block on its own (M_MMAP_MAX 0), so every block is reused.
+The CLI process asks for that at start; the library never changes its host process's allocator.
 """
 
 from __future__ import annotations
 
 import ctypes
 
-MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest allowed value on 64-bit
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 
 
 def keep_freed_memory() -> bool:
@@ -22,4 +24,4 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
