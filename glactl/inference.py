@@ -6,11 +6,13 @@ Recurrent states and the residual stream stay float32 in every precision.
 
 Rules measured on the 2-core AMD EPYC (AVX512-BF16, no AMX), shipped gla-enwiki, 1 thread
 (benchmarks/RESULTS.md, section "Inference speed (issue 14)"):
-- int8: weights int8 with one absmax scale per output row, applied by torch's int8 weight-only
-  matmul (`aten._weight_int8pack_mm`, the CPU kernel torchao and gpt-fast use) with bfloat16
-  activations for up to INT8PACK_MAX_ROWS rows; larger inputs (perplexity windows) dequantize to
-  bfloat16 (float32 on CPUs without native bfloat16) and run one GEMM. The kernel is vectorised for
-  AVX2 and AVX512 (its float32-input path is scalar, 6-14x slower: measured), so it always gets
+- int8: weights int8 with one absmax scale per output row, applied by torch's int8 weight-only matmul
+  (`aten._weight_int8pack_mm`, the CPU kernel torchao and gpt-fast use) with bfloat16 activations for
+  up to INT8PACK_MAX_ROWS rows. Larger inputs (perplexity windows, prompts) dequantize to bfloat16 and
+  run one GEMM where bfloat16 is native; elsewhere on x86 they run int8 x int8 products with one scale
+  per row through torch's fbgemm (glactl/ops/int8_rows.py: 1.2-1.3x float32 per window on an AVX2-only
+  EPYC, +0.002 bits per byte), else a dequantized float32 GEMM. The weight-only kernel is vectorised
+  for AVX2 and AVX512 (its float32-input path is scalar, 6-14x slower: measured), so it always gets
   bfloat16 rows. torchao's own int8 weight-only layout measured slower than float32 here (it
   dequantizes on every call) and its import costs seconds; torch.ao's quantize_dynamic is deprecated.
 - precision auto: int8 on x86 CPUs whose torch build runs the int8 kernel vectorised (AVX2 or
@@ -116,8 +118,9 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, kernel: bool, native: bool, int8_rows: bool = False) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.register_buffer("weight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        absmax = weight.abs().amax(dim=1)
+        scale = absmax.clamp(min=1e-12) / 127.0
+        self.register_buffer("weight", (weight / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8))
         self.compute_dtype = torch.bfloat16 if native else torch.float32
         self.register_buffer("scale", scale.to(self.compute_dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
@@ -130,7 +133,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("kernel_scale", scale.to(torch.bfloat16) if needs_copy else None)
         self.int8_rows = int8_rows and not native
         # the many-row products' own codes (|w| <= 64, see glactl/ops/int8_rows.py), packed by the first such call
-        self._row_codes = int8_row_codes(linear.weight) if self.int8_rows else None
+        self._row_codes = int8_row_codes(weight, absmax) if self.int8_rows else None
         self._rows_weight: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,10 +26,16 @@ def int8_rows_available(device: torch.device) -> bool:
     return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch.ops.quantized, "linear_prepack")
 
 
-def int8_row_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A float weight [out, in] as int8 codes |w| <= ROW_WEIGHT_MAX with one float32 scale per output row."""
-    scale = weight.detach().float().abs().amax(dim=1).clamp(min=1e-12) / ROW_WEIGHT_MAX
-    codes = torch.round(weight.detach().float() / scale[:, None]).clamp(-ROW_WEIGHT_MAX, ROW_WEIGHT_MAX)
+def int8_row_codes(weight: torch.Tensor, row_absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float weight [out, in] as int8 codes |w| <= ROW_WEIGHT_MAX with one float32 scale per output row.
+
+    `row_absmax`: the rows' largest magnitudes where the caller has them already (loading stays quick).
+    """
+    weight = weight.detach().float()
+    if row_absmax is None:
+        row_absmax = weight.abs().amax(dim=1)
+    scale = row_absmax.clamp(min=1e-12) / ROW_WEIGHT_MAX
+    codes = (weight / scale[:, None]).round_().clamp_(-ROW_WEIGHT_MAX, ROW_WEIGHT_MAX)
     return codes.to(torch.int8), scale
 
 
