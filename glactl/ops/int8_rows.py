@@ -3,7 +3,9 @@
 fbgemm's `quantized::linear_dynamic` quantizes its whole input with one scale. Dividing each row by its
 absolute maximum first and multiplying the output rows back gives every row (token) its own scale,
 which is what keeps the cost in bits per byte small (measured on the shipped model, 100 KB: one scale
-for the window +0.031, one per row +0.0016). Weights get one scale per output row and at most
+for the window +0.031, one per row +0.0016). fbgemm still takes one range for the whole input: it is
+[-1, 1] once some row peaks positive and another negative (as in any window of text), so a row's
+rounding depends on the other rows only when they all peak on the same side. Weights get one scale per output row and at most
 ROW_WEIGHT_MAX in magnitude: without VNNI, x86 multiplies uint8 activations by int8 weights in pairs
 summed into int16 with saturation (vpmaddubsw), and 2 * 255 * 64 = 32640 never saturates, while
 full 8-bit weights did (+0.026 bits per byte with per-row activations).
