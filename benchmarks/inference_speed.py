@@ -181,25 +181,25 @@ def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> No
         rows = []
         for key in args.commands.split(","):
             label, argv = commands[key]
-            times: dict[str, list[tuple[float, float]]] = {"old": [], "new": [], "new cold": [], "new float32": []}
+            cold, exact = "new, cold cache", "new, --precision float32"  # extra rows, named as the table says them
+            times: dict[str, list[tuple[float, float]]] = {"old": [], "new": [], cold: [], exact: []}
             repeats = args.perplexity_repeats if key == "perplexity" else 2
             for _ in range(repeats):
                 times["old"].append(timed_command(old, argv, env))
                 if key == "generate2000":
                     cold_env = dict(env, GLACTL_CACHE=tempfile.mkdtemp(prefix="glactl-cold-"))
-                    times["new cold"].append(timed_command(new, argv, cold_env))
+                    times[cold].append(timed_command(new, argv, cold_env))
                 times["new"].append(timed_command(new, argv, env))  # warm: the cold run (or a previous one) filled the cache
                 if key == "perplexity":
-                    times["new float32"].append(timed_command(new, [*argv, "--precision", "float32"], env))
+                    times[exact].append(timed_command(new, [*argv, "--precision", "float32"], env))
             o = min(times["old"])
             n = min(times["new"])
             rows.append([label, "old", o[0], o[1], ""])
             rows.append([label, "new, warm" if key == "generate2000" else "new", n[0], n[1], f"{o[0] / n[0]:.2f}x"])
-            for name in ("new cold", "new float32"):
+            for name in (cold, exact):
                 if times[name]:
                     c = min(times[name])
-                    rows.append([label, {"new cold": "new, cold cache", "new float32": "new, --precision float32"}[name],
-                                 c[0], c[1], f"{o[0] / c[0]:.2f}x"])
+                    rows.append([label, name, c[0], c[1], f"{o[0] / c[0]:.2f}x"])
             print(f"{label}: old {o[0]:.2f}s new {n[0]:.2f}s", flush=True)
         print()
         print("Whole commands, default flags and threads, timed with /usr/bin/time (best of the runs)")

@@ -39,7 +39,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glactl.errors import InputError
-from glactl.ops.int8_rows import int8_row_codes, int8_rows_available, int8_rows_matmul, pack_int8_rows
+from glactl.ops.int8_rows import (
+    ROW_WEIGHT_MAX, int8_row_codes, int8_rows_available, int8_rows_matmul, pack_int8_rows,
+)
 
 PRECISION_CHOICES = ("auto", "float32", "bfloat16", "int8")
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -119,8 +121,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         weight = linear.weight.detach().float()
         absmax = weight.abs().amax(dim=1)
-        scale = absmax.clamp(min=1e-12) / 127.0
-        self.register_buffer("weight", (weight / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8))
+        codes, scale = int8_row_codes(weight, 127, absmax)
+        self.register_buffer("weight", codes)
         self.compute_dtype = torch.bfloat16 if native else torch.float32
         self.register_buffer("scale", scale.to(self.compute_dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
@@ -133,7 +135,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("kernel_scale", scale.to(torch.bfloat16) if needs_copy else None)
         self.int8_rows = int8_rows and not native
         # the many-row products' own codes (|w| <= 64, see glactl/ops/int8_rows.py), packed by the first such call
-        self._row_codes = int8_row_codes(weight, absmax) if self.int8_rows else None
+        self._row_codes = int8_row_codes(weight, ROW_WEIGHT_MAX, absmax) if self.int8_rows else None
         self._rows_weight: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +159,7 @@ class Int8Linear(nn.Module):
         """Pack the many-row codes for fbgemm on first use; False (and float32 from then on) if torch cannot."""
         if self._rows_weight is None:
             self._rows_weight = pack_int8_rows(*self._row_codes)
-            self.int8_rows = self._rows_weight is not None
+            self.int8_rows, self._row_codes = self._rows_weight is not None, None  # the packed copy is all it needs
         return self.int8_rows
 
 

@@ -1,13 +1,13 @@
 """Int8 x int8 products of many rows on x86 CPUs, through torch's fbgemm dynamic linear, one scale per row.
 
 fbgemm's `quantized::linear_dynamic` quantizes its whole input with one scale. Dividing each row by its
-absolute maximum first and multiplying the output rows back gives every row (token) its own scale,
-which is what keeps the cost in bits per byte small (measured on the shipped model, 100 KB: one scale
-for the window +0.031, one per row +0.0016). fbgemm still takes one range for the whole input: it is
-[-1, 1] once some row peaks positive and another negative (as in any window of text), so a row's
-rounding depends on the other rows only when they all peak on the same side. Weights get one scale per output row and at most
-ROW_WEIGHT_MAX in magnitude: without VNNI, x86 multiplies uint8 activations by int8 weights in pairs
-summed into int16 with saturation (vpmaddubsw), and 2 * 255 * 64 = 32640 never saturates, while
+absolute maximum first and multiplying the output rows back gives every row (token) its own scale, which
+is what keeps the cost in bits per byte small (measured on the shipped model, 100 KB: one scale for the
+window +0.031, one per row +0.0016). fbgemm still takes one range for the whole input: it is [-1, 1]
+once some row peaks positive and another negative (as in any window of text), so a row's rounding
+depends on the other rows only when they all peak on the same side. Weights get one scale per output row
+and at most ROW_WEIGHT_MAX in magnitude: without VNNI, x86 multiplies uint8 activations by int8 weights
+in pairs summed into int16 with saturation (vpmaddubsw), and 2 * 255 * 64 = 32640 never saturates, while
 full 8-bit weights did (+0.026 bits per byte with per-row activations).
 """
 
@@ -28,16 +28,17 @@ def int8_rows_available(device: torch.device) -> bool:
     return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch.ops.quantized, "linear_prepack")
 
 
-def int8_row_codes(weight: torch.Tensor, row_absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A float weight [out, in] as int8 codes |w| <= ROW_WEIGHT_MAX with one float32 scale per output row.
+def int8_row_codes(weight: torch.Tensor, limit: int = ROW_WEIGHT_MAX,
+                   row_absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float weight [out, in] as int8 codes |w| <= `limit` with one float32 scale (absmax / limit) per output row.
 
-    `row_absmax`: the rows' largest magnitudes where the caller has them already (loading stays quick).
+    `row_absmax`: the rows' largest magnitudes where the caller has them already (one pass for two code sets).
     """
     weight = weight.detach().float()
     if row_absmax is None:
         row_absmax = weight.abs().amax(dim=1)
-    scale = row_absmax.clamp(min=1e-12) / ROW_WEIGHT_MAX
-    codes = (weight / scale[:, None]).round_().clamp_(-ROW_WEIGHT_MAX, ROW_WEIGHT_MAX)
+    scale = row_absmax.clamp(min=1e-12) / limit
+    codes = (weight / scale[:, None]).round_().clamp_(-limit, limit)
     return codes.to(torch.int8), scale
 
 
