@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from glactl.errors import InputError
@@ -92,6 +92,7 @@ def test_bad_sampling_values_are_input_errors(params: SamplingParams) -> None:
 
 # ---- stop strings --------------------------------------------------------------------------
 @settings(deadline=None, max_examples=150)
+@example(text="aca", stops=["c", "aca"], cuts=[2])  # "c" completes first, but "aca" begins earlier
 @given(
     st.text(alphabet="ab\nc", max_size=30),
     st.lists(st.text(alphabet="ab\nc", min_size=1, max_size=3), max_size=3),
