@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -49,6 +49,7 @@ def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, min_s
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     """A GitHub markdown table (printed by every script and pasted into RESULTS.md)."""
+
     def fmt(x: object) -> str:
         if isinstance(x, float):
             return f"{x:,.3g}" if abs(x) < 100 else f"{x:,.0f}"

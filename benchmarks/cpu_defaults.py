@@ -15,13 +15,17 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from common import machine_line, markdown_table
+
 from glactl.devices import cpu_supports_bf16
 from glactl.models import LanguageModel, ModelConfig
 
-SHAPES = {"d64x2": dict(d_model=64, n_layers=2, n_heads=2), "tiny d128x2": dict(d_model=128, n_layers=2, n_heads=4),
-          "d128x4": dict(d_model=128, n_layers=4, n_heads=4), "small d256x6": dict(d_model=256, n_layers=6, n_heads=4)}
+SHAPES = {
+    "d64x2": dict(d_model=64, n_layers=2, n_heads=2),
+    "tiny d128x2": dict(d_model=128, n_layers=2, n_heads=4),
+    "d128x4": dict(d_model=128, n_layers=4, n_heads=4),
+    "small d256x6": dict(d_model=256, n_layers=6, n_heads=4),
+}
 
 
 def train_seconds(config: ModelConfig, dtype: torch.dtype | None, steps: int, seq: int, batch: int) -> float:
@@ -57,7 +61,7 @@ def score_seconds(config: ModelConfig, nbytes: int = 16384, window: int = 4096) 
         start = time.perf_counter()
         state = None
         for i in range(0, nbytes, window):
-            _, state = model(data[:, i:i + window], state)
+            _, state = model(data[:, i : i + window], state)
     return time.perf_counter() - start
 
 
@@ -96,8 +100,11 @@ def main() -> None:
     rows = []
     for name in args.shapes.split(","):
         config = ModelConfig(**SHAPES[name], context=args.seq)
-        f32, bf16 = best_pair(lambda: train_seconds(config, None, args.steps, args.seq, args.batch),
-                              lambda: train_seconds(config, torch.bfloat16, args.steps, args.seq, args.batch), args.repeats)
+        f32, bf16 = best_pair(
+            lambda: train_seconds(config, None, args.steps, args.seq, args.batch),
+            lambda: train_seconds(config, torch.bfloat16, args.steps, args.seq, args.batch),
+            args.repeats,
+        )
         tokens = args.seq * args.batch
         rows.append([name, f"{tokens / f32:,.0f}", f"{tokens / bf16:,.0f}", f"{f32 / bf16:.2f}"])
         print(markdown_table(["model", "float32 tok/s", "bfloat16 tok/s", "bf16 speed-up"], rows[-1:]), flush=True)
@@ -108,17 +115,25 @@ def main() -> None:
     rows = []
     for name in args.shapes.split(","):
         config = ModelConfig(**SHAPES[name], context=args.seq)
-        for kind, fn in (("training", lambda: train_seconds(config, None, max(2, args.steps // 2), args.seq, args.batch)),
-                         ("scoring", lambda: score_seconds(config)), ("decoding", lambda: decode_seconds(config))):
+        for kind, fn in (
+            ("training", lambda: train_seconds(config, None, max(2, args.steps // 2), args.seq, args.batch)),
+            ("scoring", lambda: score_seconds(config)),
+            ("decoding", lambda: decode_seconds(config)),
+        ):
+
             def with_threads(n: int, fn=fn):  # noqa: ANN001, ANN202
                 torch.set_num_threads(n)
                 try:
                     return fn()
                 finally:
                     torch.set_num_threads(1)
+
             one, two = best_pair(lambda: with_threads(1), lambda: with_threads(2), args.repeats)
             rows.append([name, kind, f"{one:.4f}", f"{two:.4f}", f"{one / two:.2f}"])
-            print(markdown_table(["model", "work", "1 thread s", "2 threads s", "2-thread speed-up"], rows[-1:]), flush=True)
+            print(
+                markdown_table(["model", "work", "1 thread s", "2 threads s", "2-thread speed-up"], rows[-1:]),
+                flush=True,
+            )
     print("\nThreads (seconds per training step / per 16 KiB scored / per decoded byte)")
     print(markdown_table(["model", "work", "1 thread s", "2 threads s", "2-thread speed-up"], rows))
 

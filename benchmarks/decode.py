@@ -21,8 +21,8 @@ import gc
 import time
 
 import torch
-
 from common import best_time, machine_line, markdown_table
+
 from glactl.evaluation import state_growth
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
@@ -104,15 +104,20 @@ def main() -> None:
                     results[(name, context, batch)] = seconds
                     state_bytes[(name, context, batch)] = model.state_nbytes(s)
                     del s
-                    print(f"{name} ctx={context} B={batch}: {batch / seconds:,.1f} tok/s, "
-                          f"{seconds * 1e3:.2f} ms/step, state {state_bytes[(name, context, batch)]:,} B "
-                          f"(prefill to here {prefill:.1f}s)", flush=True)
+                    print(
+                        f"{name} ctx={context} B={batch}: {batch / seconds:,.1f} tok/s, "
+                        f"{seconds * 1e3:.2f} ms/step, state {state_bytes[(name, context, batch)]:,} B "
+                        f"(prefill to here {prefill:.1f}s)",
+                        flush=True,
+                    )
             del model, state
             gc.collect()
 
     print()
-    print(f"Decode, preset {args.preset}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup} warmup; "
-          f"floor = one float32 matrix-vector pass over as many elements as the weights")
+    print(
+        f"Decode, preset {args.preset}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup} warmup; "
+        f"floor = one float32 matrix-vector pass over as many elements as the weights"
+    )
     print()
     b1 = batches[0]
     headers = ["model", "params", "context", "state bytes (B=1)", f"B={b1} tok/s", f"B={b1} ms/token", "x floor"]
@@ -126,7 +131,15 @@ def main() -> None:
             if (name, context, b1) not in results:
                 continue
             sec = results[(name, context, b1)]
-            row = [name, f"{numel / 1e6:.2f}M", context, state_bytes[(name, context, b1)], b1 / sec, sec * 1e3, sec / floor]
+            row = [
+                name,
+                f"{numel / 1e6:.2f}M",
+                context,
+                state_bytes[(name, context, b1)],
+                b1 / sec,
+                sec * 1e3,
+                sec / floor,
+            ]
             for batch in batches[1:]:
                 other = results[(name, context, batch)]
                 row += [batch / other, (batch / other) / (b1 / sec)]
@@ -146,8 +159,13 @@ def main() -> None:
         if len(measured) > 1:
             a, b = tps(name, measured[-1], b1), tps(name, measured[0], b1)
             sizes = {state_bytes[(name, c, b1)] for c in measured}
-            rows.append([f"{name} tok/s ctx {measured[-1]} / ctx {measured[0]} (B={b1})", a / b,
-                         "state constant" if len(sizes) == 1 else f"state {min(sizes):,} -> {max(sizes):,} B"])
+            rows.append(
+                [
+                    f"{name} tok/s ctx {measured[-1]} / ctx {measured[0]} (B={b1})",
+                    a / b,
+                    "state constant" if len(sizes) == 1 else f"state {min(sizes):,} -> {max(sizes):,} B",
+                ]
+            )
     if "gla" in models and "transformer" in models:
         for context in contexts:
             for batch in batches:

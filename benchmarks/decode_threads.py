@@ -17,15 +17,17 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import cpu_flags, machine_line, markdown_table
+
 from glactl.api import load
 from glactl.inference import apply_precision, configure, stepper
 from glactl.models import LanguageModel, ModelConfig
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "gla-enwiki"
-RANDOM_SHAPES = {"random d128x2": dict(d_model=128, n_layers=2, n_heads=4),
-                 "random d256x6": dict(d_model=256, n_layers=6, n_heads=4)}
+RANDOM_SHAPES = {
+    "random d128x2": dict(d_model=128, n_layers=2, n_heads=4),
+    "random d256x6": dict(d_model=256, n_layers=6, n_heads=4),
+}
 
 
 def build(name: str, precision: str) -> torch.nn.Module:
@@ -76,12 +78,24 @@ def main() -> None:
                         seconds, ran = seconds_per_step(model, threads, compiled, args.steps)
                         best[threads], ran_compiled = min(best[threads], seconds), ran_compiled and ran
                 ran = "compiled" if ran_compiled else "eager"
-                rows.append([name, f"{weight_mb:.1f}", precision, ran, f"{best[1] * 1e3:.3f}", f"{best[2] * 1e3:.3f}",
-                             f"{best[1] / best[2]:.2f}"])
+                rows.append(
+                    [
+                        name,
+                        f"{weight_mb:.1f}",
+                        precision,
+                        ran,
+                        f"{best[1] * 1e3:.3f}",
+                        f"{best[2] * 1e3:.3f}",
+                        f"{best[1] / best[2]:.2f}",
+                    ]
+                )
                 print(" | ".join(rows[-1]), flush=True)
     print(f"load average after {os.getloadavg()[0]:.2f}", flush=True)
-    print(markdown_table(["model", "weights MB", "precision", "step", "1 thread ms", "2 threads ms", "2-thread speed-up"],
-                         rows))
+    print(
+        markdown_table(
+            ["model", "weights MB", "precision", "step", "1 thread ms", "2 threads ms", "2-thread speed-up"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

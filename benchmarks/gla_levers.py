@@ -13,7 +13,6 @@ after each run and a point already there is not trained again. Prints a markdown
 over the seeds).
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -41,23 +40,45 @@ LEVERS: dict[str, dict[str, Any]] = {
 }
 
 PHASES: dict[str, dict[str, Any]] = {
-    "mqar": {"task": "mqar", "task_options": {"pairs": 8}, "seq_len": 32, "batch_size": 64, "steps": 500,
-             "eval_every": 50},
-    "mqar-16pairs": {"task": "mqar", "task_options": {"pairs": 16}, "seq_len": 64, "batch_size": 32, "steps": 1000,
-                     "eval_every": 100},
+    "mqar": {
+        "task": "mqar",
+        "task_options": {"pairs": 8},
+        "seq_len": 32,
+        "batch_size": 64,
+        "steps": 500,
+        "eval_every": 50,
+    },
+    "mqar-16pairs": {
+        "task": "mqar",
+        "task_options": {"pairs": 16},
+        "seq_len": 64,
+        "batch_size": 32,
+        "steps": 1000,
+        "eval_every": 100,
+    },
     "lm": {"data": [ENWIKI], "seq_len": 256, "batch_size": 16, "steps": 400, "eval_every": 400},
 }
-COLUMNS = {"mqar": "mqar accuracy (8 pairs, 500 steps)", "mqar-16pairs": "mqar accuracy (16 pairs in 64 bytes)",
-           "lm": "lm bits per byte"}
+COLUMNS = {
+    "mqar": "mqar accuracy (8 pairs, 500 steps)",
+    "mqar-16pairs": "mqar accuracy (16 pairs in 64 bytes)",
+    "lm": "lm bits per byte",
+}
 
 
 def run(phase: str, lever: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     """Train one point; the score of its last evaluation (mqar: accuracy and answer loss; lm: bits per byte)."""
     fields = {"model": "gla", **PHASES[phase], **LEVERS[lever]}
     folder = Path(args.out) / f"{phase}-{lever}-seed{seed}"
-    options = TrainOptions(preset="tiny", dtype="float32", threads=args.threads, seed=seed,
-                           out=str(folder), force=True, command_line=["benchmarks/gla_levers.py", phase, lever],
-                           **fields)
+    options = TrainOptions(
+        preset="tiny",
+        dtype="float32",
+        threads=args.threads,
+        seed=seed,
+        out=str(folder),
+        force=True,
+        command_line=["benchmarks/gla_levers.py", phase, lever],
+        **fields,
+    )
     summary = train(options)
     if "task" not in PHASES[phase]:
         return {"bpb": float(summary["val_bits_per_byte"])}
@@ -72,14 +93,24 @@ def spread(values: list[float]) -> str:
 
 def table(known: dict[str, Any]) -> str:
     phases = [p for p in PHASES if p in known]
-    lines = ["| lever | change | " + " | ".join(f"{COLUMNS[p]} | seeds" for p in phases) + " |",
-             "|---|---|" + "---:|---:|" * len(phases)]
+    lines = [
+        "| lever | change | " + " | ".join(f"{COLUMNS[p]} | seeds" for p in phases) + " |",
+        "|---|---|" + "---:|---:|" * len(phases),
+    ]
     for lever, fields in LEVERS.items():
         scores = {p: [v.get("accuracy", v.get("bpb")) for v in known[p].get(lever, {}).values()] for p in phases}
         if not any(scores.values()):
             continue
-        change = ", ".join(f"{k} {v}" for k, v in {**{k: v for k, v in fields.items() if k != "model_options"},
-                                                   **fields.get("model_options", {})}.items()) or "today's GLA"
+        change = (
+            ", ".join(
+                f"{k} {v}"
+                for k, v in {
+                    **{k: v for k, v in fields.items() if k != "model_options"},
+                    **fields.get("model_options", {}),
+                }.items()
+            )
+            or "today's GLA"
+        )
         change = "softmax attention (reference)" if fields.get("model") == "transformer" else change
         cells = [f"{spread(scores[p]) if scores[p] else '-'} | {len(scores[p])}" for p in phases]
         lines.append(f"| {lever} | {change} | " + " | ".join(cells) + " |")

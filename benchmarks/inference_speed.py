@@ -23,14 +23,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import cpu_flags, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-103-raw" / "wiki.test.raw"
-NEUTRAL = tempfile.gettempdir()  # children run here, so `import glactl` finds each environment's own copy, not this tree
+NEUTRAL = (
+    tempfile.gettempdir()
+)  # children run here, so `import glactl` finds each environment's own copy, not this tree
 
 STEP_SNIPPET = r"""
 import json, sys, time, torch
@@ -107,7 +108,9 @@ def main() -> None:
     parser.add_argument("--commands", default="generate1,generate2000,perplexity", help="which whole commands to time")
     parser.add_argument("--perplexity-repeats", type=int, default=1)
     parser.add_argument("--text", default=str(WIKI), help="file whose first --perplexity-bytes bytes perplexity scores")
-    parser.add_argument("--model", default=str(ROOT / "weights" / "gla-enwiki"), help="checkpoint folder both versions load")
+    parser.add_argument(
+        "--model", default=str(ROOT / "weights" / "gla-enwiki"), help="checkpoint folder both versions load"
+    )
     args = parser.parse_args()
     old, new = args.old_python, args.new_python
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -121,8 +124,11 @@ def main() -> None:
     all_cores = max(child(new, BANDWIDTH_SNIPPET, str(os.cpu_count() or 1))["bytes_per_s"] for _ in range(2))
     params = 10_777_152  # gla-enwiki parameters: a step reads every weight once (the tied embedding as the head)
     floors = {"float32": (params * 4) / bandwidth, "bfloat16": (params * 2) / bandwidth, "int8": params / bandwidth}
-    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s on 1 thread (the floors below), "
-          f"{all_cores / 1e9:.1f} GB/s on {os.cpu_count()} threads", flush=True)
+    print(
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s on 1 thread (the floors below), "
+        f"{all_cores / 1e9:.1f} GB/s on {os.cpu_count()} threads",
+        flush=True,
+    )
 
     # ---- decode steps --------------------------------------------------------------------
     if not args.skip_decode:
@@ -134,14 +140,16 @@ def main() -> None:
 
 def decode_table(args: argparse.Namespace, old: str, new: str, env: dict, floors: dict, params: int) -> None:
     """Decode steps of the old version and of each new precision x compile, interleaved; best of --repeats."""
-    cells = [("old", old, {}),
-             ("new eager float32", new, {"precision": "float32", "compile": "off"}),
-             ("new compiled float32", new, {"precision": "float32", "compile": "on"}),
-             ("new eager bfloat16", new, {"precision": "bfloat16", "compile": "off"}),
-             ("new compiled bfloat16", new, {"precision": "bfloat16", "compile": "on"}),
-             ("new eager int8", new, {"precision": "int8", "compile": "off"}),
-             ("new compiled int8", new, {"precision": "int8", "compile": "on"}),
-             ("new defaults (auto, auto)", new, {"precision": "auto", "compile": "auto"})]
+    cells = [
+        ("old", old, {}),
+        ("new eager float32", new, {"precision": "float32", "compile": "off"}),
+        ("new compiled float32", new, {"precision": "float32", "compile": "on"}),
+        ("new eager bfloat16", new, {"precision": "bfloat16", "compile": "off"}),
+        ("new compiled bfloat16", new, {"precision": "bfloat16", "compile": "on"}),
+        ("new eager int8", new, {"precision": "int8", "compile": "off"}),
+        ("new compiled int8", new, {"precision": "int8", "compile": "on"}),
+        ("new defaults (auto, auto)", new, {"precision": "auto", "compile": "auto"}),
+    ]
     code = STEP_SNIPPET.replace("STEPS", str(args.steps)).replace("MODEL", repr(args.model))
     best: dict[str, dict] = {}
     for _ in range(args.repeats):
@@ -155,15 +163,32 @@ def decode_table(args: argparse.Namespace, old: str, new: str, env: dict, floors
     for name, _, opts in cells:
         b = best[name]
         floor = floors.get(opts.get("precision", "float32"), floors["float32"])
-        rows.append([name, 1 / b["wall"], 1 / b["cpu"], b["cpu"] * 1e3, b["cpu"] / floor if "auto" not in opts.values() else "-",
-                     base["wall"] / b["wall"], base["cpu"] / b["cpu"]])
+        rows.append(
+            [
+                name,
+                1 / b["wall"],
+                1 / b["cpu"],
+                b["cpu"] * 1e3,
+                b["cpu"] / floor if "auto" not in opts.values() else "-",
+                base["wall"] / b["wall"],
+                base["cpu"] / b["cpu"],
+            ]
+        )
     print()
     print(f"Decode, shipped gla-enwiki, batch 1, 1 thread, best of {args.repeats} x {args.steps} steps")
     print()
-    print(markdown_table(["run", "tok/s (wall)", "tok/s (cpu)", "ms/token (cpu)", "x its floor", "x old (wall)", "x old (cpu)"], rows))
+    print(
+        markdown_table(
+            ["run", "tok/s (wall)", "tok/s (cpu)", "ms/token (cpu)", "x its floor", "x old (wall)", "x old (cpu)"], rows
+        )
+    )
     print()
-    print(markdown_table(["precision", "weight bytes", "floor ms/token", "floor tok/s"],
-                         [[p, int(params * {"float32": 4, "bfloat16": 2, "int8": 1}[p]), f * 1e3, 1 / f] for p, f in floors.items()]))
+    print(
+        markdown_table(
+            ["precision", "weight bytes", "floor ms/token", "floor tok/s"],
+            [[p, int(params * {"float32": 4, "bfloat16": 2, "int8": 1}[p]), f * 1e3, 1 / f] for p, f in floors.items()],
+        )
+    )
 
 
 def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> None:
@@ -173,11 +198,17 @@ def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> No
         text = Path(tmp) / "wiki300k.txt"
         text.write_bytes(Path(args.text).read_bytes()[: args.perplexity_bytes])
         model = ["--model", args.model]
-        commands = {"generate1": ("generate \"The\" -n 1", ["generate", "The", "--max-new-tokens", "1", "--seed", "0", *model]),
-                    "generate2000": ("generate \"The history of\" -n 2000",
-                                     ["generate", "The history of", "--max-new-tokens", "2000", "--seed", "0", *model]),
-                    "perplexity": (f"perplexity {args.perplexity_bytes // 1000} KB of {Path(args.text).name}",
-                                   ["perplexity", str(text), *model])}
+        commands = {
+            "generate1": ('generate "The" -n 1', ["generate", "The", "--max-new-tokens", "1", "--seed", "0", *model]),
+            "generate2000": (
+                'generate "The history of" -n 2000',
+                ["generate", "The history of", "--max-new-tokens", "2000", "--seed", "0", *model],
+            ),
+            "perplexity": (
+                f"perplexity {args.perplexity_bytes // 1000} KB of {Path(args.text).name}",
+                ["perplexity", str(text), *model],
+            ),
+        }
         rows = []
         for key in args.commands.split(","):
             label, argv = commands[key]
@@ -189,7 +220,9 @@ def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> No
                 if key == "generate2000":
                     cold_env = dict(env, GLACTL_CACHE=tempfile.mkdtemp(prefix="glactl-cold-"))
                     times[cold].append(timed_command(new, argv, cold_env))
-                times["new"].append(timed_command(new, argv, env))  # warm: the cold run (or a previous one) filled the cache
+                times["new"].append(
+                    timed_command(new, argv, env)
+                )  # warm: the cold run (or a previous one) filled the cache
                 if key == "perplexity":
                     times[exact].append(timed_command(new, [*argv, "--precision", "float32"], env))
             o = min(times["old"])

@@ -22,10 +22,21 @@ ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
 
 def score(model: str, lr: float, args: argparse.Namespace) -> float:
     """Train one (model, lr) point in OUT/MODEL-lrLR; its final validation bits per byte (inf if it diverged)."""
-    options = TrainOptions(data=[args.data], model=model, preset=args.preset, seq_len=args.seq_len,
-                           batch_size=args.batch_size, steps=args.steps, lr=lr, eval_every=args.steps,
-                           out=str(Path(args.out) / f"{model}-lr{lr:g}"), force=True, seed=args.seed,
-                           threads=args.threads, command_line=["benchmarks/lr_sweep.py", model, f"{lr:g}"])
+    options = TrainOptions(
+        data=[args.data],
+        model=model,
+        preset=args.preset,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        lr=lr,
+        eval_every=args.steps,
+        out=str(Path(args.out) / f"{model}-lr{lr:g}"),
+        force=True,
+        seed=args.seed,
+        threads=args.threads,
+        command_line=["benchmarks/lr_sweep.py", model, f"{lr:g}"],
+    )
     try:
         return float(train(options)["val_bits_per_byte"])
     except RunFailure as failure:  # a non-finite loss stops the run: that rate scores inf, the sweep goes on
@@ -58,8 +69,10 @@ def main() -> None:
                 scores[key] = score(model, lr, args)
                 record.write_text(json.dumps(known, indent=1))
             results.setdefault(model, {})[key] = scores[key]
-    print(f"\nPreset {args.preset}, {args.steps} steps x {args.batch_size} x {args.seq_len} bytes, seed {args.seed}; "
-          "final validation bits per byte (best in bold)\n")
+    print(
+        f"\nPreset {args.preset}, {args.steps} steps x {args.batch_size} x {args.seq_len} bytes, seed {args.seed}; "
+        "final validation bits per byte (best in bold)\n"
+    )
     print("| model | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
     print("|---|" + "---:|" * len(lrs))
     for model, scores in results.items():

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import best_time, machine_line, markdown_table
+
 from glactl.ops.gla import gate_log, gla_chunk, gla_quadratic, gla_recurrent
 
-FORMS = {"chunk": gla_chunk, "recurrent": gla_recurrent, "quadratic": lambda q, k, v, a: (gla_quadratic(q, k, v, a), None)}
+FORMS = {
+    "chunk": gla_chunk,
+    "recurrent": gla_recurrent,
+    "quadratic": lambda q, k, v, a: (gla_quadratic(q, k, v, a), None),
+}
 
 
 def make_inputs(batch: int, heads: int, length: int, key: int, value: int) -> list[torch.Tensor]:
@@ -60,11 +64,27 @@ def main() -> None:
             tokens = batch * length
             row = [length, batch, "fwd+bwd" if backward else "fwd"]
             row += [tokens / times[f] if f in times else "-" for f in FORMS]
-            row += [times["recurrent"] / times["chunk"], (times["quadratic"] / times["chunk"]) if "quadratic" in times else "-"]
+            row += [
+                times["recurrent"] / times["chunk"],
+                (times["quadratic"] / times["chunk"]) if "quadratic" in times else "-",
+            ]
             rows.append(row)
     print(machine_line())
-    print(markdown_table(
-        ["T", "B", "pass", "chunk tok/s", "recurrent tok/s", "quadratic tok/s", "chunk / recurrent", "chunk / quadratic"], rows))
+    print(
+        markdown_table(
+            [
+                "T",
+                "B",
+                "pass",
+                "chunk tok/s",
+                "recurrent tok/s",
+                "quadratic tok/s",
+                "chunk / recurrent",
+                "chunk / quadratic",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine_line, markdown_table
+
 from glactl.checkpoint import save_model
 from glactl.evaluation import score_file
 from glactl.models import LanguageModel, ModelConfig
@@ -58,9 +58,13 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=20.0, help="size of the scored file (MB = 10^6 bytes)")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--models", default="gla", help="mixers to compare (comma-separated)")
-    parser.add_argument("--windows", default="4096", help="bytes per forward call (the CLI's --window), comma-separated")
+    parser.add_argument(
+        "--windows", default="4096", help="bytes per forward call (the CLI's --window), comma-separated"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cli-megabytes", type=float, default=0.0, help="also run the CLI end to end on a file this large")
+    parser.add_argument(
+        "--cli-megabytes", type=float, default=0.0, help="also run the CLI end to end on a file this large"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     windows = [int(w) for w in args.windows.split(",")]
@@ -80,17 +84,42 @@ def main() -> None:
                 start = time.perf_counter()
                 score = score_file(model, path, window=window)
                 seconds = time.perf_counter() - start
-                rows.append([name, f"{model.num_parameters() / 1e6:.2f}M", window, score.bytes, seconds,
-                             score.bytes / seconds, score.metrics()["bits_per_byte"]])
-                print(f"{name} window={window}: {score.bytes:,} bytes in {seconds:.1f}s = {score.bytes / seconds:,.0f} bytes/s",
-                      flush=True)
+                rows.append(
+                    [
+                        name,
+                        f"{model.num_parameters() / 1e6:.2f}M",
+                        window,
+                        score.bytes,
+                        seconds,
+                        score.bytes / seconds,
+                        score.metrics()["bits_per_byte"],
+                    ]
+                )
+                print(
+                    f"{name} window={window}: {score.bytes:,} bytes in {seconds:.1f}s = {score.bytes / seconds:,.0f} bytes/s",
+                    flush=True,
+                )
             if args.cli_megabytes > 0:
                 folder = Path(tmp) / f"model-{name}"
                 save_model(folder, model)
                 small = Path(tmp) / "cli.txt"
                 write_file(small, int(args.cli_megabytes * 1e6), text)
-                command = [sys.executable, "-m", "glactl", "perplexity", str(small), "--model", str(folder),
-                           "--device", "cpu", "--threads", str(args.threads), "--window", str(windows[0]), "--json"]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "glactl",
+                    "perplexity",
+                    str(small),
+                    "--model",
+                    str(folder),
+                    "--device",
+                    "cpu",
+                    "--threads",
+                    str(args.threads),
+                    "--window",
+                    str(windows[0]),
+                    "--json",
+                ]
                 start = time.perf_counter()
                 done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
                 wall = time.perf_counter() - start
@@ -104,8 +133,10 @@ def main() -> None:
             del model
 
     print()
-    print(f"Perplexity scoring (glactl.evaluation.score_file), preset {args.preset}, {args.threads} threads, "
-          f"file: {origin} repeated to {args.megabytes:g} MB; random weights")
+    print(
+        f"Perplexity scoring (glactl.evaluation.score_file), preset {args.preset}, {args.threads} threads, "
+        f"file: {origin} repeated to {args.megabytes:g} MB; random weights"
+    )
     print()
     print(markdown_table(["model", "params", "window", "bytes", "seconds", "bytes/s", "bits/byte"], rows))
     if cli_rows:

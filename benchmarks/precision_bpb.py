@@ -16,8 +16,10 @@ from pathlib import Path
 from common import cpu_flags, machine_line, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
-TEXTS = [ROOT.parent / "shared" / "data" / "wikitext-103-raw" / "wiki.test.raw",
-         ROOT.parent / "shared" / "data" / "enwiki" / "enwiki-2021-heldout.txt"]
+TEXTS = [
+    ROOT.parent / "shared" / "data" / "wikitext-103-raw" / "wiki.test.raw",
+    ROOT.parent / "shared" / "data" / "enwiki" / "enwiki-2021-heldout.txt",
+]
 
 
 def main() -> None:

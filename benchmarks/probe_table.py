@@ -37,13 +37,17 @@ def table(found: dict[str, dict[str, dict]]) -> str:
     for by_model in found.values():
         models += [m for m in by_model if m not in models]
     tasks = [t for t in TASKS if t in found]
-    lines = ["| model | params | " + " | ".join(f"{t} accuracy" for t in tasks) + " | state after a task sequence |",
-             "|---|---:|" + "---:|" * len(tasks) + "---:|"]
+    lines = [
+        "| model | params | " + " | ".join(f"{t} accuracy" for t in tasks) + " | state after a task sequence |",
+        "|---|---:|" + "---:|" * len(tasks) + "---:|",
+    ]
     for model in models:
         entries = [found[t].get(model) for t in tasks]
         first = next(e for e in entries if e is not None)
         states = ", ".join(f"{next(iter(e['state_bytes'].values())) / 1024:.1f} KiB" for e in entries if e is not None)
-        lines.append(f"| {model} | {first['parameters'] / 1e6:.2f}M | " + " | ".join(cell(e) for e in entries) + f" | {states} |")
+        lines.append(
+            f"| {model} | {first['parameters'] / 1e6:.2f}M | " + " | ".join(cell(e) for e in entries) + f" | {states} |"
+        )
     return "\n".join(lines)
 
 

@@ -64,7 +64,7 @@ def verdict(first: float, last: float) -> str:
 
 
 def soak_training(args: argparse.Namespace, data: Path, out: Path) -> Path:
-    from glactl.training import TrainOptions, Trainer, train
+    from glactl.training import Trainer, TrainOptions, train
 
     report = set(args.train_report)
     rows: list[list[object]] = []
@@ -72,20 +72,41 @@ def soak_training(args: argparse.Namespace, data: Path, out: Path) -> Path:
 
     def on_step(trainer: Trainer) -> None:
         if trainer.step in report:
-            rows.append([f"{trainer.step:,}", f"{rss_mb():.1f}", f"{peak_mb():.1f}", f"{time.perf_counter() - start:.0f}"])
-            print(f"  step {trainer.step:,}: RSS {rss_mb():.1f} MB, peak {peak_mb():.1f} MB", file=sys.stderr, flush=True)
+            rows.append(
+                [f"{trainer.step:,}", f"{rss_mb():.1f}", f"{peak_mb():.1f}", f"{time.perf_counter() - start:.0f}"]
+            )
+            print(
+                f"  step {trainer.step:,}: RSS {rss_mb():.1f} MB, peak {peak_mb():.1f} MB", file=sys.stderr, flush=True
+            )
 
     every = max(1, args.train_steps // 10)
-    options = TrainOptions(data=[str(data)], model=args.model, preset=args.preset, seq_len=args.seq_len,
-                           batch_size=args.batch_size, steps=args.train_steps, eval_every=every, save_every=every,
-                           log_every=every, eval_windows=16, out=str(out / "run"), force=True, threads=args.threads,
-                           dtype="float32", seed=0)
+    options = TrainOptions(
+        data=[str(data)],
+        model=args.model,
+        preset=args.preset,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        steps=args.train_steps,
+        eval_every=every,
+        save_every=every,
+        log_every=every,
+        eval_windows=16,
+        out=str(out / "run"),
+        force=True,
+        threads=args.threads,
+        dtype="float32",
+        seed=0,
+    )
     train(options, None, on_step=on_step)
-    print(f"\n### Training soak: {args.model} {args.preset}, seq {args.seq_len} x batch {args.batch_size}, "
-          f"{args.train_steps:,} steps\n\n{machine_line()}\n")
+    print(
+        f"\n### Training soak: {args.model} {args.preset}, seq {args.seq_len} x batch {args.batch_size}, "
+        f"{args.train_steps:,} steps\n\n{machine_line()}\n"
+    )
     print(markdown_table(["step", "RSS MB", "peak RSS MB", "seconds"], rows))
     if len(rows) >= 2:
-        print(f"\nRSS change from step {rows[0][0]} to step {rows[-1][0]}: {verdict(float(rows[0][1]), float(rows[-1][1]))}")
+        print(
+            f"\nRSS change from step {rows[0][0]} to step {rows[-1][0]}: {verdict(float(rows[0][1]), float(rows[-1][1]))}"
+        )
     return out / "run"
 
 
@@ -109,18 +130,26 @@ def soak_generation(args: argparse.Namespace, model_path: Path | None) -> None:
     start = time.perf_counter()
     for _ in run:
         while report and run.stats.tokens >= report[0]:
-            rows.append([f"{report.pop(0):,}", f"{rss_mb():.1f}", f"{peak_mb():.1f}", f"{time.perf_counter() - start:.0f}"])
+            rows.append(
+                [f"{report.pop(0):,}", f"{rss_mb():.1f}", f"{peak_mb():.1f}", f"{time.perf_counter() - start:.0f}"]
+            )
             print(f"  {rows[-1][0]} bytes: RSS {rows[-1][1]} MB, peak {rows[-1][2]} MB", file=sys.stderr, flush=True)
-    print(f"\n### Generation soak: {args.gen_bytes:,} bytes from {document.get('path')} "
-          f"({model.config.mixer}, state {run.stats.state_bytes:,} bytes)\n\n{machine_line()}\n")
+    print(
+        f"\n### Generation soak: {args.gen_bytes:,} bytes from {document.get('path')} "
+        f"({model.config.mixer}, state {run.stats.state_bytes:,} bytes)\n\n{machine_line()}\n"
+    )
     print(markdown_table(["bytes generated", "RSS MB", "peak RSS MB", "seconds"], rows))
     if len(rows) >= 2:
-        print(f"\nPeak RSS change from {rows[0][0]} to {rows[-1][0]} bytes: {verdict(float(rows[0][2]), float(rows[-1][2]))}")
+        print(
+            f"\nPeak RSS change from {rows[0][0]} to {rows[-1][0]} bytes: {verdict(float(rows[0][2]), float(rows[-1][2]))}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help="training text (default: tinyshakespeare, else synthetic)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="training text (default: tinyshakespeare, else synthetic)"
+    )
     parser.add_argument("--model", default="gla")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--train-steps", type=int, default=10_000)
@@ -143,7 +172,9 @@ def main() -> None:
                 data = SHAKESPEARE
             else:
                 data = Path(scratch) / "synthetic.txt"
-                data.write_text("".join(f"line {i}: the rain in spain stays mainly in the plain.\n" for i in range(20_000)))
+                data.write_text(
+                    "".join(f"line {i}: the rain in spain stays mainly in the plain.\n" for i in range(20_000))
+                )
         run = None if args.skip_train else soak_training(args, data, out)
         if not args.skip_generate:
             soak_generation(args, run)

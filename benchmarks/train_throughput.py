@@ -26,8 +26,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from common import machine_line, markdown_table
+
 from glactl.devices import select_precision
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
@@ -58,7 +58,9 @@ def make_step(model: LanguageModel, dtype: str, batch: int, length: int):  # noq
     no_decay = [p for _, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
+        lr=1e-4,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     g = torch.Generator().manual_seed(1)
     data = torch.randint(0, model.config.vocab_size, (batch, length + 1), generator=g)
@@ -101,7 +103,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per cell")
     parser.add_argument("--threads", type=int, default=2, help="1 is steadier on a busy machine")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="skip a cell estimated to take longer")
-    parser.add_argument("--max-total-seconds", type=float, default=None, help="skip every cell once the run took this long")
+    parser.add_argument(
+        "--max-total-seconds", type=float, default=None, help="skip every cell once the run took this long"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
@@ -161,8 +165,10 @@ def main() -> None:
         return tps[a] / tps[b] if a in tps and b in tps else "-"
 
     print()
-    print(f"Training tokens/s, preset {args.preset}, {args.tokens} tokens per batch, best of {args.steps} "
-          f"step(s) after {args.warmup} warmup, {args.threads} threads")
+    print(
+        f"Training tokens/s, preset {args.preset}, {args.tokens} tokens per batch, best of {args.steps} "
+        f"step(s) after {args.warmup} warmup, {args.threads} threads"
+    )
     print()
     headers = ["model", "params", "dtype"] + [f"T={n} tok/s" for n in lengths]
     if len(lengths) > 1:
@@ -182,10 +188,17 @@ def main() -> None:
         for n in lengths if "gla" in models else []:
             rows.append([f"gla chunk / transformer, T={n}", dtype, ratio(("gla", dtype, n), ("transformer", dtype, n))])
         if len(lengths) > 1 and "gla" in models:
-            rows.append([f"gla T={lengths[-1]} / gla T={lengths[0]}", dtype,
-                         ratio(("gla", dtype, lengths[-1]), ("gla", dtype, lengths[0]))])
+            rows.append(
+                [
+                    f"gla T={lengths[-1]} / gla T={lengths[0]}",
+                    dtype,
+                    ratio(("gla", dtype, lengths[-1]), ("gla", dtype, lengths[0])),
+                ]
+            )
         for n in lengths if "gla" in models else []:
-            rows.append([f"gla chunk / gla recurrent, T={n}", dtype, ratio(("gla", dtype, n), ("gla-recurrent", dtype, n))])
+            rows.append(
+                [f"gla chunk / gla recurrent, T={n}", dtype, ratio(("gla", dtype, n), ("gla-recurrent", dtype, n))]
+            )
         # The parallel scans against the sequential recurrences they simplify (Feng et al. 2024).
         for fast, slow in (("mingru", "gru"), ("minlstm", "lstm")):
             if fast in models and slow in models:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO
 
 import torch
 
@@ -136,12 +137,16 @@ class Model:
         if state is None:
             return None
         if not isinstance(state, State):
-            raise InputError(f"state= takes a glactl State (from Model.read or Model.load_state), not {type(state).__name__}")
+            raise InputError(
+                f"state= takes a glactl State (from Model.read or Model.load_state), not {type(state).__name__}"
+            )
         owner = self.state_owner()
         if state.owner.config_sha256 != owner.config_sha256 or state.owner.weights_sha256 != owner.weights_sha256:
             raise InputError("state= holds a state of another model")
         if owner.windowed and (state.owner.context, state.owner.sink_tokens) != (owner.context, owner.sink_tokens):
-            raise InputError(f"state= was read with attention window {state.owner.context}; this model runs with {owner.context}")
+            raise InputError(
+                f"state= was read with attention window {state.owner.context}; this model runs with {owner.context}"
+            )
         return state.reading
 
     # ---- generation ----------------------------------------------------------------------
@@ -174,8 +179,19 @@ class Model:
         start = self._reading(state)
         if keep_state:
             self.state_owner()  # fail before generating, not after
-        return Generation(self.model, _as_bytes(prompt), max_new_tokens, params, num_samples, seed, list(stop), keep_text,
-                          threads=self.threads or 1, start=start, keep_state=keep_state)
+        return Generation(
+            self.model,
+            _as_bytes(prompt),
+            max_new_tokens,
+            params,
+            num_samples,
+            seed,
+            list(stop),
+            keep_text,
+            threads=self.threads or 1,
+            start=start,
+            keep_state=keep_state,
+        )
 
     def generate(self, prompt: str | bytes = "", return_state: bool = False, **options: Any) -> Any:
         """Generated text after `prompt` (not including it); a list when num_samples > 1. Options as `stream`.
@@ -190,17 +206,38 @@ class Model:
         return (text, self.state_of(run)) if return_state else text
 
     # ---- completion ----------------------------------------------------------------------
-    def complete(self, prefix: str | bytes = "", n: int = 5, beam: int | None = None, until: str = "word", max_chars: int = 40,
-                 state: Any = None) -> list[Any]:
+    def complete(
+        self,
+        prefix: str | bytes = "",
+        n: int = 5,
+        beam: int | None = None,
+        until: str = "word",
+        max_chars: int = 40,
+        state: Any = None,
+    ) -> list[Any]:
         """The n most probable distinct continuations (Completion: text, logprob, probability); `prefix` read after `state` if given."""
         from glactl.sampling import complete
 
-        return complete(self.model, _as_bytes(prefix), n=n, beam=beam, until=until, max_chars=max_chars, threads=self.threads or 1,
-                        start=self._reading(state))
+        return complete(
+            self.model,
+            _as_bytes(prefix),
+            n=n,
+            beam=beam,
+            until=until,
+            max_chars=max_chars,
+            threads=self.threads or 1,
+            start=self._reading(state),
+        )
 
     # ---- perplexity ----------------------------------------------------------------------
-    def score(self, text_or_path: str | bytes | os.PathLike, window: int = 4096, progress: Callable[[int], None] | None = None,
-              state: Any = None, keep_state: bool = False) -> Any:
+    def score(
+        self,
+        text_or_path: str | bytes | os.PathLike,
+        window: int = 4096,
+        progress: Callable[[int], None] | None = None,
+        state: Any = None,
+        keep_state: bool = False,
+    ) -> Any:
         """A Score (log-likelihood and counts) of a text, bytes, or a file (Path, or a str naming an existing file).
 
         `state`: the text continues that State (its first byte scored from the stored logits).
@@ -219,7 +256,9 @@ class Model:
             result.final = State(result.final, self.state_owner())
         return result
 
-    def perplexity(self, text_or_path: str | bytes | os.PathLike, window: int = 4096, state: Any = None) -> dict[str, float | int]:
+    def perplexity(
+        self, text_or_path: str | bytes | os.PathLike, window: int = 4096, state: Any = None
+    ) -> dict[str, float | int]:
         """bits_per_byte, bits_per_char, byte_perplexity, word_perplexity, bytes, chars, words, tokens_per_second (after `state` if given)."""
         return self.score(text_or_path, window, state=state).metrics()
 
@@ -290,9 +329,8 @@ def load(
     """
     from glactl.checkpoint import load_model
     from glactl.devices import select_device, select_kernels, set_threads, use_kernels
-    from glactl.paths import resolve_model
-
     from glactl.inference import COMPILE_CHOICES, apply_precision, check_choice, configure, resolve_precision
+    from glactl.paths import resolve_model
     from glactl.sampling import torch_threads
 
     set_threads(threads)

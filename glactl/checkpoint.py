@@ -14,8 +14,9 @@ import math
 import os
 import shutil
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -61,15 +62,21 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
         raise InputError(f"{path}: no such checkpoint or run folder")
     pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES) if path.is_dir() else []
     if pickles:
-        raise InputError(f"{path}: holds only pickle-based weights ({', '.join(pickles[:3])}), which glactl refuses to load; "
-                         f"it loads only safetensors checkpoint folders ({CONFIG_FILE} + {MODEL_FILE})")
+        raise InputError(
+            f"{path}: holds only pickle-based weights ({', '.join(pickles[:3])}), which glactl refuses to load; "
+            f"it loads only safetensors checkpoint folders ({CONFIG_FILE} + {MODEL_FILE})"
+        )
     from glactl.paths import training_pid
 
     pid = training_pid(path) if path.is_dir() else None
     if pid is not None:
-        raise InputError(f"{path}: training is in progress (glactl train, pid {pid}) and has not saved a checkpoint yet; "
-                         "it saves every --save-every steps and when it stops")
-    raise InputError(f"{path}: no checkpoint here (expected {CONFIG_FILE} and {MODEL_FILE}, or a run folder with checkpoint/)")
+        raise InputError(
+            f"{path}: training is in progress (glactl train, pid {pid}) and has not saved a checkpoint yet; "
+            "it saves every --save-every steps and when it stops"
+        )
+    raise InputError(
+        f"{path}: no checkpoint here (expected {CONFIG_FILE} and {MODEL_FILE}, or a run folder with checkpoint/)"
+    )
 
 
 # ---- saving ------------------------------------------------------------------------------
@@ -90,7 +97,10 @@ def model_tensors(model: LanguageModel, dtype: torch.dtype = torch.float32) -> d
     state = model.state_dict()
     if model.config.tie_embeddings:
         state.pop("head.weight", None)
-    return {name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous() for name, t in state.items()}
+    return {
+        name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous()
+        for name, t in state.items()
+    }
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -209,7 +219,9 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise InputError(f"{folder / CONFIG_FILE}: not a JSON object")
     version = document.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        raise InputError(f"{folder / CONFIG_FILE}: unsupported format_version {version!r} (this glactl reads 1..{FORMAT_VERSION})")
+        raise InputError(
+            f"{folder / CONFIG_FILE}: unsupported format_version {version!r} (this glactl reads 1..{FORMAT_VERSION})"
+        )
     tokenizer = document.get("tokenizer", TOKENIZER_NAME)
     if tokenizer != TOKENIZER_NAME:
         raise InputError(f"{folder / CONFIG_FILE}: unsupported tokenizer {tokenizer!r}")
@@ -225,8 +237,9 @@ def read_config(folder: Path) -> dict[str, Any]:
     return document
 
 
-def read_safetensors_header(path: Path, dtypes: dict[str, torch.dtype] = _DTYPES,
-                            max_header: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+def read_safetensors_header(
+    path: Path, dtypes: dict[str, torch.dtype] = _DTYPES, max_header: int = MAX_HEADER_BYTES
+) -> dict[str, Any]:
     """Parse and check a safetensors header against the file size before reading any tensor.
 
     Every entry needs a dtype from `dtypes`, a shape whose size matches its span, and a span inside
@@ -255,15 +268,24 @@ def read_safetensors_header(path: Path, dtypes: dict[str, torch.dtype] = _DTYPES
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if not isinstance(info, dict) or not isinstance(info.get("data_offsets"), list) or len(info["data_offsets"]) != 2:
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("data_offsets"), list)
+            or len(info["data_offsets"]) != 2
+        ):
             raise InputError(f"{path}: malformed entry for tensor {name!r}")
         begin, end = info["data_offsets"]
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end)) or not 0 <= begin <= end <= data_size:
+        if (
+            not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end))
+            or not 0 <= begin <= end <= data_size
+        ):
             raise InputError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
         if not isinstance(info.get("dtype"), str) or info["dtype"] not in dtypes:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
         shape = info.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape
+        ):
             raise InputError(f"{path}: tensor {name!r} has a malformed shape")
         nbytes = math.prod(shape) * dtypes[info["dtype"]].itemsize
         if nbytes != end - begin:
@@ -278,8 +300,19 @@ def read_safetensors_header(path: Path, dtypes: dict[str, torch.dtype] = _DTYPES
 # torch.nn.init functions skipped while building a model whose weights a checkpoint overwrites (as transformers'
 # no_init_weights does): drawing 10M random numbers costs 0.15 s, and normal_ on the meta device imports
 # torch._dynamo (2 s) on first use.
-_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-                   "trunc_normal_", "zeros_", "ones_", "constant_", "orthogonal_")
+_INIT_FUNCTIONS = (
+    "normal_",
+    "uniform_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "trunc_normal_",
+    "zeros_",
+    "ones_",
+    "constant_",
+    "orthogonal_",
+)
 
 
 @contextlib.contextmanager
@@ -331,7 +364,9 @@ def check_tensors(path: Path, header: dict[str, Any], config: ModelConfig, weigh
     if unexpected:
         problems.append(f"unexpected {_names(unexpected)}")
     if wrong:
-        problems.append("wrong shape " + ", ".join(f"{n} {list(found[n])} (expected {list(expected[n])})" for n in wrong[:3]))
+        problems.append(
+            "wrong shape " + ", ".join(f"{n} {list(found[n])} (expected {list(expected[n])})" for n in wrong[:3])
+        )
     if problems:
         raise InputError(f"{path}: weights do not match config.json: {'; '.join(problems)}")
 
@@ -352,7 +387,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[La
     weights_path = folder / MODEL_FILE
     weights_dtype = document.get("weights_dtype", "float32")
     if not isinstance(weights_dtype, str) or weights_dtype not in _DTYPE_NAMES:
-        raise InputError(f"{folder / CONFIG_FILE}: weights_dtype {weights_dtype!r} is not one of {', '.join(_DTYPE_NAMES)}")
+        raise InputError(
+            f"{folder / CONFIG_FILE}: weights_dtype {weights_dtype!r} is not one of {', '.join(_DTYPE_NAMES)}"
+        )
     header = read_safetensors_header(weights_path)
     check_tensors(weights_path, header, config, weights_dtype)
     with skip_random_init():
@@ -363,7 +400,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[La
             for name in f.keys():
                 tensors[name] = f.get_tensor(name)
     except Exception as e:  # safetensors raises its own error types for corrupt data
-        raise InputError(f"{weights_path}: unreadable weights ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise InputError(
+            f"{weights_path}: unreadable weights ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
     if config.tie_embeddings:
         tensors["head.weight"] = tensors["embed.weight"]
     model.load_state_dict(tensors, strict=True)  # copy_ converts bfloat16/float16 to the model's float32 in one pass

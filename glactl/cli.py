@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import click
 import typer
@@ -44,7 +44,7 @@ def choices(*names: str) -> str:
     return "[" + "|".join(names) + "]"
 
 
-def _click_label(self, ctx=None) -> Optional[str]:  # noqa: ANN001 - replaces typer's "<list[str]>" style labels
+def _click_label(self, ctx=None) -> str | None:  # noqa: ANN001 - replaces typer's "<list[str]>" style labels
     if getattr(self, "is_flag", False):
         return None
     if self.metavar is not None:
@@ -99,7 +99,9 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """glactl: byte-level language models that stream in constant memory."""
     if debug:
@@ -141,7 +143,7 @@ _CLICK_ERRORS = (click.ClickException, _typer_click.ClickException)
 _NO_ARGS_IS_HELP = getattr(_typer_click, "NoArgsIsHelpError", ())
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn every failure into one line + exit code."""
     _process["on"] = argv is None
     if _process["on"]:  # our own process: keep freed memory for the next window (glactl/process_memory.py)
@@ -155,7 +157,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.stderr.write(e.format_message().rstrip("\n") + "\n")
         raise SystemExit(e.exit_code) from None
     except _USAGE_ERRORS as e:
-        hint = f" (see 'glactl {e.ctx.command_path.split(' ', 1)[-1]} --help')" if e.ctx and " " in e.ctx.command_path else ""
+        hint = (
+            f" (see 'glactl {e.ctx.command_path.split(' ', 1)[-1]} --help')"
+            if e.ctx and " " in e.ctx.command_path
+            else ""
+        )
         fail(e.format_message().replace("\n", " ") + hint, 2)
     except _ABORTS:
         fail("interrupted", 130)
@@ -194,67 +200,116 @@ _MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the
 _DEVICE_CHOICES = choices("auto", "cpu", "cuda", "mps")
 _DEVICE_HELP = "Where to run; auto takes cuda, then mps, then cpu; cuda:N picks a GPU (default auto)."
 _DTYPE_CHOICES = choices("auto", "float32", "bfloat16", "float16")
-_DTYPE_HELP = ("Training precision (default auto: bfloat16 on GPUs that have it, else float16; on a CPU with native "
-               "bfloat16 the faster of bfloat16 and float32 for this model, timed over a few passes once and "
-               "cached, else float32; the log says which).")
-_THREADS_HELP = ("CPU threads for torch (default: OMP_NUM_THREADS where set, else 1 for decoding and for scoring and "
-                 "training the idle cores, i.e. cores minus those other work keeps busy, said on stderr).")
+_DTYPE_HELP = (
+    "Training precision (default auto: bfloat16 on GPUs that have it, else float16; on a CPU with native "
+    "bfloat16 the faster of bfloat16 and float32 for this model, timed over a few passes once and "
+    "cached, else float32; the log says which)."
+)
+_THREADS_HELP = (
+    "CPU threads for torch (default: OMP_NUM_THREADS where set, else 1 for decoding and for scoring and "
+    "training the idle cores, i.e. cores minus those other work keeps busy, said on stderr)."
+)
 _TRAIN_THREADS_HELP = _THREADS_HELP
 _KERNEL_CHOICES = choices("torch", "fla")
 _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, needs the fla package) (default torch)."
 _UNTIL = ("word", "line", "sentence")  # glactl.sampling.UNTIL_MODES (a test keeps them equal)
 _CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
 _PRECISION_CHOICES = choices("auto", "float32", "bfloat16", "int8")
-_PRECISION_HELP = ("Weights' format at run time (default auto: int8 on x86 CPUs with AVX2 or AVX512, where it costs < 0.01 "
-                   "bits per byte; else float32). States stay float32.")
+_PRECISION_HELP = (
+    "Weights' format at run time (default auto: int8 on x86 CPUs with AVX2 or AVX512, where it costs < 0.01 "
+    "bits per byte; else float32). States stay float32."
+)
 _COMPILE_CHOICES = choices("auto", "on", "off")
-_COMPILE_HELP = ("Compile the decoding step ahead of time with AOTInductor, cached for later runs (default auto: for runs "
-                 "of 1000 or more steps of GLA, minGRU, minLSTM or Performer on CPU; falls back to eager with a note "
-                 "where it cannot).")
+_COMPILE_HELP = (
+    "Compile the decoding step ahead of time with AOTInductor, cached for later runs (default auto: for runs "
+    "of 1000 or more steps of GLA, minGRU, minLSTM or Performer on CPU; falls back to eager with a note "
+    "where it cannot)."
+)
 
 
 # ---- train (issue 3) ---------------------------------------------------------------------
-_SHORT_CONV_HELP = ("Kernel size of GLA's short causal convolution on q, k, v for a new model: 0 = off, or 2..64 "
-                    "(default: the architecture's; models without one refuse a value above 0).")
+_SHORT_CONV_HELP = (
+    "Kernel size of GLA's short causal convolution on q, k, v for a new model: 0 = off, or 2..64 "
+    "(default: the architecture's; models without one refuse a value above 0)."
+)
 _PERFORMER_ROPE_HELP = "Rotary positions on the Performer's q and k for a new model (default: the architecture's)."
 
 
 @app.command()
 def train(
     ctx: typer.Context,
-    data: list[str] = typer.Option([], "--data", help="Training text: FILE, folder, glob, wikitext-103, wikitext-2, hf:REPO[:CONFIG] or PATH:CONFIG; repeat to mix, SOURCE@WEIGHT to weigh."),
-    valid: Optional[str] = typer.Option(None, "--valid", help="Validation text (default: each source's validation split, or the last 1% of a local file)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="ARCH", help=f"Architecture: {_ARCHITECTURES} (default gla)."),
-    preset: Optional[str] = typer.Option(None, "--preset", metavar=choices("tiny", "small", "base"), help="Model size (default small)."),
-    d_model: Optional[int] = typer.Option(None, "--d-model", help="Override the preset's width."),
-    n_layers: Optional[int] = typer.Option(None, "--n-layers", help="Override the preset's depth."),
-    n_heads: Optional[int] = typer.Option(None, "--n-heads", help="Override the preset's head count."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training window in bytes (default 512)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per micro-batch (default 16); under torchrun the global micro-batch, split across the processes."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default 1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (counting steps done before --resume)."),
-    time_budget: Optional[str] = typer.Option(None, "--time", help="Wall-clock budget, e.g. 30m or 2h (counts across resumes)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: tuned per architecture)."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: 2% of --steps, kept within 10..1000 and at most a tenth of --steps; 100 with --time alone)."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", metavar=choices("cosine", "constant"), help="After warmup: cosine down to 10% of the peak, or constant (default cosine)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay on matrices (default 0.1)."),
-    clip: Optional[float] = typer.Option(None, "--clip", help="Gradient norm clip (default 1.0; 0 = off)."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default 250)."),
-    eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64)."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Save checkpoint/ every N steps (default 500)."),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Run folder (default runs/<model>-<timestamp>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint (same data; --init-from starts a new run from its weights)."),
+    data: list[str] = typer.Option(
+        [],
+        "--data",
+        help="Training text: FILE, folder, glob, wikitext-103, wikitext-2, hf:REPO[:CONFIG] or PATH:CONFIG; repeat to mix, SOURCE@WEIGHT to weigh.",
+    ),
+    valid: str | None = typer.Option(
+        None,
+        "--valid",
+        help="Validation text (default: each source's validation split, or the last 1% of a local file).",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", metavar="ARCH", help=f"Architecture: {_ARCHITECTURES} (default gla)."
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", metavar=choices("tiny", "small", "base"), help="Model size (default small)."
+    ),
+    d_model: int | None = typer.Option(None, "--d-model", help="Override the preset's width."),
+    n_layers: int | None = typer.Option(None, "--n-layers", help="Override the preset's depth."),
+    n_heads: int | None = typer.Option(None, "--n-heads", help="Override the preset's head count."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Training window in bytes (default 512)."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help="Windows per micro-batch (default 16); under torchrun the global micro-batch, split across the processes.",
+    ),
+    grad_accum: int | None = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default 1)."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Total optimizer steps (counting steps done before --resume)."
+    ),
+    time_budget: str | None = typer.Option(
+        None, "--time", help="Wall-clock budget, e.g. 30m or 2h (counts across resumes)."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: tuned per architecture)."),
+    warmup: int | None = typer.Option(
+        None,
+        "--warmup",
+        help="Warmup steps (default: 2% of --steps, kept within 10..1000 and at most a tenth of --steps; 100 with --time alone).",
+    ),
+    schedule: str | None = typer.Option(
+        None,
+        "--schedule",
+        metavar=choices("cosine", "constant"),
+        help="After warmup: cosine down to 10% of the peak, or constant (default cosine).",
+    ),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", help="AdamW weight decay on matrices (default 0.1)."
+    ),
+    clip: float | None = typer.Option(None, "--clip", help="Gradient norm clip (default 1.0; 0 = off)."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Evaluate every N steps (default 250)."),
+    eval_windows: int | None = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64)."),
+    save_every: int | None = typer.Option(None, "--save-every", help="Save checkpoint/ every N steps (default 500)."),
+    log_every: int | None = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", metavar="FOLDER", help="Run folder (default runs/<model>-<timestamp>)."
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its checkpoint (same data; --init-from starts a new run from its weights).",
+    ),
     force: bool = typer.Option(False, "--force", help="Start over in an existing run folder."),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights with a fresh optimizer (fine-tuning)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
-    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
-    dtype: Optional[str] = typer.Option(None, "--dtype", metavar=_DTYPE_CHOICES, help=_DTYPE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_TRAIN_THREADS_HELP),
-    kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
-    allow_binary: Optional[bool] = typer.Option(None, "--allow-binary", help="Train on files that look binary."),
-    short_conv: Optional[int] = typer.Option(None, "--short-conv", help=_SHORT_CONV_HELP),
-    performer_rope: Optional[bool] = typer.Option(None, "--performer-rope/--no-performer-rope", help=_PERFORMER_ROPE_HELP),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="Start from these weights with a fresh optimizer (fine-tuning)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    device: str | None = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
+    dtype: str | None = typer.Option(None, "--dtype", metavar=_DTYPE_CHOICES, help=_DTYPE_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=_TRAIN_THREADS_HELP),
+    kernels: str | None = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
+    allow_binary: bool | None = typer.Option(None, "--allow-binary", help="Train on files that look binary."),
+    short_conv: int | None = typer.Option(None, "--short-conv", help=_SHORT_CONV_HELP),
+    performer_rope: bool | None = typer.Option(None, "--performer-rope/--no-performer-rope", help=_PERFORMER_ROPE_HELP),
 ) -> None:
     """Train a model on local text or a Hugging Face dataset; Ctrl-C saves and stops."""
     from rich.console import Console
@@ -263,13 +318,40 @@ def train(
     from glactl.training import train as run_training
 
     options = TrainOptions(
-        data=list(data), valid=valid, model=model, preset=preset, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-        seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, steps=steps,
-        time_budget=parse_duration(time_budget) if time_budget else None, lr=lr, warmup=warmup, schedule=schedule,
-        weight_decay=weight_decay, clip=clip, eval_every=eval_every, eval_windows=eval_windows, save_every=save_every,
-        log_every=log_every, out=out, resume=resume, force=force, init_from=init_from, seed=seed, device=device,
-        dtype=dtype, threads=threads, kernels=kernels, allow_binary=allow_binary, command_line=_train_command_line(ctx),
-        short_conv=short_conv, performer_rope=performer_rope,
+        data=list(data),
+        valid=valid,
+        model=model,
+        preset=preset,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        steps=steps,
+        time_budget=parse_duration(time_budget) if time_budget else None,
+        lr=lr,
+        warmup=warmup,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        clip=clip,
+        eval_every=eval_every,
+        eval_windows=eval_windows,
+        save_every=save_every,
+        log_every=log_every,
+        out=out,
+        resume=resume,
+        force=force,
+        init_from=init_from,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        kernels=kernels,
+        allow_binary=allow_binary,
+        command_line=_train_command_line(ctx),
+        short_conv=short_conv,
+        performer_rope=performer_rope,
     )
     run_training(options, Console(stderr=True))  # logs and progress on stderr; a closed reader never stops the run
 
@@ -296,16 +378,30 @@ def _train_command_line(ctx: typer.Context) -> list[str]:
 # ---- inference: generate, complete, perplexity, info (issue 4) -------------------------------
 
 
-def _load_model(model: Optional[str], device: Optional[str], threads: Optional[int], context: Optional[int] = None,
-                kernels: Optional[str] = None, precision: Optional[str] = None, compile: Optional[str] = None):  # noqa: ANN202
+def _load_model(
+    model: str | None,
+    device: str | None,
+    threads: int | None,
+    context: int | None = None,
+    kernels: str | None = None,
+    precision: str | None = None,
+    compile: str | None = None,
+):  # noqa: ANN202
     """Load through the Python API, so the CLI and `glactl.load` behave alike (the CLI defaults to auto precision/compile)."""
     import time
 
     from glactl.api import load
 
     start = time.perf_counter()
-    lm = load(model, device=device or "auto", threads=threads, context=context, kernels=kernels,
-              precision=precision or "auto", compile=compile or "auto")
+    lm = load(
+        model,
+        device=device or "auto",
+        threads=threads,
+        context=context,
+        kernels=kernels,
+        precision=precision or "auto",
+        compile=compile or "auto",
+    )
     lm.load_seconds = time.perf_counter() - start
     _note_still_training(lm.path, lm.document)
     return lm
@@ -320,8 +416,10 @@ def _note_still_training(path: str, document: dict) -> None:
     pid = training_pid(run)
     if pid is not None:
         step = (document.get("training") or {}).get("steps")
-        sys.stderr.write(f"note: {run} is still training (pid {pid}, train.lock); loaded {folder.name}/ "
-                         f"from step {step if step is not None else '?'}\n")
+        sys.stderr.write(
+            f"note: {run} is still training (pid {pid}, train.lock); loaded {folder.name}/ "
+            f"from step {step if step is not None else '?'}\n"
+        )
 
 
 def _unescape(text: str) -> str:
@@ -347,9 +445,7 @@ def _write(stream, text: str) -> None:  # noqa: ANN001
     stream.flush()
 
 
-
-
-_STATE_HELP = "Continue from a state file (written by --save-state) instead of the usual \"\\n\" start: the input is read after the text the state holds."
+_STATE_HELP = 'Continue from a state file (written by --save-state) instead of the usual "\\n" start: the input is read after the text the state holds.'
 _SAVE_STATE_HELP = {
     "generate": "Save the state after the prompt and the generated text to FILE (also when interrupted), to continue with --state.",
     "complete": "Save the state after the prefix to FILE, to continue with --state.",
@@ -357,7 +453,7 @@ _SAVE_STATE_HELP = {
 }
 
 
-def _check_save_state(path: Optional[str]) -> None:
+def _check_save_state(path: str | None) -> None:
     """Refuse an unwritable --save-state FILE before any work is done."""
     if path is not None:
         from glactl.saved_state import check_writable
@@ -372,7 +468,7 @@ def _saved_state_note(path: str, state) -> None:  # noqa: ANN001
 
 
 @contextmanager
-def _saving_generation(lm, run, path: Optional[str]) -> Iterator[None]:  # noqa: ANN001
+def _saving_generation(lm, run, path: str | None) -> Iterator[None]:  # noqa: ANN001
     """Save the generation's state at the end, and after Ctrl-C or a closed pipe (what was generated so far)."""
     try:
         yield
@@ -390,26 +486,40 @@ def _saving_generation(lm, run, path: Optional[str]) -> Iterator[None]:  # noqa:
 @app.command()
 def generate(
     prompt: str = typer.Argument("", help='Prompt text, "-" to read stdin, or @FILE (UTF-8). Empty: start from "\\n".'),
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
-    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
-    kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
-    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
-    max_new_tokens: int = typer.Option(500, "--max-new-tokens", "-n", help="Bytes to generate per sample (no upper limit for recurrent models)."),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
+    device: str | None = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP),
+    kernels: str | None = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
+    precision: str | None = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
+    compile: str | None = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
+    max_new_tokens: int = typer.Option(
+        500, "--max-new-tokens", "-n", help="Bytes to generate per sample (no upper limit for recurrent models)."
+    ),
     temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Softmax temperature; 0 = greedy."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only among the K most probable bytes."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: smallest set of bytes with probability >= P, in (0, 1]."),
-    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalty (>1) on bytes seen in the last 64 bytes (CTRL/HF rule)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Sample only among the K most probable bytes."),
+    top_p: float | None = typer.Option(
+        None, "--top-p", help="Nucleus sampling: smallest set of bytes with probability >= P, in (0, 1]."
+    ),
+    repetition_penalty: float = typer.Option(
+        1.0, "--repetition-penalty", help="Penalty (>1) on bytes seen in the last 64 bytes (CTRL/HF rule)."
+    ),
     num_samples: int = typer.Option(1, "--num-samples", help="Independent samples, generated as one batch."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same text on the same machine."),
-    stop: list[str] = typer.Option([], "--stop", help="Stop a sample when this string appears (not printed); repeatable; \\n and \\t understood."),
-    no_stream: bool = typer.Option(False, "--no-stream", help="Print the text when generation ends instead of byte by byte."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Random seed: the same seed gives the same text on the same machine."
+    ),
+    stop: list[str] = typer.Option(
+        [], "--stop", help="Stop a sample when this string appears (not printed); repeatable; \\n and \\t understood."
+    ),
+    no_stream: bool = typer.Option(
+        False, "--no-stream", help="Print the text when generation ends instead of byte by byte."
+    ),
     no_echo: bool = typer.Option(False, "--no-echo", help="Print only the generated text, not the prompt before it."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document: prompt, samples, tokens, tokens_per_second, model, seed."),
-    context: Optional[int] = typer.Option(None, "--context", help=_CONTEXT_HELP),
-    state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help=_STATE_HELP),
-    save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["generate"]),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print one JSON document: prompt, samples, tokens, tokens_per_second, model, seed."
+    ),
+    context: int | None = typer.Option(None, "--context", help=_CONTEXT_HELP),
+    state_file: str | None = typer.Option(None, "--state", metavar="FILE", help=_STATE_HELP),
+    save_state: str | None = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["generate"]),
 ) -> None:
     """Generate text after a prompt, streamed as it is produced (constant memory for recurrent models)."""
     from glactl.api import read_prompt
@@ -429,15 +539,27 @@ def generate(
     threads = thread_line("decoding", threads)[0]  # 1 unless --threads: byte steps are too small to share
     lm = _load_model(model, device, threads, context, kernels, precision, compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
-    run = lm.stream(prompt_bytes, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                    repetition_penalty=repetition_penalty, num_samples=num_samples, seed=seed,
-                    stop=[_unescape(s) for s in stop], keep_text=json_out or no_stream or num_samples > 1,
-                    state=start_state, keep_state=save_state is not None)
+    run = lm.stream(
+        prompt_bytes,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        num_samples=num_samples,
+        seed=seed,
+        stop=[_unescape(s) for s in stop],
+        keep_text=json_out or no_stream or num_samples > 1,
+        state=start_state,
+        keep_state=save_state is not None,
+    )
     with _saving_generation(lm, run, save_state):
         _print_generation(run, prompt_bytes, lm, num_samples, no_stream, no_echo, json_out)
 
 
-def _print_generation(run, prompt_bytes: bytes, lm, num_samples: int, no_stream: bool, no_echo: bool, json_out: bool) -> None:  # noqa: ANN001
+def _print_generation(
+    run, prompt_bytes: bytes, lm, num_samples: int, no_stream: bool, no_echo: bool, json_out: bool
+) -> None:  # noqa: ANN001
     """Print a generation as it runs: streamed, all at the end, or as one JSON document."""
     import json
 
@@ -447,8 +569,14 @@ def _print_generation(run, prompt_bytes: bytes, lm, num_samples: int, no_stream:
         for _ in run:
             pass
         stats = run.stats
-        document = {"prompt": prompt_text, "samples": stats.samples, "tokens": stats.tokens,
-                    "tokens_per_second": stats.tokens_per_second, "model": lm.path, "seed": stats.seed}
+        document = {
+            "prompt": prompt_text,
+            "samples": stats.samples,
+            "tokens": stats.tokens,
+            "tokens_per_second": stats.tokens_per_second,
+            "model": lm.path,
+            "seed": stats.seed,
+        }
         _write(out, json.dumps(document) + "\n")
         return
     # Prompt + continuation, as HF and nanoGPT print it (--no-echo: the continuation alone); every sample
@@ -473,26 +601,37 @@ def _print_generation(run, prompt_bytes: bytes, lm, num_samples: int, no_stream:
         stats = run.stats
         from glactl.devices import plural
 
-        sys.stderr.write(f"load {getattr(lm, 'load_seconds', 0.0):.2f} s ({lm.precision}); "
-                         f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s, "
-                         f"{plural(lm.threads or 1, 'thread')}), state {human_bytes(stats.state_bytes)}, seed {stats.seed}\n")
+        sys.stderr.write(
+            f"load {getattr(lm, 'load_seconds', 0.0):.2f} s ({lm.precision}); "
+            f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s, "
+            f"{plural(lm.threads or 1, 'thread')}), state {human_bytes(stats.state_bytes)}, seed {stats.seed}\n"
+        )
 
 
 @app.command()
 def complete(
     prefix: str = typer.Argument(..., help='Text to continue, "-" to read stdin, or @FILE (UTF-8).'),
     n: int = typer.Option(5, "--n", "-n", help="How many completions."),
-    beam: Optional[int] = typer.Option(None, "--beam", help="Beam width (default 4 x N)."),
-    until: str = typer.Option("word", "--until", metavar=choices(*_UNTIL), help="Where a completion ends: at the end of a word, of a line (newline), or of a sentence (. ! ? then a space or newline; a line without them ends at its newline, shown as \\n)."),
+    beam: int | None = typer.Option(None, "--beam", help="Beam width (default 4 x N)."),
+    until: str = typer.Option(
+        "word",
+        "--until",
+        metavar=choices(*_UNTIL),
+        help="Where a completion ends: at the end of a word, of a line (newline), or of a sentence (. ! ? then a space or newline; a line without them ends at its newline, shown as \\n).",
+    ),
     max_chars: int = typer.Option(40, "--max-chars", help="Longest completion in characters."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
-    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
-    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
-    json_out: bool = typer.Option(False, "--json", help='Print JSON: {"prefix", "completions": [{"text", "probability", "logprob"}], "until", "model", "seconds"}.'),
-    state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help=_STATE_HELP),
-    save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["complete"]),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
+    device: str | None = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP),
+    precision: str | None = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
+    compile: str | None = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help='Print JSON: {"prefix", "completions": [{"text", "probability", "logprob"}], "until", "model", "seconds"}.',
+    ),
+    state_file: str | None = typer.Option(None, "--state", metavar="FILE", help=_STATE_HELP),
+    save_state: str | None = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["complete"]),
 ) -> None:
     """The N most probable continuations of a prefix (beam search over bytes), with their probabilities.
 
@@ -545,7 +684,9 @@ def complete(
     table.add_column("probability", justify="right")
     table.add_column("log-prob", justify="right")
     for i, c in enumerate(completions, 1):
-        table.add_row(str(i), Text(json.dumps(c.text, ensure_ascii=False)), f"{100 * c.probability:.2f}%", f"{c.logprob:.3f}")
+        table.add_row(
+            str(i), Text(json.dumps(c.text, ensure_ascii=False)), f"{100 * c.probability:.2f}%", f"{c.logprob:.3f}"
+        )
     console = Console()
     console.print(table)
     if not completions:
@@ -565,19 +706,28 @@ NAME is the file path (or DATA:SPLIT); METRICS has exactly the keys bits_per_byt
 @app.command(help=_PERPLEXITY_HELP)
 def perplexity(
     files: list[str] = typer.Argument(None, metavar="FILES", help='Text files to score ("-" reads stdin).'),
-    data: Optional[str] = typer.Option(None, "--data", help="Score a split of a dataset instead (same names as train --data)."),
-    split: str = typer.Option("test", "--split", metavar=choices("train", "validation", "test"), help="Split of --data."),
+    data: str | None = typer.Option(
+        None, "--data", help="Score a split of a dataset instead (same names as train --data)."
+    ),
+    split: str = typer.Option(
+        "test", "--split", metavar=choices("train", "validation", "test"), help="Split of --data."
+    ),
     window: int = typer.Option(4096, "--window", help="Bytes read and scored per forward call."),
-    context: Optional[int] = typer.Option(None, "--context", help=_CONTEXT_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
-    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
-    kernels: Optional[str] = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
-    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
+    context: int | None = typer.Option(None, "--context", help=_CONTEXT_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
+    device: str | None = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP),
+    kernels: str | None = typer.Option(None, "--kernels", metavar=_KERNEL_CHOICES, help=_KERNELS_HELP),
+    precision: str | None = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help=_PRECISION_HELP),
+    compile: str | None = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help=_COMPILE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (shape above)."),
-    state_file: Optional[str] = typer.Option(None, "--state", metavar="FILE", help="Score every FILE as the continuation of this state file's text (its first byte too, from the stored logits)."),
-    save_state: Optional[str] = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["perplexity"]),
+    state_file: str | None = typer.Option(
+        None,
+        "--state",
+        metavar="FILE",
+        help="Score every FILE as the continuation of this state file's text (its first byte too, from the stored logits).",
+    ),
+    save_state: str | None = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["perplexity"]),
 ) -> None:
     import json
     import math
@@ -605,12 +755,17 @@ def perplexity(
 
         note("--compile on: perplexity reads whole windows, whose time is matrix products; it runs eager")
     start_state = lm.load_state(state_file) if state_file is not None else None
-    continuation = {"start_reading": start_state.reading if start_state is not None else None, "keep_state": save_state is not None}
+    continuation = {
+        "start_reading": start_state.reading if start_state is not None else None,
+        "keep_state": save_state is not None,
+    }
     notes: list[str] = []
     short, long = state_growth(lm.model, 10, 100)
     if long > short:
         if lm.config.context is None:
-            notes.append(f"{lm.config.mixer}: attention over the whole file (no --context): memory grows with file length")
+            notes.append(
+                f"{lm.config.mixer}: attention over the whole file (no --context): memory grows with file length"
+            )
         else:
             notes.append(f"{lm.config.mixer}: sliding context of {lm.config.context} tokens")
     from rich.console import Console
@@ -618,17 +773,27 @@ def perplexity(
 
     err = Console(stderr=True)
     show = err.is_terminal and not json_out
-    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=err, transient=True, disable=not show)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not show,
+    )
     scores = {}
     import time
 
     def advance(task: int, started: float):  # noqa: ANN202
         """Progress by time: a bar appears once scoring has taken about a second, whatever the size."""
+
         def step(k: int) -> None:
             progress.advance(task, k)
             if time.monotonic() - started > 1.0:
                 progress.update(task, visible=True)
+
         return step
 
     with progress:
@@ -638,8 +803,9 @@ def perplexity(
             scores[path] = score_file(lm.model, path, window, advance(task, time.monotonic()), **continuation)
         if data is not None:
             task = progress.add_task(f"{data}:{split}", total=None, visible=False)
-            scores[f"{data}:{split}"] = score_split(lm.model, data, split, window, advance(task, time.monotonic()),
-                                                    **continuation)
+            scores[f"{data}:{split}"] = score_split(
+                lm.model, data, split, window, advance(task, time.monotonic()), **continuation
+            )
     if save_state is not None:
         from glactl.saved_state import State
 
@@ -656,9 +822,14 @@ def perplexity(
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
     if json_out:
-        document = {"model": lm.path, "window": window, "context": lm.config.context,
-                    "files": {name: clean(s.metrics()) for name, s in scores.items()},
-                    "total": clean(total.metrics()), "notes": notes}
+        document = {
+            "model": lm.path,
+            "window": window,
+            "context": lm.config.context,
+            "files": {name: clean(s.metrics()) for name, s in scores.items()},
+            "total": clean(total.metrics()),
+            "notes": notes,
+        }
         _write(sys.stdout, json.dumps(document) + "\n")
         return
     from glactl.display import fit_columns, print_table, run_name
@@ -667,10 +838,15 @@ def perplexity(
     def score_text(value: float) -> str:  # four decimals, in e-notation once a perplexity passes a million
         return f"{value:.4e}" if abs(value) >= 1e6 else f"{value:,.4f}"
 
-    columns = {"bits_per_byte": ("bits/byte", score_text), "bits_per_char": ("bits/char", score_text),
-               "byte_perplexity": ("byte ppl", score_text), "word_perplexity": ("word ppl", score_text),
-               "bytes": ("bytes", "{:,}".format), "words": ("words", "{:,}".format),
-               "tokens_per_second": ("bytes/s", "{:,.0f}".format)}
+    columns = {
+        "bits_per_byte": ("bits/byte", score_text),
+        "bits_per_char": ("bits/char", score_text),
+        "byte_perplexity": ("byte ppl", score_text),
+        "word_perplexity": ("word ppl", score_text),
+        "bytes": ("bytes", "{:,}".format),
+        "words": ("words", "{:,}".format),
+        "tokens_per_second": ("bytes/s", "{:,.0f}".format),
+    }
     named = list(scores.items()) + ([("total", total)] if len(scores) > 1 else [])
     header = ["file"] + [label for label, _ in columns.values()]
     rows = [[name] + [fmt(score.metrics()[key]) for key, (_, fmt) in columns.items()] for name, score in named]
@@ -680,15 +856,17 @@ def perplexity(
     if dropped:
         notes.append(f"left out at this width: {', '.join(dropped)} (all metrics with --json)")
     for note in notes:
-        err.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)  # one line per note, even when piped
+        err.print(
+            f"note: {note}", style="yellow", highlight=False, soft_wrap=True
+        )  # one line per note, even when piped
 
 
 @app.command()
 def info(
-    model_arg: Optional[str] = typer.Argument(None, metavar="MODEL", help=_MODEL_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help="Same as MODEL."),
-    device: Optional[str] = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_THREADS_HELP),
+    model_arg: str | None = typer.Argument(None, metavar="MODEL", help=_MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="MODEL", help="Same as MODEL."),
+    device: str | None = typer.Option(None, "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the description as one JSON document."),
 ) -> None:
     """Describe a model: architecture, parameters, state size per token of context, training summary, files."""
@@ -715,15 +893,20 @@ def info(
     table.add_column("value")
     from glactl.devices import plural
 
-    table.add_row("architecture", f"{arch['mixer']}: d_model {arch['d_model']}, {plural(arch['n_layers'], 'layer')}, "
-                  f"{plural(arch['n_heads'], 'head')}, "
-                  f"context {arch['context'] if arch['context'] is not None else 'unlimited'}")
+    table.add_row(
+        "architecture",
+        f"{arch['mixer']}: d_model {arch['d_model']}, {plural(arch['n_layers'], 'layer')}, "
+        f"{plural(arch['n_heads'], 'head')}, "
+        f"context {arch['context'] if arch['context'] is not None else 'unlimited'}",
+    )
     table.add_row("parameters", f"{described['parameters']:,}")
     if state["growth"] == "constant":
         growth = f"constant: {human_bytes(state['bytes_after_100_tokens'])} whatever the context length"
     else:
-        growth = (f"growing: {state['bytes_per_token']:,.0f} bytes per token of context "
-                  f"({human_bytes(state['bytes_after_10_tokens'])} at 10 tokens, {human_bytes(state['bytes_after_100_tokens'])} at 100)")
+        growth = (
+            f"growing: {state['bytes_per_token']:,.0f} bytes per token of context "
+            f"({human_bytes(state['bytes_after_10_tokens'])} at 10 tokens, {human_bytes(state['bytes_after_100_tokens'])} at 100)"
+        )
         if state["context"] is not None:
             growth += f", up to the {state['context']}-token window"
     table.add_row("state", growth)
@@ -754,8 +937,12 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
     elif training.get("wall_time_seconds") is not None:
         done += f" in {clock(training['wall_time_seconds'])}"
     pid = training_pid(run)
-    unfinished = isinstance(planned, int) and isinstance(steps, int) and steps < planned and not (
-        budget and training.get("wall_time_seconds", 0) >= budget)
+    unfinished = (
+        isinstance(planned, int)
+        and isinstance(steps, int)
+        and steps < planned
+        and not (budget and training.get("wall_time_seconds", 0) >= budget)
+    )
     if pid is not None:
         done += f" (training in progress, pid {pid})"
     elif unfinished:
@@ -778,11 +965,15 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
         task = training["task"]
         rows.append(("task", ", ".join(f"{k} {v}" for k, v in task.items()) if isinstance(task, dict) else str(task)))
     elif training.get("data"):
-        rows.append(("validation", training.get("valid") or "each source's validation split (or the last 1% of a local file)"))
+        rows.append(
+            ("validation", training.get("valid") or "each source's validation split (or the last 1% of a local file)")
+        )
     for key, label in (("val_bits_per_byte", "val bits per byte"), ("val_loss", "val loss")):
         if isinstance(training.get(key), (int, float)):
             best = training.get(f"best_{key}")
-            rows.append((label, f"{training[key]:.4f}" + (f" (best {best:.4f})" if isinstance(best, (int, float)) else "")))
+            rows.append(
+                (label, f"{training[key]:.4f}" + (f" (best {best:.4f})" if isinstance(best, (int, float)) else ""))
+            )
     if isinstance(training.get("accuracy"), (int, float)):
         rows.append(("accuracy", f"{100 * training['accuracy']:.2f}%"))
     if training.get("seq_len") is not None:
@@ -808,15 +999,17 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
     return rows
 
 
-def _names_state_file(target: Optional[str]) -> bool:
+def _names_state_file(target: str | None) -> bool:
     """A file that is not a checkpoint's own file nor a pickle: `info` describes it as a saved state (or says why not)."""
     if not target or not Path(target).is_file():
         return False
     from glactl.saved_state import is_state_file
 
     name = Path(target).name
-    return is_state_file(target) or (name not in ("model.safetensors", "config.json")
-                                     and Path(target).suffix.lower() not in (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"))
+    return is_state_file(target) or (
+        name not in ("model.safetensors", "config.json")
+        and Path(target).suffix.lower() not in (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+    )
 
 
 def _describe_state_file(path: str, json_out: bool) -> None:
@@ -836,15 +1029,24 @@ def _describe_state_file(path: str, json_out: bool) -> None:
     table.add_column("what", style="bold")
     table.add_column("value")
     model = described["model"]
-    table.add_row("model", f"{model['mixer']}: config.json sha256 {model['config_sha256'][:16]}, "
-                  f"model.safetensors sha256 {model['weights_sha256'][:16]}")
+    table.add_row(
+        "model",
+        f"{model['mixer']}: config.json sha256 {model['config_sha256'][:16]}, "
+        f"model.safetensors sha256 {model['weights_sha256'][:16]}",
+    )
     if described["windowed"]:
-        window = "unlimited" if described["context"] is None else f"{described['context']} tokens ({described['sink_tokens']} sinks)"
+        window = (
+            "unlimited"
+            if described["context"] is None
+            else f"{described['context']} tokens ({described['sink_tokens']} sinks)"
+        )
         table.add_row("attention window", window)
-    table.add_row("bytes read", f"{described['bytes_read']:,} (after the \"\\n\" start)")
+    table.add_row("bytes read", f'{described["bytes_read"]:,} (after the "\\n" start)')
     table.add_row("text ends with", json.dumps(described["text_ends_with"], ensure_ascii=False))
     table.add_row("precision", described["precision"])
-    table.add_row("size", f"{human_bytes(described['file_bytes'])} file, {human_bytes(described['state_bytes'])} of state")
+    table.add_row(
+        "size", f"{human_bytes(described['file_bytes'])} file, {human_bytes(described['state_bytes'])} of state"
+    )
     table.add_row("format", f"version {described['format_version']}, written by glactl {described['glactl_version']}")
     Console().print(table)
 
@@ -852,35 +1054,92 @@ def _describe_state_file(path: str, json_out: bool) -> None:
 # ---- compare (issue 6) ---------------------------------------------------------------------
 @app.command()
 def compare(
-    models: str = typer.Option(..., "--models", "-m", metavar="LIST", help=f"Comma-separated architectures, e.g. gla,transformer; any of: {_ARCHITECTURES}."),
+    models: str = typer.Option(
+        ...,
+        "--models",
+        "-m",
+        metavar="LIST",
+        help=f"Comma-separated architectures, e.g. gla,transformer; any of: {_ARCHITECTURES}.",
+    ),
     data: list[str] = typer.Option([], "--data", help="Training text as for train (repeatable); default wikitext-103."),
-    valid: Optional[str] = typer.Option(None, "--valid", help="Validation text (default: each source's validation split)."),
-    preset: str = typer.Option("small", "--preset", metavar=choices("tiny", "small", "base"), help="Model size for every model."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps per model."),
-    time_budget: Optional[str] = typer.Option(None, "--time", help="Wall-clock budget per model, e.g. 10m."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training window in bytes (default 512; with --task: mqar 64, selective-copy 256, sort twice --sort-count)."),
+    valid: str | None = typer.Option(
+        None, "--valid", help="Validation text (default: each source's validation split)."
+    ),
+    preset: str = typer.Option(
+        "small", "--preset", metavar=choices("tiny", "small", "base"), help="Model size for every model."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps per model."),
+    time_budget: str | None = typer.Option(None, "--time", help="Wall-clock budget per model, e.g. 10m."),
+    seq_len: int | None = typer.Option(
+        None,
+        "--seq-len",
+        help="Training window in bytes (default 512; with --task: mqar 64, selective-copy 256, sort twice --sort-count).",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Windows per optimizer step."),
-    task: str = typer.Option("lm", "--task", metavar=choices("lm", "mqar", "selective-copy", "sort"), help="What to train and score: lm (language modelling on --data; default lm), or a synthetic probe scored by accuracy: mqar (associative recall), selective-copy, sort."),
-    pairs: Optional[int] = typer.Option(None, "--pairs", help="--task mqar: key-value pairs per sequence (default 8)."),
-    sort_count: Optional[int] = typer.Option(None, "--sort-count", help="--task sort: how many values to sort (default 100)."),
-    sort_range: Optional[int] = typer.Option(None, "--sort-range", help="--task sort: how many distinct values they are drawn from, with repeats (default 16)."),
-    short_conv: Optional[int] = typer.Option(None, "--short-conv", help=_SHORT_CONV_HELP),
-    performer_rope: Optional[bool] = typer.Option(None, "--performer-rope/--no-performer-rope", help=_PERFORMER_ROPE_HELP),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default 0)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat every run with these seeds (e.g. 0,1,2) and report mean and spread."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate for all models (default: each architecture's tuned one)."),
-    contexts: str = typer.Option("1k,8k,32k", "--contexts", help="Context lengths in bytes for the generation speed and state measurements."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: a tenth of --steps, or 100)."),
-    eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="Fixed validation windows (default 64); with --task, the size of the fixed test set (default 256)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt for the samples (a string, - or @path; default: a line of the validation text)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Output folder (default compare/<preset>-<budget>, or compare/<task>-<preset>-<budget>)."),
+    task: str = typer.Option(
+        "lm",
+        "--task",
+        metavar=choices("lm", "mqar", "selective-copy", "sort"),
+        help="What to train and score: lm (language modelling on --data; default lm), or a synthetic probe scored by accuracy: mqar (associative recall), selective-copy, sort.",
+    ),
+    pairs: int | None = typer.Option(None, "--pairs", help="--task mqar: key-value pairs per sequence (default 8)."),
+    sort_count: int | None = typer.Option(
+        None, "--sort-count", help="--task sort: how many values to sort (default 100)."
+    ),
+    sort_range: int | None = typer.Option(
+        None,
+        "--sort-range",
+        help="--task sort: how many distinct values they are drawn from, with repeats (default 16).",
+    ),
+    short_conv: int | None = typer.Option(None, "--short-conv", help=_SHORT_CONV_HELP),
+    performer_rope: bool | None = typer.Option(None, "--performer-rope/--no-performer-rope", help=_PERFORMER_ROPE_HELP),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed for every run (default 0)."),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Repeat every run with these seeds (e.g. 0,1,2) and report mean and spread."
+    ),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Peak learning rate for all models (default: each architecture's tuned one)."
+    ),
+    contexts: str = typer.Option(
+        "1k,8k,32k", "--contexts", help="Context lengths in bytes for the generation speed and state measurements."
+    ),
+    eval_every: int | None = typer.Option(
+        None, "--eval-every", help="Evaluate every N steps (default: a tenth of --steps, or 100)."
+    ),
+    eval_windows: int | None = typer.Option(
+        None,
+        "--eval-windows",
+        help="Fixed validation windows (default 64); with --task, the size of the fixed test set (default 256).",
+    ),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Prompt for the samples (a string, - or @path; default: a line of the validation text)."
+    ),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        metavar="FOLDER",
+        help="Output folder (default compare/<preset>-<budget>, or compare/<task>-<preset>-<budget>).",
+    ),
     force: bool = typer.Option(False, "--force", help="Redo runs that are already finished."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results (results.json's entries) as one JSON document."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_TRAIN_THREADS_HELP),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the results (results.json's entries) as one JSON document."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help=_TRAIN_THREADS_HELP),
     device: str = typer.Option("auto", "--device", metavar=_DEVICE_CHOICES, help=_DEVICE_HELP),
-    dtype: Optional[str] = typer.Option(None, "--dtype", metavar=_DTYPE_CHOICES, help=_DTYPE_HELP),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar=_PRECISION_CHOICES, help="Weights' format for the generation speed columns and the samples, as for generate (default auto)."),
-    compile: Optional[str] = typer.Option(None, "--compile", metavar=_COMPILE_CHOICES, help="Compiled decoding step for the generation speed columns, as for generate (default auto: for runs that trained 5 minutes or more)."),
+    dtype: str | None = typer.Option(None, "--dtype", metavar=_DTYPE_CHOICES, help=_DTYPE_HELP),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        metavar=_PRECISION_CHOICES,
+        help="Weights' format for the generation speed columns and the samples, as for generate (default auto).",
+    ),
+    compile: str | None = typer.Option(
+        None,
+        "--compile",
+        metavar=_COMPILE_CHOICES,
+        help="Compiled decoding step for the generation speed columns, as for generate (default auto: for runs that trained 5 minutes or more).",
+    ),
 ) -> None:
     """Train several architectures on the same data and budget, then compare speed, memory and bits per byte."""
     from rich.console import Console
@@ -893,14 +1152,35 @@ def compare(
     if seed is not None and seeds is not None:
         raise InputError("give --seed or --seeds, not both")
     options = CompareOptions(
-        models=parse_models(models), data=list(data), valid=valid, preset=preset, steps=steps,
-        time_budget=parse_duration(time_budget) if time_budget else None, seq_len=seq_len, batch_size=batch_size,
-        task=task, pairs=pairs, sort_count=sort_count, sort_range=sort_range, short_conv=short_conv,
+        models=parse_models(models),
+        data=list(data),
+        valid=valid,
+        preset=preset,
+        steps=steps,
+        time_budget=parse_duration(time_budget) if time_budget else None,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        task=task,
+        pairs=pairs,
+        sort_count=sort_count,
+        sort_range=sort_range,
+        short_conv=short_conv,
         performer_rope=performer_rope,
-        seeds=parse_seeds(seeds) if seeds is not None else [seed if seed is not None else 0], spread=seeds is not None,
-        lr=lr, contexts=parse_contexts(contexts), eval_every=eval_every, eval_windows=eval_windows,
-        prompt=read_prompt(prompt) if prompt is not None else None, out=out, force=force, threads=threads, device=device,
-        dtype=dtype, precision=precision or "auto", compile=compile or "auto", command_line=["glactl", *sys.argv[1:]],
+        seeds=parse_seeds(seeds) if seeds is not None else [seed if seed is not None else 0],
+        spread=seeds is not None,
+        lr=lr,
+        contexts=parse_contexts(contexts),
+        eval_every=eval_every,
+        eval_windows=eval_windows,
+        prompt=read_prompt(prompt) if prompt is not None else None,
+        out=out,
+        force=force,
+        threads=threads,
+        device=device,
+        dtype=dtype,
+        precision=precision or "auto",
+        compile=compile or "auto",
+        command_line=["glactl", *sys.argv[1:]],
     )
     entries = run_compare(options, Console(stderr=True))  # progress and logs on stderr, results on stdout
     screen = Console()
@@ -915,7 +1195,10 @@ def compare(
         header, rows, dropped = terminal_table(entries, screen.width)
         print_table(screen, "glactl compare", header, rows)
         if dropped:
-            Console(stderr=True).print(f"left out at this width: {', '.join(dropped)} (all columns in results.md, "
-                                       "or --json)", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(
+                f"left out at this width: {', '.join(dropped)} (all columns in results.md, or --json)",
+                highlight=False,
+                soft_wrap=True,
+            )
     else:
         typer.echo(markdown_table(entries))

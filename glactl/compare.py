@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from glactl.display import human_bytes  # noqa: F401 - one size convention (KiB, MiB) for every command
 from glactl.errors import InputError, RunFailure
 from glactl.models.config import OPTION_MIXERS
-from glactl.display import human_bytes  # noqa: F401 - one size convention (KiB, MiB) for every command
 
 DEFAULT_DATA = "wikitext-103"
 DEFAULT_CONTEXTS = (1024, 8192, 32768)
@@ -45,12 +45,34 @@ PROMPT_BYTES = 48
 RUN_FILE = "compare.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
-RESULT_KEYS = ("model", "task", "parameters", "train_tokens_per_second", "val_bits_per_byte", "curve",
-               "generate_tokens_per_second", "decode", "state_bytes", "sample", "config")
+RESULT_KEYS = (
+    "model",
+    "task",
+    "parameters",
+    "train_tokens_per_second",
+    "val_bits_per_byte",
+    "curve",
+    "generate_tokens_per_second",
+    "decode",
+    "state_bytes",
+    "sample",
+    "config",
+)
 SPREAD_KEYS = ("val_bits_per_byte_std", "seeds")
 # --task rows: accuracy on the task's test set; sequence_accuracy only for tasks scored per whole sequence.
-TASK_RESULT_KEYS = ("model", "task", "parameters", "train_tokens_per_second", "accuracy", "sequence_accuracy",
-                    "val_loss", "curve", "state_bytes", "task_settings", "config")
+TASK_RESULT_KEYS = (
+    "model",
+    "task",
+    "parameters",
+    "train_tokens_per_second",
+    "accuracy",
+    "sequence_accuracy",
+    "val_loss",
+    "curve",
+    "state_bytes",
+    "task_settings",
+    "config",
+)
 TASK_SPREAD_KEYS = ("accuracy_std", "seeds")
 ACCURACY_PLOT = "accuracy.png"
 
@@ -112,8 +134,10 @@ def parse_models(text: str) -> list[str]:
         raise InputError(f"--models: name at least one model; valid models: {valid}")
     unknown = [name for name in names if name not in MIXERS]
     if unknown:
-        raise InputError(f"--models: unknown model{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join(repr(n) for n in unknown)}; valid models: {valid}")
+        raise InputError(
+            f"--models: unknown model{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(n) for n in unknown)}; valid models: {valid}"
+        )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise InputError(f"--models: {', '.join(repeated)} named more than once")
@@ -173,7 +197,9 @@ def resolve_task(options: CompareOptions) -> Any:
             options.seq_len = 512
         return None
     if options.data or options.valid:
-        raise InputError(f"--data and --valid are not used with --task {options.task}: a task generates its own sequences")
+        raise InputError(
+            f"--data and --valid are not used with --task {options.task}: a task generates its own sequences"
+        )
     task = make_task(options.task, options.seq_len, **options.task_options())
     options.seq_len = task.seq_len
     return task
@@ -204,7 +230,9 @@ def check_options(options: CompareOptions) -> None:
         raise InputError("--seeds: give at least one seed")
     for name, flag in (("short_conv", "--short-conv"), ("performer_rope", "--performer-rope")):
         if getattr(options, name) is not None and not any(m in OPTION_MIXERS[name] for m in options.models):
-            raise InputError(f"{flag} applies to {', '.join(OPTION_MIXERS[name])} only, and --models names none of them")
+            raise InputError(
+                f"{flag} applies to {', '.join(OPTION_MIXERS[name])} only, and --models names none of them"
+            )
     for model in options.models:
         new_model_config(train_options(options, model, options.seeds[0]))
 
@@ -237,9 +265,13 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
         except DatasetUnavailable as e:
             if not defaulted:
                 raise
-            raise DatasetUnavailable(e.label, e.reason, f"compare trains on {DEFAULT_DATA} when no --data is given: "
-                                     "pass --data PATH (local text) or --task mqar|selective-copy|sort (synthetic, "
-                                     "no download)") from None
+            raise DatasetUnavailable(
+                e.label,
+                e.reason,
+                f"compare trains on {DEFAULT_DATA} when no --data is given: "
+                "pass --data PATH (local text) or --task mqar|selective-copy|sort (synthetic, "
+                "no download)",
+            ) from None
         finally:
             say.end_prepare()
         text = reference_text(data, max(options.contexts))
@@ -257,15 +289,24 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
             failures.append(f"{model}-seed{seed} ({e})")
             continue
         results.setdefault(model, []).append(result)
-    entries = [(summarize_task(model, results[model], options.spread, task) if task is not None
-                else summarize(model, results[model], options.spread)) for model in options.models if model in results]
+    entries = [
+        (
+            summarize_task(model, results[model], options.spread, task)
+            if task is not None
+            else summarize(model, results[model], options.spread)
+        )
+        for model in options.models
+        if model in results
+    ]
     if entries:
         write_results(out, entries, options, prompt)
         plots = f"{out / ACCURACY_PLOT}" if task is not None else f"{out / 'loss.png'} and {out / 'scaling.png'}"
         say.line(f"wrote {out / RESULTS_JSON}, {out / RESULTS_MD}, {plots}")
     if failures:
-        raise RunFailure(f"{len(failures)} of {len(runs)} runs failed: {'; '.join(failures)}; "
-                         "the others are in the results; rerun the command to retry (maybe with another --lr)")
+        raise RunFailure(
+            f"{len(failures)} of {len(runs)} runs failed: {'; '.join(failures)}; "
+            "the others are in the results; rerun the command to retry (maybe with another --lr)"
+        )
     return entries
 
 
@@ -288,8 +329,10 @@ def comparison_dtype(options: CompareOptions, say: Any) -> str | None:
         return options.dtype  # a fixed rule elsewhere (bfloat16 on GPUs that have it, else float32)
     model = LanguageModel(new_model_config(train_options(options, options.models[0], options.seeds[0])))
     name, speedup, _ = cpu_dtype_by_measurement(model, options.seq_len, options.batch_size, cache_root())
-    say.line(f"dtype auto: {name} for every model (measured on {options.models[0]}: bfloat16 autocast "
-             f"{speedup:.2f}x the speed of float32)")
+    say.line(
+        f"dtype auto: {name} for every model (measured on {options.models[0]}: bfloat16 autocast "
+        f"{speedup:.2f}x the speed of float32)"
+    )
     return name
 
 
@@ -298,15 +341,24 @@ def training_settings(options: CompareOptions, model: str, seed: int) -> dict[st
     from glactl.models.registry import default_lr
     from glactl.training import new_model_config
 
-    return {"model": model, "seed": seed, "preset": options.preset, "data": list(options.data),
-            "valid": options.valid, "seq_len": options.seq_len, "batch_size": options.batch_size,
-            "steps": options.steps, "time_budget": options.time_budget,
-            "lr": options.lr if options.lr is not None else default_lr(model),
-            "eval_every": options.eval_every, "eval_windows": options.eval_windows,
-            "task": task_settings(options),
-            # The full resolved architecture (new fields and their per-architecture defaults included):
-            # a run made with another config, or by a glactl that did not record one, is not reused.
-            "config": new_model_config(train_options(options, model, seed)).to_dict()}
+    return {
+        "model": model,
+        "seed": seed,
+        "preset": options.preset,
+        "data": list(options.data),
+        "valid": options.valid,
+        "seq_len": options.seq_len,
+        "batch_size": options.batch_size,
+        "steps": options.steps,
+        "time_budget": options.time_budget,
+        "lr": options.lr if options.lr is not None else default_lr(model),
+        "eval_every": options.eval_every,
+        "eval_windows": options.eval_windows,
+        "task": task_settings(options),
+        # The full resolved architecture (new fields and their per-architecture defaults included):
+        # a run made with another config, or by a glactl that did not record one, is not reused.
+        "config": new_model_config(train_options(options, model, seed)).to_dict(),
+    }
 
 
 def task_settings(options: CompareOptions) -> dict[str, Any]:
@@ -322,23 +374,41 @@ def measurement_settings(options: CompareOptions, prompt: bytes) -> dict[str, An
     """What a run was measured with: a change here only re-measures."""
     if options.is_task:
         return {"state_after": options.seq_len}
-    return {"contexts": list(options.contexts), "decode_steps": options.decode_steps,
-            "sample_bytes": options.sample_bytes, "prompt": prompt.decode("utf-8", errors="replace"),
-            "precision": options.precision, "compile": options.compile}
+    return {
+        "contexts": list(options.contexts),
+        "decode_steps": options.decode_steps,
+        "sample_bytes": options.sample_bytes,
+        "prompt": prompt.decode("utf-8", errors="replace"),
+        "precision": options.precision,
+        "compile": options.compile,
+    }
 
 
-def run_one(options: CompareOptions, model: str, seed: int, folder: Path, text: bytes, prompt: bytes,
-            say: Any, label: str, task: Any = None) -> dict[str, Any]:
+def run_one(
+    options: CompareOptions,
+    model: str,
+    seed: int,
+    folder: Path,
+    text: bytes,
+    prompt: bytes,
+    say: Any,
+    label: str,
+    task: Any = None,
+) -> dict[str, Any]:
     """Train (or resume, or skip) one run and measure it; returns its measurements."""
     trained_with = training_settings(options, model, seed)
     measured_with = measurement_settings(options, prompt)
     record = None if options.force else read_record(folder)
     if record is None and not options.force and _holds_run(folder):
-        raise InputError(f"{folder}: holds a run that compare did not make; pass --force to replace it or use another --out")
+        raise InputError(
+            f"{folder}: holds a run that compare did not make; pass --force to replace it or use another --out"
+        )
     if record is not None and record.get("training") != trained_with:
         changed = sorted(k for k in trained_with if record.get("training", {}).get(k) != trained_with[k])
-        raise InputError(f"{folder}: was trained with other settings ({', '.join(changed)}); "
-                         "pass --force to redo it or use another --out")
+        raise InputError(
+            f"{folder}: was trained with other settings ({', '.join(changed)}); "
+            "pass --force to redo it or use another --out"
+        )
     if record is not None and record.get("status") == "done" and record.get("measurement") == measured_with:
         say.line(f"{label}: already finished in {folder}, skipping (--force redoes it)")
         return record["result"]
@@ -356,8 +426,10 @@ def run_one(options: CompareOptions, model: str, seed: int, folder: Path, text: 
         say.line(f"{label}: measuring the state after a {options.seq_len}-byte {options.task} sequence")
         result = measure_task_run(folder, options, task)
     else:
-        say.line(f"{label}: measuring generation speed and state after "
-                 f"{', '.join(context_label(c) for c in options.contexts)} bytes of context, and a {options.sample_bytes}-byte sample")
+        say.line(
+            f"{label}: measuring generation speed and state after "
+            f"{', '.join(context_label(c) for c in options.contexts)} bytes of context, and a {options.sample_bytes}-byte sample"
+        )
         result = measure_run(folder, options, text, prompt, seed)
     write_record(folder, {**record, "status": "done", "measurement": measured_with, "result": result})
     return result
@@ -370,22 +442,40 @@ def train_run(options: CompareOptions, model: str, seed: int, folder: Path, resu
     try:
         train(train_options(options, model, seed, folder, resume), console)
     except TrainingInterrupted:
-        raise TrainingInterrupted(f"interrupted while training {model} seed {seed}; its checkpoint is saved in "
-                                  f"{folder}; rerun the same glactl compare command to continue") from None
+        raise TrainingInterrupted(
+            f"interrupted while training {model} seed {seed}; its checkpoint is saved in "
+            f"{folder}; rerun the same glactl compare command to continue"
+        ) from None
 
 
-def train_options(options: CompareOptions, model: str, seed: int, folder: Path | None = None, resume: bool = False) -> Any:
+def train_options(
+    options: CompareOptions, model: str, seed: int, folder: Path | None = None, resume: bool = False
+) -> Any:
     """The TrainOptions of one run (also what its resolved ModelConfig is derived from)."""
     from glactl.training import TrainOptions
 
     return TrainOptions(
-        data=list(options.data), valid=options.valid, model=model, preset=options.preset,
-        seq_len=options.seq_len, batch_size=options.batch_size, steps=options.steps,
-        time_budget=options.time_budget, lr=options.lr, eval_every=options.eval_every,
-        eval_windows=options.eval_windows, out=str(folder) if folder is not None else None, resume=resume,
-        force=not resume, seed=seed, device=options.device, dtype=options.dtype, threads=options.threads,
+        data=list(options.data),
+        valid=options.valid,
+        model=model,
+        preset=options.preset,
+        seq_len=options.seq_len,
+        batch_size=options.batch_size,
+        steps=options.steps,
+        time_budget=options.time_budget,
+        lr=options.lr,
+        eval_every=options.eval_every,
+        eval_windows=options.eval_windows,
+        out=str(folder) if folder is not None else None,
+        resume=resume,
+        force=not resume,
+        seed=seed,
+        device=options.device,
+        dtype=options.dtype,
+        threads=options.threads,
         command_line=options.command_line or ["glactl", "compare", "--models", model, "--seed", str(seed)],
-        task=options.task if options.is_task else None, task_options=options.task_options() or None,
+        task=options.task if options.is_task else None,
+        task_options=options.task_options() or None,
         # an architecture option reaches only the models that have it (--short-conv 0 with gla,transformer)
         short_conv=options.short_conv if model in OPTION_MIXERS["short_conv"] else None,
         performer_rope=options.performer_rope if model in OPTION_MIXERS["performer_rope"] else None,
@@ -507,8 +597,11 @@ def validation_curve(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_step = {}
     for r in records:
         if r.get("kind") == "eval" and isinstance(r.get("val_bpb"), (int, float)):
-            by_step[int(r["step"])] = {"step": int(r["step"]), "tokens": int(r["tokens"]),
-                                       "val_bits_per_byte": round(float(r["val_bpb"]), 6)}
+            by_step[int(r["step"])] = {
+                "step": int(r["step"]),
+                "tokens": int(r["tokens"]),
+                "val_bits_per_byte": round(float(r["val_bpb"]), 6),
+            }
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -517,8 +610,12 @@ def accuracy_curve(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_step = {}
     for r in records:
         if r.get("kind") == "eval" and isinstance(r.get("accuracy"), (int, float)):
-            point = {"step": int(r["step"]), "tokens": int(r["tokens"]), "val_loss": round(float(r["val_loss"]), 6),
-                     "accuracy": round(float(r["accuracy"]), 6)}
+            point = {
+                "step": int(r["step"]),
+                "tokens": int(r["tokens"]),
+                "val_loss": round(float(r["val_loss"]), 6),
+                "accuracy": round(float(r["accuracy"]), 6),
+            }
             if isinstance(r.get("sequence_accuracy"), (int, float)):
                 point["sequence_accuracy"] = round(float(r["sequence_accuracy"]), 6)
             by_step[point["step"]] = point
@@ -556,8 +653,9 @@ def measurement_compile(choice: str, records: list[dict[str, Any]]) -> str:
     return "on" if trained >= COMPILE_MIN_TRAINING_SECONDS else "off"
 
 
-def measure_generation(model: Any, text: bytes, contexts: list[int],
-                       decode_steps: int) -> tuple[dict[str, float], dict[str, int], bool]:
+def measure_generation(
+    model: Any, text: bytes, contexts: list[int], decode_steps: int
+) -> tuple[dict[str, float], dict[str, int], bool]:
     """Generation tokens/s and state bytes after each context length, and whether the step ran compiled.
 
     The context is read with the parallel form in pieces carrying the state; at each length
@@ -576,7 +674,7 @@ def measure_generation(model: Any, text: bytes, contexts: list[int],
         state, logits, done = None, None, 0
         for length in contexts:
             while done < length:
-                piece = text[done:min(length, done + PREFILL_PIECE)]
+                piece = text[done : min(length, done + PREFILL_PIECE)]
                 out, state = model(torch.tensor([list(piece)], dtype=torch.long, device=device), state)
                 logits = out[:, -1]
                 done += len(piece)
@@ -609,7 +707,9 @@ def draw_sample(model: Any, prompt: bytes, length: int, seed: int) -> str:
     """`length` bytes sampled after the prompt (temperature 0.8, the run's seed): the same draw for every model."""
     from glactl.sampling import SamplingParams, generate
 
-    stats = generate(model, prompt, max_new_tokens=length, params=SamplingParams(temperature=SAMPLE_TEMPERATURE), seed=seed)
+    stats = generate(
+        model, prompt, max_new_tokens=length, params=SamplingParams(temperature=SAMPLE_TEMPERATURE), seed=seed
+    )
     return stats.samples[0]
 
 
@@ -627,11 +727,11 @@ def default_prompt(data: Any) -> bytes:
     """The start of the first whole line of the validation text, cut at a space: the same prompt for every model."""
     head = bytes(data.valid[0].tokens[:4096])
     newline = head.find(b"\n")
-    line = head[newline + 1:] if 0 <= newline < len(head) - 1 else head
+    line = head[newline + 1 :] if 0 <= newline < len(head) - 1 else head
     line = line.split(b"\n")[0] if line.split(b"\n")[0].strip() else line.lstrip()
     piece = line[:PROMPT_BYTES]
     if len(line) > PROMPT_BYTES and b" " in piece.strip():
-        piece = piece[:piece.rstrip().rfind(b" ") + 1]
+        piece = piece[: piece.rstrip().rfind(b" ") + 1]
     prompt = piece.decode("utf-8", errors="ignore").encode("utf-8")
     return prompt if prompt.strip() else b"The "
 
@@ -648,8 +748,10 @@ def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[s
         "train_tokens_per_second": round(statistics.fmean(r["train_tokens_per_second"] for r in results), 1),
         "val_bits_per_byte": round(statistics.fmean(bpbs), 6),
         "curve": mean_curve([r["curve"] for r in results]),
-        "generate_tokens_per_second": {k: round(statistics.fmean(r["generate_tokens_per_second"][k] for r in results), 1)
-                                       for k in first["generate_tokens_per_second"]},
+        "generate_tokens_per_second": {
+            k: round(statistics.fmean(r["generate_tokens_per_second"][k] for r in results), 1)
+            for k in first["generate_tokens_per_second"]
+        },
         "decode": dict(first["decode"]),
         "state_bytes": dict(first["state_bytes"]),
         "sample": first["sample"],
@@ -657,8 +759,9 @@ def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[s
     }
     if spread:
         entry["val_bits_per_byte_std"] = round(statistics.stdev(bpbs), 6) if len(bpbs) > 1 else 0.0
-        entry["seeds"] = [{"seed": _seed_of(r), "val_bits_per_byte": r["val_bits_per_byte"], "run": r.get("run")}
-                          for r in results]
+        entry["seeds"] = [
+            {"seed": _seed_of(r), "val_bits_per_byte": r["val_bits_per_byte"], "run": r.get("run")} for r in results
+        ]
     return entry
 
 
@@ -675,18 +778,26 @@ def summarize_task(model: str, results: list[dict[str, Any]], spread: bool, task
     }
     if task.whole_sequence:
         entry["sequence_accuracy"] = round(statistics.fmean(r["sequence_accuracy"] for r in results), 6)
-    entry.update({
-        "val_loss": round(statistics.fmean(r["val_loss"] for r in results), 6),
-        "curve": mean_curve([r["curve"] for r in results]),
-        "state_bytes": dict(first["state_bytes"]),
-        "task_settings": task.settings(),
-        "config": first["config"],
-    })
+    entry.update(
+        {
+            "val_loss": round(statistics.fmean(r["val_loss"] for r in results), 6),
+            "curve": mean_curve([r["curve"] for r in results]),
+            "state_bytes": dict(first["state_bytes"]),
+            "task_settings": task.settings(),
+            "config": first["config"],
+        }
+    )
     if spread:
         entry["accuracy_std"] = round(statistics.stdev(accuracies), 6) if len(accuracies) > 1 else 0.0
-        entry["seeds"] = [{"seed": _seed_of(r), "accuracy": r["accuracy"], "run": r.get("run"),
-                           **({"sequence_accuracy": r["sequence_accuracy"]} if task.whole_sequence else {})}
-                          for r in results]
+        entry["seeds"] = [
+            {
+                "seed": _seed_of(r),
+                "accuracy": r["accuracy"],
+                "run": r.get("run"),
+                **({"sequence_accuracy": r["sequence_accuracy"]} if task.whole_sequence else {}),
+            }
+            for r in results
+        ]
     return entry
 
 
@@ -699,10 +810,14 @@ def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Point-by-point mean of several seeds' curves over the points they all have."""
     length = min(len(c) for c in curves)
     values = [k for k in curves[0][0] if k not in ("step", "tokens")] if length else []  # bpb, or a task's metrics
-    return [{"step": round(statistics.fmean(c[i]["step"] for c in curves)),
-             "tokens": round(statistics.fmean(c[i]["tokens"] for c in curves)),
-             **{k: round(statistics.fmean(c[i][k] for c in curves), 6) for k in values}}
-            for i in range(length)]
+    return [
+        {
+            "step": round(statistics.fmean(c[i]["step"] for c in curves)),
+            "tokens": round(statistics.fmean(c[i]["tokens"] for c in curves)),
+            **{k: round(statistics.fmean(c[i][k] for c in curves), 6) for k in values},
+        }
+        for i in range(length)
+    ]
 
 
 # ---- reports ----------------------------------------------------------------------------------
@@ -725,9 +840,11 @@ def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str]
 
     at = [i for i, h in enumerate(header) if "@" in h]
     longest = max((context_of(header[i]) for i in at), default=0)
-    order = sorted(at, key=lambda i: (context_of(header[i]) == longest, context_of(header[i]), header[i].startswith("state")))
+    order = sorted(
+        at, key=lambda i: (context_of(header[i]) == longest, context_of(header[i]), header[i].startswith("state"))
+    )
     shorter = [i for i in order if context_of(header[i]) != longest]
-    order = shorter + [i for i, h in enumerate(header) if h == "decode"] + order[len(shorter):]
+    order = shorter + [i for i, h in enumerate(header) if h == "decode"] + order[len(shorter) :]
     order += [i for i, h in enumerate(header) if h in ("params", "train tok/s")]
     return fit_columns(short, rows, width, order)
 
@@ -743,8 +860,16 @@ def table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header += [f"state @{context_label(int(c))}" for c in contexts]
     rows = []
     for e in entries:
-        bpb = f"{e['val_bits_per_byte']:.4f}" + (f" ± {e['val_bits_per_byte_std']:.4f}" if "val_bits_per_byte_std" in e else "")
-        row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}", bpb, decode_label(e)]
+        bpb = f"{e['val_bits_per_byte']:.4f}" + (
+            f" ± {e['val_bits_per_byte_std']:.4f}" if "val_bits_per_byte_std" in e else ""
+        )
+        row = [
+            e["model"],
+            f"{e['parameters'] / 1e6:.2f}M",
+            f"{e['train_tokens_per_second']:,.0f}",
+            bpb,
+            decode_label(e),
+        ]
         row += [f"{e['generate_tokens_per_second'][c]:,.0f}" for c in contexts]
         row += [human_bytes(e["state_bytes"][c]) for c in contexts]
         rows.append(row)
@@ -779,7 +904,10 @@ def task_table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
 
 def markdown_table(entries: list[dict[str, Any]]) -> str:
     header, rows = table(entries)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -799,14 +927,20 @@ def describe_task(options: CompareOptions) -> str:
 
     settings = task_settings(options)
     if options.task == "mqar":
-        return (f"Task mqar (multi-query associative recall, after Zoology): {settings['pairs']} key-value pairs, "
-                f"then each key queried once among filler, in {options.seq_len} bytes; the answer is the value after a queried key.")
+        return (
+            f"Task mqar (multi-query associative recall, after Zoology): {settings['pairs']} key-value pairs, "
+            f"then each key queried once among filler, in {options.seq_len} bytes; the answer is the value after a queried key."
+        )
     if options.task == "selective-copy":
-        return (f"Task selective-copy (Mamba / minGRU papers): {tasks.COPY_TOKENS} data bytes from a vocabulary of "
-                f"{len(tasks.COPY_DATA)} scattered among noise in {options.seq_len - tasks.COPY_TOKENS} bytes, then "
-                f"{tasks.COPY_TOKENS} markers at which the data bytes are output in order.")
-    return (f"Task sort: {settings['sort_count']} values drawn with repeats from {settings['sort_range']} byte values, "
-            f"a separator, then the values in sorted order (sequence length {options.seq_len}).")
+        return (
+            f"Task selective-copy (Mamba / minGRU papers): {tasks.COPY_TOKENS} data bytes from a vocabulary of "
+            f"{len(tasks.COPY_DATA)} scattered among noise in {options.seq_len - tasks.COPY_TOKENS} bytes, then "
+            f"{tasks.COPY_TOKENS} markers at which the data bytes are output in order."
+        )
+    return (
+        f"Task sort: {settings['sort_count']} values drawn with repeats from {settings['sort_range']} byte values, "
+        f"a separator, then the values in sorted order (sequence length {options.seq_len})."
+    )
 
 
 def task_markdown(entries: list[dict[str, Any]], options: CompareOptions) -> str:
@@ -816,19 +950,31 @@ def task_markdown(entries: list[dict[str, Any]], options: CompareOptions) -> str
     lr = f"{options.lr:g} for all" if options.lr is not None else "each architecture's default"
     seeds = ", ".join(str(s) for s in options.seeds)
     test = options.eval_windows if options.eval_windows is not None else tasks.TEST_SEQUENCES
-    whole = " and sequence accuracy (every answer of a sequence right)" if any("sequence_accuracy" in e for e in entries) else ""
-    return "\n".join([
-        f"# glactl compare --task {options.task}", "",
-        describe_task(options), "",
-        f"Preset {options.preset}, batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, "
-        f"seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
-        f"Accuracy is teacher-forced argmax at the answer positions of a fixed test set of {test} sequences "
-        f"(disjoint from training), at the last evaluation" + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
-        + f"{whole}; answer loss is the cross-entropy there (nats); the state is measured after one {options.seq_len}-byte "
-        "task sequence; training tokens/s leaves evaluation time out.", "",
-        markdown_table(entries), "",
-        f"![test-set accuracy against training steps]({ACCURACY_PLOT})", "",
-    ])
+    whole = (
+        " and sequence accuracy (every answer of a sequence right)"
+        if any("sequence_accuracy" in e for e in entries)
+        else ""
+    )
+    return "\n".join(
+        [
+            f"# glactl compare --task {options.task}",
+            "",
+            describe_task(options),
+            "",
+            f"Preset {options.preset}, batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, "
+            f"seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
+            f"Accuracy is teacher-forced argmax at the answer positions of a fixed test set of {test} sequences "
+            f"(disjoint from training), at the last evaluation"
+            + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
+            + f"{whole}; answer loss is the cross-entropy there (nats); the state is measured after one {options.seq_len}-byte "
+            "task sequence; training tokens/s leaves evaluation time out.",
+            "",
+            markdown_table(entries),
+            "",
+            f"![test-set accuracy against training steps]({ACCURACY_PLOT})",
+            "",
+        ]
+    )
 
 
 def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, prompt: bytes) -> str:
@@ -838,18 +984,26 @@ def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, pro
     lr = f"{options.lr:g} for all" if options.lr is not None else "each architecture's default"
     seeds = ", ".join(str(s) for s in options.seeds)
     lines = [
-        "# glactl compare", "",
+        "# glactl compare",
+        "",
         f"Data: {', '.join(options.data)}. Preset {options.preset}, sequence length {options.seq_len}, "
         f"batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
-        "Validation bits per byte is the last evaluation" + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
+        "Validation bits per byte is the last evaluation"
+        + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
         + "; training tokens/s leaves evaluation time out; generation is batch 1, greedy, after the given bytes "
         "of context read with the parallel form, with the step `glactl generate` runs (column decode: the weights' "
-        f"format, --precision {options.precision}, and whether the step ran compiled, --compile {options.compile}).", "",
-        markdown_table(entries), "",
-        "![validation bits per byte against training tokens](loss.png)", "",
-        "![state memory and generation speed against context length](scaling.png)", "",
-        f"## Samples ({options.sample_bytes} bytes, temperature {SAMPLE_TEMPERATURE}, seed {options.seeds[0]})", "",
-        f"Prompt: `{prompt.decode('utf-8', errors='replace').replace('`', chr(39))}`", "",
+        f"format, --precision {options.precision}, and whether the step ran compiled, --compile {options.compile}).",
+        "",
+        markdown_table(entries),
+        "",
+        "![validation bits per byte against training tokens](loss.png)",
+        "",
+        "![state memory and generation speed against context length](scaling.png)",
+        "",
+        f"## Samples ({options.sample_bytes} bytes, temperature {SAMPLE_TEMPERATURE}, seed {options.seeds[0]})",
+        "",
+        f"Prompt: `{prompt.decode('utf-8', errors='replace').replace('`', chr(39))}`",
+        "",
     ]
     for e in entries:
         body = prompt.decode("utf-8", errors="replace") + e["sample"]
@@ -870,4 +1024,3 @@ def write_results(out: Path, entries: list[dict[str, Any]], options: CompareOpti
     title = f"{', '.join(options.data)}; {options.preset}, {describe_budget(options)}"
     plot_loss(entries, out / "loss.png", title)
     plot_scaling(entries, out / "scaling.png", title)
-

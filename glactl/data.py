@@ -18,9 +18,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class SourceSpec:
     weight: float | None = None
 
     @classmethod
-    def parse(cls, value: str) -> "SourceSpec":
+    def parse(cls, value: str) -> SourceSpec:
         """`SOURCE` or `SOURCE@WEIGHT` (the weight a positive number)."""
         value = value.strip()
         if not value:
@@ -63,10 +64,14 @@ class SourceSpec:
             try:
                 weight = float(tail)
             except ValueError:
-                if head and not Path(value).expanduser().exists() and (Path(head).expanduser().exists() or head in WIKITEXT
-                                                                       or head.startswith("hf:")):
-                    raise InputError(f"--data {value!r}: the weight {tail!r} is not a number (SOURCE@WEIGHT, "
-                                     f"e.g. {head}@2)") from None
+                if (
+                    head
+                    and not Path(value).expanduser().exists()
+                    and (Path(head).expanduser().exists() or head in WIKITEXT or head.startswith("hf:"))
+                ):
+                    raise InputError(
+                        f"--data {value!r}: the weight {tail!r} is not a number (SOURCE@WEIGHT, e.g. {head}@2)"
+                    ) from None
                 return cls(value)  # an '@' that is part of a path
             if not head:
                 raise InputError(f"--data {value!r}: missing source before '@'")
@@ -116,8 +121,14 @@ def prepare_source(spec: str, progress: Progress | None = None, allow_binary: bo
     kind, detail = _classify(spec)
     if kind == "local":
         files = detail["files"]
-        key = _hash({"v": CACHE_VERSION, "kind": "local", "binary": allow_binary,
-                     "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]})
+        key = _hash(
+            {
+                "v": CACHE_VERSION,
+                "kind": "local",
+                "binary": allow_binary,
+                "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+            }
+        )
         writer = lambda folder: _encode_local(files, folder, progress, allow_binary)  # noqa: E731
     else:
         key = _hash({"v": CACHE_VERSION, "kind": kind, "path": detail["path"], "config": detail.get("config")})
@@ -137,8 +148,15 @@ def prepare_source(spec: str, progress: Progress | None = None, allow_binary: bo
     staging.mkdir(parents=True)
     try:
         splits, hashes, stats = writer(staging)
-        meta = {"cache_version": CACHE_VERSION, "source": spec, "kind": kind, "splits": splits,
-                "sha256": hashes, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **stats}
+        meta = {
+            "cache_version": CACHE_VERSION,
+            "source": spec,
+            "kind": kind,
+            "splits": splits,
+            "sha256": hashes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **stats,
+        }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -169,7 +187,11 @@ def _classify(spec: str) -> tuple[str, dict[str, Any]]:
         repo, _, config = rest.partition(":")
         if not repo:
             raise InputError(f"--data {spec!r}: expected hf:REPO[:CONFIG]")
-        return "hf", {"path": repo, "config": config or None, "label": repo.replace("/", "-") + (f"-{config}" if config else "")}
+        return "hf", {
+            "path": repo,
+            "config": config or None,
+            "label": repo.replace("/", "-") + (f"-{config}" if config else ""),
+        }
     path = Path(spec).expanduser()
     if not path.exists() and ":" in spec:
         base, _, config = spec.rpartition(":")
@@ -192,13 +214,18 @@ def local_files(spec: str) -> list[Path]:
     if path.is_file():
         return [path.resolve()]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                       and (p.suffix.lower() in TEXT_SUFFIXES or not p.suffix))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in TEXT_SUFFIXES or not p.suffix)
+        )
         if not files:
             raise InputError(f"--data {spec}: the folder holds no text files (.txt, .gz, ...)")
         return [p.resolve() for p in files]
     if any(c in spec for c in "*?["):
-        files = sorted(Path(p).resolve() for p in globlib.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        files = sorted(
+            Path(p).resolve() for p in globlib.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file()
+        )
         if not files:
             raise InputError(f"--data {spec}: the pattern matches no files")
         return files
@@ -240,7 +267,9 @@ def _open_bytes(path: Path) -> Any:
     return open(path, "rb")
 
 
-def _encode_local(files: list[Path], folder: Path, progress: Progress | None, allow_binary: bool) -> tuple[dict, dict, dict]:
+def _encode_local(
+    files: list[Path], folder: Path, progress: Progress | None, allow_binary: bool
+) -> tuple[dict, dict, dict]:
     """Copy local text files (gz decompressed) into train.bin, checking that they are text."""
     total = sum(f.stat().st_size for f in files)
     writer = _SplitWriter(folder / "train.bin")
@@ -269,7 +298,8 @@ def _encode_local(files: list[Path], folder: Path, progress: Progress | None, al
             if counter.binary_fraction > BINARY_LIMIT and not allow_binary:
                 raise InputError(
                     f"--data {path}: looks binary ({100 * counter.binary_fraction:.0f}% of bytes are NUL or not UTF-8); "
-                    "pass --allow-binary to train on it anyway")
+                    "pass --allow-binary to train on it anyway"
+                )
             if len(files) > 1 and last != b"\n":
                 writer.write(b"\n")
     finally:
@@ -291,8 +321,10 @@ def _refuse_binary_start(path: Path, f: Any, allow_binary: bool) -> None:
     if len(head) < SNIFF_BYTES:
         counter.finish()
     if counter.binary_fraction > BINARY_LIMIT:
-        raise InputError(f"--data {path}: looks binary ({100 * counter.binary_fraction:.0f}% of its first bytes are NUL "
-                         "or not UTF-8); pass --allow-binary to train on it anyway")
+        raise InputError(
+            f"--data {path}: looks binary ({100 * counter.binary_fraction:.0f}% of its first bytes are NUL "
+            "or not UTF-8); pass --allow-binary to train on it anyway"
+        )
 
 
 class _TextCounter:
@@ -393,12 +425,18 @@ def _load_hf(path: str, config: str | None, spec: str) -> Any:
         message = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         if "config" in message.lower():
             raise InputError(f"--data {label}: {message}") from None
-        raise InputError(f"--data {label}: cannot load the dataset ({message}); use --data PATH to train on local text") from None
+        raise InputError(
+            f"--data {label}: cannot load the dataset ({message}); use --data PATH to train on local text"
+        ) from None
     except Exception as e:  # noqa: BLE001 - datasets raises many types for missing network/cache
         if not remote:
             detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             raise InputError(f"--data {label}: cannot load the dataset ({type(e).__name__}: {detail})") from None
-        why = "no network (offline mode) and not in the datasets cache" if offline else "not reachable and not in the datasets cache"
+        why = (
+            "no network (offline mode) and not in the datasets cache"
+            if offline
+            else "not reachable and not in the datasets cache"
+        )
         raise DatasetUnavailable(label, why) from None
 
 
@@ -416,12 +454,14 @@ def _encode_hf(detail: dict[str, Any], folder: Path, progress: Progress | None) 
             continue
         part = dataset[split]
         if "text" not in part.column_names:
-            raise InputError(f"--data {detail['label']}: split {split!r} has no 'text' column (columns: {', '.join(part.column_names)})")
+            raise InputError(
+                f"--data {detail['label']}: split {split!r} has no 'text' column (columns: {', '.join(part.column_names)})"
+            )
         writer = _SplitWriter(folder / f"{name}.bin")
         try:
             n = len(part)
             for start in range(0, n, 10_000):
-                rows = part[start:start + 10_000]["text"]
+                rows = part[start : start + 10_000]["text"]
                 writer.write(b"".join(join_rows(rows)))
                 if progress:
                     progress(f"encoding {detail['label']} {name}", min(start + 10_000, n), n)
@@ -471,8 +511,10 @@ class WindowSampler:
         window = self.seq_len + 1
         for stream in self.streams:
             if len(stream) < window:
-                raise InputError(f"--data {stream.label}: {len(stream)} training bytes, shorter than one window "
-                                 f"of {window} (--seq-len {self.seq_len} + 1)")
+                raise InputError(
+                    f"--data {stream.label}: {len(stream)} training bytes, shorter than one window "
+                    f"of {window} (--seq-len {self.seq_len} + 1)"
+                )
         total = sum(self.weights)
         self._probs = torch.tensor([w / total for w in self.weights], dtype=torch.float64)
 
@@ -501,7 +543,7 @@ class WindowSampler:
 
 
 def _gather(streams: list[Stream], chosen: list[tuple[int, int]], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = np.stack([np.asarray(streams[s].tokens[o:o + seq_len + 1]) for s, o in chosen])
+    rows = np.stack([np.asarray(streams[s].tokens[o : o + seq_len + 1]) for s, o in chosen])
     data = torch.from_numpy(rows.astype(np.int64))
     return data[:, :-1], data[:, 1:]
 
@@ -512,7 +554,9 @@ def fixed_windows(streams: list[Stream], weights: list[float], count: int, seq_l
     usable = [i for i, s in enumerate(streams) if len(s) >= window]
     if not usable:
         longest = max(len(s) for s in streams) if streams else 0
-        raise InputError(f"validation data has {longest} bytes, shorter than one window of {window} (--seq-len {seq_len} + 1)")
+        raise InputError(
+            f"validation data has {longest} bytes, shorter than one window of {window} (--seq-len {seq_len} + 1)"
+        )
     total = sum(weights[i] for i in usable)
     shares = {i: max(1, round(count * weights[i] / total)) for i in usable}
     out = []
@@ -524,10 +568,12 @@ def fixed_windows(streams: list[Stream], weights: list[float], count: int, seq_l
     return out
 
 
-def eval_batches(streams: list[Stream], chosen: list[tuple[int, int]], seq_len: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    streams: list[Stream], chosen: list[tuple[int, int]], seq_len: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of fixed evaluation windows."""
     for start in range(0, len(chosen), batch_size):
-        yield _gather(streams, chosen[start:start + batch_size], seq_len)
+        yield _gather(streams, chosen[start : start + batch_size], seq_len)
 
 
 # ---- the training data of a run --------------------------------------------------------
@@ -552,7 +598,7 @@ class TrainingData:
         for stream in self.valid:
             valid.update(len(stream).to_bytes(8, "little"))
             for start in range(0, len(stream), CHUNK_BYTES):
-                valid.update(np.asarray(stream.tokens[start:start + CHUNK_BYTES]).tobytes())
+                valid.update(np.asarray(stream.tokens[start : start + CHUNK_BYTES]).tobytes())
         return {"train": {s["source"]: s.get("sha256") for s in self.sources}, "valid": valid.hexdigest()[:16]}
 
 
@@ -575,27 +621,40 @@ def load_training_data(
     messages: list[str] = []
     for spec in specs:
         prepared = prepare_source(spec.text, progress, allow_binary)
-        messages.append(f"{'reusing' if prepared.reused else 'encoded'} {spec.text} "
-                        f"({_human(sum(prepared.splits.values()))} in {prepared.folder})")
+        messages.append(
+            f"{'reusing' if prepared.reused else 'encoded'} {spec.text} "
+            f"({_human(sum(prepared.splits.values()))} in {prepared.folder})"
+        )
         splits = prepared.splits
         if not splits.get("train"):
-            raise InputError(f"--data {spec.text}: no train split (it has: {', '.join(s for s, n in splits.items() if n) or 'nothing'})")
+            raise InputError(
+                f"--data {spec.text}: no train split (it has: {', '.join(s for s, n in splits.items() if n) or 'nothing'})"
+            )
         tokens = prepared.array("train")
         if valid is None and (prepared.meta["kind"] == "local" or not splits.get("validation")):
             n = len(tokens)
             n_valid = max(math.ceil(n * VALID_FRACTION), window)
             if n - n_valid < window:
-                raise InputError(f"--data {spec.text}: {n} bytes, too short to split into training and validation "
-                                 f"windows of {window} bytes (--seq-len {seq_len} + 1); use a longer text or --valid FILE")
+                raise InputError(
+                    f"--data {spec.text}: {n} bytes, too short to split into training and validation "
+                    f"windows of {window} bytes (--seq-len {seq_len} + 1); use a longer text or --valid FILE"
+                )
             train.append(Stream(spec.text, tokens[: n - n_valid]))
-            valid_streams.append(Stream(f"{spec.text} (last {n_valid} bytes)", tokens[n - n_valid:]))
+            valid_streams.append(Stream(f"{spec.text} (last {n_valid} bytes)", tokens[n - n_valid :]))
         else:
             train.append(Stream(spec.text, tokens))
             if valid is None and splits.get("validation"):
                 valid_streams.append(Stream(f"{spec.text} validation", prepared.array("validation")))
         weights.append(spec.weight)
-        sources.append({"source": spec.text, "weight": spec.weight, "train_bytes": len(train[-1]),
-                        "sha256": prepared.meta["sha256"].get("train"), "cache": str(prepared.folder)})
+        sources.append(
+            {
+                "source": spec.text,
+                "weight": spec.weight,
+                "train_bytes": len(train[-1]),
+                "sha256": prepared.meta["sha256"].get("train"),
+                "cache": str(prepared.folder),
+            }
+        )
     valid_weights: list[float] = [1.0] * len(valid_streams)
     if valid is not None:
         prepared = prepare_source(valid, progress, allow_binary)
@@ -609,8 +668,10 @@ def load_training_data(
         raise InputError("no validation data: the sources have no validation split; pass --valid FILE")
     for stream in valid_streams:
         if len(stream) < window:
-            raise InputError(f"validation data {stream.label}: {len(stream)} bytes, shorter than one window of {window} "
-                             f"(--seq-len {seq_len} + 1)")
+            raise InputError(
+                f"validation data {stream.label}: {len(stream)} bytes, shorter than one window of {window} "
+                f"(--seq-len {seq_len} + 1)"
+            )
     resolved = [float(w) if w is not None else float(len(s)) for w, s in zip(weights, train)]
     if any(w is not None for w in weights) and any(w is None for w in weights):
         # Mixed explicit and implicit weights: implicit ones are their share of the total size.

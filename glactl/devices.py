@@ -31,7 +31,9 @@ def select_device(name: str = "auto") -> torch.device:
     if base == "auto":
         return torch.device("cuda" if "cuda" in available else "mps" if "mps" in available else "cpu")
     if base not in available:
-        raise InputError(f"--device {name}: not available on this machine; valid choices here: auto, {', '.join(available)}")
+        raise InputError(
+            f"--device {name}: not available on this machine; valid choices here: auto, {', '.join(available)}"
+        )
     return torch.device(name)
 
 
@@ -95,11 +97,19 @@ def select_precision(name: str, device: torch.device) -> Precision:
         return Precision("float32", None, False)
     if name == "bfloat16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return Precision("float16", torch.float16, True, "--dtype bfloat16: this GPU does not support bfloat16; "
-                             "using float16 with loss scaling instead")
+            return Precision(
+                "float16",
+                torch.float16,
+                True,
+                "--dtype bfloat16: this GPU does not support bfloat16; using float16 with loss scaling instead",
+            )
         if device.type == "cpu" and not cpu_supports_bf16():
-            return Precision("float32", None, False, "--dtype bfloat16: this CPU has no native bfloat16 (AVX512-BF16/AMX); "
-                             "using float32 instead")
+            return Precision(
+                "float32",
+                None,
+                False,
+                "--dtype bfloat16: this CPU has no native bfloat16 (AVX512-BF16/AMX); using float32 instead",
+            )
         return Precision("bfloat16", torch.bfloat16, False)
     if device.type == "cpu":
         raise InputError("--dtype float16: not supported for training on CPU; use bfloat16, float32 or auto")
@@ -116,7 +126,9 @@ CALIBRATION_FILE = "dtype-calibration.json"
 CALIBRATION_PASSES = 2  # timed passes per dtype, after one untimed pass each
 
 
-def cpu_dtype_by_measurement(model: torch.nn.Module, seq_len: int, batch_size: int, cache: "os.PathLike[str] | None" = None) -> tuple[str, float, bool]:
+def cpu_dtype_by_measurement(
+    model: torch.nn.Module, seq_len: int, batch_size: int, cache: os.PathLike[str] | None = None
+) -> tuple[str, float, bool]:
     """(dtype name, bfloat16's speed-up over float32, whether the answer came from the cache) for training on this CPU."""
     import copy
     import json
@@ -125,7 +137,9 @@ def cpu_dtype_by_measurement(model: torch.nn.Module, seq_len: int, batch_size: i
     config = getattr(model, "config", None)
     shape = config.to_dict() if hasattr(config, "to_dict") else repr(model)[:200]
     batch = max(1, min(batch_size, 4))
-    key = json.dumps([_cpu_name(), torch.__version__, torch.get_num_threads(), shape, seq_len, batch], sort_keys=True, default=str)
+    key = json.dumps(
+        [_cpu_name(), torch.__version__, torch.get_num_threads(), shape, seq_len, batch], sort_keys=True, default=str
+    )
     path = Path(cache) / CALIBRATION_FILE if cache is not None else None
     known: dict[str, Any] = {}
     if path is not None:
@@ -156,8 +170,11 @@ def cpu_dtype_by_measurement(model: torch.nn.Module, seq_len: int, batch_size: i
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            known[key] = {"bfloat16_speedup": round(speedup, 3), "float32_seconds": min(times["float32"]),
-                          "bfloat16_seconds": min(times["bfloat16"])}
+            known[key] = {
+                "bfloat16_speedup": round(speedup, 3),
+                "float32_seconds": min(times["float32"]),
+                "bfloat16_seconds": min(times["bfloat16"]),
+            }
             temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             temporary.write_text(json.dumps(known, indent=1))
             os.replace(temporary, path)
@@ -296,11 +313,14 @@ def select_kernels(name: str | None, device: torch.device) -> str:
         raise InputError(f"--kernels {name!r}: choose one of {', '.join(KERNEL_CHOICES)}")
     if name == "fla":
         if device.type != "cuda":
-            raise InputError(f"--kernels fla: flash-linear-attention runs on CUDA only, not on {device.type}; "
-                             "use --kernels torch")
+            raise InputError(
+                f"--kernels fla: flash-linear-attention runs on CUDA only, not on {device.type}; use --kernels torch"
+            )
         if not fla_available():
-            raise InputError("--kernels fla: the fla package is not installed or does not import "
-                             "(pip install flash-linear-attention); use --kernels torch")
+            raise InputError(
+                "--kernels fla: the fla package is not installed or does not import "
+                "(pip install flash-linear-attention); use --kernels torch"
+            )
     return name
 
 

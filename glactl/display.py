@@ -7,8 +7,9 @@ and says so; the full data stays in `--json` and the files a command writes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -35,8 +36,9 @@ def table_width(header: Sequence[str], rows: Sequence[Sequence[str]]) -> int:
     return sum(widths) + 3 * len(widths) + 1
 
 
-def fit_columns(header: list[str], rows: list[list[str]], width: int, drop_order: Sequence[int],
-                flexible: int | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+def fit_columns(
+    header: list[str], rows: list[list[str]], width: int, drop_order: Sequence[int], flexible: int | None = None
+) -> tuple[list[str], list[list[str]], list[str]]:
     """Leave out whole columns, in `drop_order`, until the table fits `width`; returns what is left and the dropped names.
 
     `flexible` is a column that may wrap (a file name): it counts with at most 20 characters.
@@ -62,8 +64,14 @@ def fit_columns(header: list[str], rows: list[list[str]], width: int, drop_order
     return [header[i] for i in keep], [[row[i] for i in keep] for row in rows], dropped
 
 
-def print_table(console: Any, title: str, header: list[str], rows: list[list[str]], left: Sequence[int] = (0,),
-                flexible: int | None = None) -> None:
+def print_table(
+    console: Any,
+    title: str,
+    header: list[str],
+    rows: list[list[str]],
+    left: Sequence[int] = (0,),
+    flexible: int | None = None,
+) -> None:
     """A rich table whose number cells never wrap or get cut (`flexible` may fold, e.g. a path)."""
     from rich.table import Table
 

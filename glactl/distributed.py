@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ class Distributed:
     owns_group: bool = False  # whether start() created the process group (and close() should end it)
 
     @classmethod
-    def from_env(cls) -> "Distributed":
+    def from_env(cls) -> Distributed:
         """Read RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them (absent: one process)."""
         world = _env_int("WORLD_SIZE", 1)
         rank = _env_int("RANK", 0)
@@ -75,8 +76,10 @@ class Distributed:
         if device.type == "cuda":
             count = torch.cuda.device_count()
             if self.local_rank >= count:
-                raise InputError(f"LOCAL_RANK {self.local_rank} but only {count} CUDA device(s) here: "
-                                 f"use --nproc-per-node {count} or fewer")
+                raise InputError(
+                    f"LOCAL_RANK {self.local_rank} but only {count} CUDA device(s) here: "
+                    f"use --nproc-per-node {count} or fewer"
+                )
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
             backend = "nccl"
@@ -167,4 +170,4 @@ class Distributed:
 
     def shard(self, items: list[Any]) -> list[Any]:
         """This rank's share of a list: items rank, rank + world, ..."""
-        return items[self.rank::self.world]
+        return items[self.rank :: self.world]

@@ -12,10 +12,11 @@ import codecs
 import math
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
 
 import torch
 
@@ -26,8 +27,14 @@ from glactl.sampling import check_positive
 
 DEFAULT_WINDOW = 4096
 METRIC_KEYS = (
-    "bits_per_byte", "bits_per_char", "byte_perplexity", "word_perplexity",
-    "bytes", "chars", "words", "tokens_per_second",
+    "bits_per_byte",
+    "bits_per_char",
+    "byte_perplexity",
+    "word_perplexity",
+    "bytes",
+    "chars",
+    "words",
+    "tokens_per_second",
 )
 _WHITESPACE_RUN = re.compile(r"\s+")
 LN2 = math.log(2.0)
@@ -80,10 +87,14 @@ class Score:
     notes: list[str] = field(default_factory=list)
     final: Reading | None = None  # the reading after the whole text (keep_state=True; a State through glactl.api)
 
-    def __add__(self, other: "Score") -> "Score":
+    def __add__(self, other: Score) -> Score:
         return Score(
-            self.loglik + other.loglik, self.bytes + other.bytes, self.chars + other.chars,
-            self.words + other.words, self.seconds + other.seconds, self.valid_utf8 and other.valid_utf8,
+            self.loglik + other.loglik,
+            self.bytes + other.bytes,
+            self.chars + other.chars,
+            self.words + other.words,
+            self.seconds + other.seconds,
+            self.valid_utf8 and other.valid_utf8,
         )
 
     def metrics(self) -> dict[str, float | int]:
@@ -174,7 +185,9 @@ def score_windows(
                 progress(len(piece))
     counter.feed(b"", final=True)
     if keep_state and score.bytes:  # the state lags one byte behind the text: read the last byte too
-        before = Reading(state, logits[-1], (start_reading.bytes_read if start_reading else 0) + score.bytes - 1, tail[:-1])
+        before = Reading(
+            state, logits[-1], (start_reading.bytes_read if start_reading else 0) + score.bytes - 1, tail[:-1]
+        )
         score.final = read(model, previous, before)
     score.seconds = time.perf_counter() - start
     score.chars, score.words, score.valid_utf8 = counter.chars, counter.words, counter.valid_utf8
@@ -189,8 +202,13 @@ def log_likelihood(model: torch.nn.Module, data: bytes, window: int = DEFAULT_WI
     return score_windows(model, bytes_windows(data, window)).loglik
 
 
-def score_bytes(model: torch.nn.Module, data: bytes, window: int = DEFAULT_WINDOW,
-                start_reading: Reading | None = None, keep_state: bool = False) -> Score:
+def score_bytes(
+    model: torch.nn.Module,
+    data: bytes,
+    window: int = DEFAULT_WINDOW,
+    start_reading: Reading | None = None,
+    keep_state: bool = False,
+) -> Score:
     """Score an in-memory byte string (after `start_reading` if given; see score_windows)."""
     check_positive("--window", window)
     if not data:
@@ -263,7 +281,11 @@ def score_split(
     keep_state: bool = False,
 ) -> Score:
     """Score a split of a `--data` source (encoded once into the cache, then streamed from its memmap)."""
-    from glactl.data import SPLITS, DatasetUnavailable, prepare_source  # local import: the data layer loads only when asked
+    from glactl.data import (  # local import: the data layer loads only when asked
+        SPLITS,
+        DatasetUnavailable,
+        prepare_source,
+    )
 
     check_positive("--window", window)
     if split not in SPLITS:

@@ -31,8 +31,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -40,7 +41,11 @@ import torch.nn.functional as F
 
 from glactl.errors import InputError
 from glactl.ops.int8_rows import (
-    ROW_WEIGHT_MAX, int8_row_codes, int8_rows_available, int8_rows_matmul, pack_int8_rows,
+    ROW_WEIGHT_MAX,
+    int8_row_codes,
+    int8_rows_available,
+    int8_rows_matmul,
+    pack_int8_rows,
 )
 
 PRECISION_CHOICES = ("auto", "float32", "bfloat16", "int8")
@@ -88,7 +93,9 @@ def resolve_precision(name: str | None, device: torch.device) -> str:
     if name == "auto":
         return "int8" if int8_kernel_vectorized(device) else "float32"
     if name == "bfloat16" and not native_bf16(device):
-        note(f"--precision bfloat16: no native bfloat16 on this {device.type} (AVX512-BF16/AMX or a bf16 GPU); using float32")
+        note(
+            f"--precision bfloat16: no native bfloat16 on this {device.type} (AVX512-BF16/AMX or a bf16 GPU); using float32"
+        )
         return "float32"
     if name == "int8" and (device.type != "cpu" or not int8_available()):
         note(f"--precision int8: torch's int8 weight-only matmul is not available on {device.type} here; using float32")
@@ -146,7 +153,11 @@ class Int8Linear(nn.Module):
             dense = flat.to(torch.bfloat16, memory_format=torch.contiguous_format, copy=True)
             scale = self.scale if self.kernel_scale is None else self.kernel_scale
             y = torch.ops.aten._weight_int8pack_mm(dense, self.weight, scale)
-        elif self.int8_rows and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()) and self._pack_rows():
+        elif (
+            self.int8_rows
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+            and self._pack_rows()
+        ):
             y = int8_rows_matmul(flat.float(), self._rows_weight)
         else:
             # many rows (a perplexity window): dequantize once per call, one GEMM (bfloat16 where native)
@@ -169,7 +180,9 @@ class BFloat16Linear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
@@ -208,8 +221,11 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     if precision == "float32" and device.type != "cpu":
         return model
     native, kernel, rows = native_bf16(device), int8_kernel_vectorized(device), int8_rows_available(device)
-    copies: dict[str, Callable[[nn.Linear], nn.Module]] = {"float32": TransposedLinear, "bfloat16": BFloat16Linear,
-                                                           "int8": lambda child: Int8Linear(child, kernel, native, rows)}
+    copies: dict[str, Callable[[nn.Linear], nn.Module]] = {
+        "float32": TransposedLinear,
+        "bfloat16": BFloat16Linear,
+        "int8": lambda child: Int8Linear(child, kernel, native, rows),
+    }
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
@@ -230,8 +246,10 @@ def should_compile(model: nn.Module, batch: int, steps: int) -> bool:
         return False
     if model.config.mixer not in COMPILED_MIXERS or next(model.parameters()).device.type != "cpu":
         if choice == "on":
-            note(f"--compile on: the {model.config.mixer} step on {next(model.parameters()).device.type} stays eager "
-                 f"(compiled: {', '.join(COMPILED_MIXERS)} on CPU)")
+            note(
+                f"--compile on: the {model.config.mixer} step on {next(model.parameters()).device.type} stays eager "
+                f"(compiled: {', '.join(COMPILED_MIXERS)} on CPU)"
+            )
         return False
     if choice == "on" or steps >= COMPILE_MIN_STEPS:
         return True
@@ -311,7 +329,9 @@ class CompiledStep:
         except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, a backend bug: eager still works
             self.model._compile_failed = True
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-            note(f"compiling the decode step failed ({type(e).__name__}{': ' + reason if reason else ''}); running eager")
+            note(
+                f"compiling the decode step failed ({type(e).__name__}{': ' + reason if reason else ''}); running eager"
+            )
             return self.model.step(tokens, state)
 
 
@@ -336,9 +356,16 @@ def package_path(model: nn.Module, batch: int) -> Path:
 
     # inductor writes the thread count into every parallel loop it generates: a package built for 1 thread
     # never uses a second one, and one built for 2 would run 2 under --threads 1, so the count is in the key
-    about = {"config": model.config.to_dict(), "precision": getattr(model, "precision", "float32"), "batch": batch,
-             "torch": torch.__version__, "glactl": __version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-             "threads": torch.get_num_threads(), "weights": weights_digest(model)}
+    about = {
+        "config": model.config.to_dict(),
+        "precision": getattr(model, "precision", "float32"),
+        "batch": batch,
+        "torch": torch.__version__,
+        "glactl": __version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "weights": weights_digest(model),
+    }
     digest = hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()
     return cache_root() / "aoti" / f"step-{digest[:32]}.pt2"
 

@@ -59,14 +59,23 @@ def resolve_model(path_or_name: str | Path | None) -> Path:
     if found is not None:
         return found
     shipped = shipped_names()
-    loadable = "; ".join(filter(None, [f"shipped: {', '.join(shipped)}" if shipped else "",
-                                       f"runs: {', '.join(str(r) for r in local_runs())}" if local_runs() else ""]))
+    loadable = "; ".join(
+        filter(
+            None,
+            [
+                f"shipped: {', '.join(shipped)}" if shipped else "",
+                f"runs: {', '.join(str(r) for r in local_runs())}" if local_runs() else "",
+            ],
+        )
+    )
     from glactl.models.registry import MIXERS
 
     if str(path_or_name) in MIXERS:
-        raise InputError(f"{path_or_name} is an architecture (what train --model takes), not a trained model; "
-                         f"--model here loads weights: a run folder, checkpoint folder or shipped name"
-                         + (f" ({loadable})" if loadable else " (none found: train one with glactl train)"))
+        raise InputError(
+            f"{path_or_name} is an architecture (what train --model takes), not a trained model; "
+            f"--model here loads weights: a run folder, checkpoint folder or shipped name"
+            + (f" ({loadable})" if loadable else " (none found: train one with glactl train)")
+        )
     hint = f" ({loadable})" if loadable else ""
     raise InputError(f"{path_or_name}: no such run or checkpoint folder; pass a folder or a shipped name{hint}")
 
@@ -74,7 +83,9 @@ def resolve_model(path_or_name: str | Path | None) -> Path:
 def local_runs(root: Path = Path("runs"), limit: int = 8) -> list[Path]:
     """Run folders under ./runs that hold a checkpoint, newest first (at most `limit`)."""
     try:
-        runs = [p for p in root.iterdir() if (p / "checkpoint" / "config.json").is_file() or (p / "config.json").is_file()]
+        runs = [
+            p for p in root.iterdir() if (p / "checkpoint" / "config.json").is_file() or (p / "config.json").is_file()
+        ]
     except OSError:
         return []
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]

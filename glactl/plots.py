@@ -38,7 +38,9 @@ def _plain_log_labels(axis: Any) -> None:
     axis.yaxis.set_minor_formatter(plain if low > 0 and high / low < 10 else NullFormatter())
 
 
-def _finish(figure: Any, axis: Any, path: Path, xlabel: str, ylabel: str, heading: str, title: str, legend: str) -> None:
+def _finish(
+    figure: Any, axis: Any, path: Path, xlabel: str, ylabel: str, heading: str, title: str, legend: str
+) -> None:
     """Labels, title (with the comparison's settings under it), grid and legend of a one-axis curve plot; saves it."""
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
@@ -62,8 +64,16 @@ def plot_loss(entries: list[dict[str, Any]], path: Path, title: str = "") -> Non
         low, high = min(finals), max(finals)
         margin = max(0.05, 0.08 * (high - low))
         axis.set_ylim(low - margin, high + margin)
-    _finish(figure, axis, path, "training tokens (bytes)", "validation bits per byte",
-            "Validation bits per byte", title, "model (final bpb)")
+    _finish(
+        figure,
+        axis,
+        path,
+        "training tokens (bytes)",
+        "validation bits per byte",
+        "Validation bits per byte",
+        title,
+        "model (final bpb)",
+    )
 
 
 def plot_accuracy(entries: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -71,11 +81,23 @@ def plot_accuracy(entries: list[dict[str, Any]], path: Path, title: str = "") ->
     figure, (axis,) = _figure(7.5, 4.8)
     for i, entry in enumerate(entries):
         points = entry["curve"]
-        axis.plot([p["step"] for p in points], [p["accuracy"] for p in points],
-                  label=f"{entry['model']} ({entry['accuracy']:.3f})", **_style(i))
+        axis.plot(
+            [p["step"] for p in points],
+            [p["accuracy"] for p in points],
+            label=f"{entry['model']} ({entry['accuracy']:.3f})",
+            **_style(i),
+        )
     axis.set_ylim(-0.02, 1.02)
-    _finish(figure, axis, path, "training steps", "test-set accuracy at the answers", "Accuracy", title,
-            "model (final accuracy)")
+    _finish(
+        figure,
+        axis,
+        path,
+        "training steps",
+        "test-set accuracy at the answers",
+        "Accuracy",
+        title,
+        "model (final accuracy)",
+    )
 
 
 def plot_scaling(entries: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -87,8 +109,12 @@ def plot_scaling(entries: list[dict[str, Any]], path: Path, title: str = "") -> 
     for i, entry in enumerate(entries):
         contexts = sorted(int(c) for c in entry["state_bytes"])
         ticks.update(contexts)
-        memory.plot(contexts, [entry["state_bytes"][str(c)] / 1024 for c in contexts], label=entry["model"], **_style(i))
-        speed.plot(contexts, [entry["generate_tokens_per_second"][str(c)] for c in contexts], label=entry["model"], **_style(i))
+        memory.plot(
+            contexts, [entry["state_bytes"][str(c)] / 1024 for c in contexts], label=entry["model"], **_style(i)
+        )
+        speed.plot(
+            contexts, [entry["generate_tokens_per_second"][str(c)] for c in contexts], label=entry["model"], **_style(i)
+        )
     for axis, label in ((memory, "state memory (KiB)"), (speed, "generation tokens/s (batch 1)")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")

@@ -56,8 +56,12 @@ def read(model: torch.nn.Module, data: bytes, start: Reading | None = None, wind
             logits, state = model(piece[None], state)
     assert logits is not None  # feed holds at least START
     previous = start.tail if start is not None else b""
-    return Reading(state, next_logits(logits[0, -1]), (start.bytes_read if start else 0) + len(data),
-                   (previous + feed)[-TAIL_BYTES:])
+    return Reading(
+        state,
+        next_logits(logits[0, -1]),
+        (start.bytes_read if start else 0) + len(data),
+        (previous + feed)[-TAIL_BYTES:],
+    )
 
 
 def extend_tail(tail: bytes, data: bytes) -> bytes:

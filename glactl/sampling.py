@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     repetition_window: int = REPETITION_WINDOW
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         """InputError (one line) for values no sampler accepts."""
         if not _finite(self.temperature) or self.temperature < 0:
             raise InputError(f"--temperature must be >= 0 (0 means greedy), got {self.temperature}")
@@ -114,7 +114,10 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, recent: torch.T
 
 
 def next_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None, recent: torch.Tensor | None = None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    recent: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One byte per row [B]: argmax when temperature is 0, otherwise a draw from the processed distribution."""
     processed = process_logits(logits, params, recent)
@@ -300,7 +303,13 @@ class Generation:
             use_recent = recent if params.repetition_penalty != 1.0 else None
             tokens = next_tokens(logits, params, generator, use_recent)
             if self._live is not None:  # sampled, not yet read: one tuple store, so a Ctrl-C never sees half of it
-                self._live = (state, logits, tokens, self._live[3] + 1, extend_tail(self._live[4], bytes(tokens.tolist())))
+                self._live = (
+                    state,
+                    logits,
+                    tokens,
+                    self._live[3] + 1,
+                    extend_tail(self._live[4], bytes(tokens.tolist())),
+                )
             recent[:, slot] = tokens
             slot = (slot + 1) % window
             self.stats.tokens += len(active)
@@ -335,7 +344,6 @@ class Generation:
         self.stats.seconds = time.perf_counter() - start
         self.stats.samples = ["".join(p) for p in pieces]
         self.stats.sample_bytes = [bytes(r) for r in raw]
-
 
     def reading(self) -> Reading | None:
         """What sample 0 has read so far (the prompt and every byte generated, stop string included), or None.
@@ -412,9 +420,23 @@ class Completion:
 class _Beams:
     """The live beams of a search, as parallel tensors plus their byte strings."""
 
-    def __init__(self, texts: list[bytes], logp: torch.Tensor, utf8: torch.Tensor, chars: torch.Tensor,
-                 content: torch.Tensor, terminal: torch.Tensor) -> None:
-        self.texts, self.logp, self.utf8, self.chars, self.content, self.terminal = texts, logp, utf8, chars, content, terminal
+    def __init__(
+        self,
+        texts: list[bytes],
+        logp: torch.Tensor,
+        utf8: torch.Tensor,
+        chars: torch.Tensor,
+        content: torch.Tensor,
+        terminal: torch.Tensor,
+    ) -> None:
+        self.texts, self.logp, self.utf8, self.chars, self.content, self.terminal = (
+            texts,
+            logp,
+            utf8,
+            chars,
+            content,
+            terminal,
+        )
 
 
 def complete(
@@ -445,7 +467,9 @@ def complete(
         return _beam_search(model, read(model, bytes(prefix), start), n, beam, until, max_chars)
 
 
-def _beam_search(model: torch.nn.Module, prefix_read: Reading, n: int, width: int, until: str, max_chars: int) -> list[Completion]:
+def _beam_search(
+    model: torch.nn.Module, prefix_read: Reading, n: int, width: int, until: str, max_chars: int
+) -> list[Completion]:
     device = model.device if hasattr(model, "device") else torch.device("cpu")
     table = _utf8_table().to(device)
     space = _byte_mask(_WHITESPACE).to(device)
@@ -457,8 +481,14 @@ def _beam_search(model: torch.nn.Module, prefix_read: Reading, n: int, width: in
     logits, state = prefix_read.logits[None], prefix_read.state
     step_fn = stepper(model, width, 4 * max_chars + 1)  # beams as one batch, padded to the width when compiled
     zero = torch.zeros(1, dtype=torch.long, device=device)
-    beams = _Beams([b""], torch.zeros(1, dtype=torch.float64, device=device), zero.clone(), zero.clone(),
-                   torch.zeros(1, dtype=torch.bool, device=device), torch.zeros(1, dtype=torch.bool, device=device))
+    beams = _Beams(
+        [b""],
+        torch.zeros(1, dtype=torch.float64, device=device),
+        zero.clone(),
+        zero.clone(),
+        torch.zeros(1, dtype=torch.bool, device=device),
+        torch.zeros(1, dtype=torch.bool, device=device),
+    )
     finished: dict[str, float] = {}
 
     def add(text: str, logp: float) -> None:

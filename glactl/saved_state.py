@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass
@@ -33,8 +32,16 @@ METADATA_KEY = "glactl_state"
 MAX_HEADER_BYTES = 16 << 20  # the header of a state of 256 layers is a few hundred KB
 MAX_INT = 1 << 62
 _CODES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 _NAMES = {dtype: code for code, dtype in _CODES.items()}
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save's zip archive
@@ -71,7 +78,9 @@ def owner_of(model: torch.nn.Module, folder: str | os.PathLike, precision: str) 
     try:
         config_hash, weights_hash = file_sha256(folder / CONFIG_FILE), file_sha256(folder / MODEL_FILE)
     except OSError as e:
-        raise InputError(f"{folder}: cannot hash the checkpoint for a saved state ({e.strerror or type(e).__name__})") from None
+        raise InputError(
+            f"{folder}: cannot hash the checkpoint for a saved state ({e.strerror or type(e).__name__})"
+        ) from None
     config = model.config
     windowed = any(hasattr(block.mixer, "window") for block in model.blocks)
     return StateOwner(config_hash, weights_hash, config.mixer, config.context, config.sink_tokens, windowed, precision)
@@ -244,9 +253,13 @@ def _check_document(path: Path, document: Any) -> None:
         raise InputError(f"{path}: state metadata is not an object")
     version = document.get("format_version")
     if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
-        raise InputError(f"{path}: unsupported state format_version {version!r} (this glactl reads 1..{FORMAT_VERSION})")
+        raise InputError(
+            f"{path}: unsupported state format_version {version!r} (this glactl reads 1..{FORMAT_VERSION})"
+        )
     model = document.get("model")
-    if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("config_sha256", "weights_sha256", "mixer")):
+    if not isinstance(model, dict) or not all(
+        isinstance(model.get(k), str) for k in ("config_sha256", "weights_sha256", "mixer")
+    ):
         raise InputError(f"{path}: state metadata lacks the model's hashes")
     checks = {
         "bytes_read": _is_int(document.get("bytes_read")) and 0 <= document["bytes_read"] <= MAX_INT,
@@ -267,17 +280,23 @@ def _check_owner(path: Path, document: dict[str, Any], owner: StateOwner) -> Non
     """The state was read by this checkpoint, with this window: one line saying what differs."""
     model = document["model"]
     if model["config_sha256"] != owner.config_sha256 or model["mixer"] != owner.mixer:
-        raise InputError(f"{path}: state was saved with another model ({model['mixer']}, config.json sha256 "
-                         f"{model['config_sha256'][:12]}; this model: {owner.mixer}, {owner.config_sha256[:12]})")
+        raise InputError(
+            f"{path}: state was saved with another model ({model['mixer']}, config.json sha256 "
+            f"{model['config_sha256'][:12]}; this model: {owner.mixer}, {owner.config_sha256[:12]})"
+        )
     if model["weights_sha256"] != owner.weights_sha256:
-        raise InputError(f"{path}: state was saved with other weights (model.safetensors sha256 "
-                         f"{model['weights_sha256'][:12]}; this model's: {owner.weights_sha256[:12]})")
+        raise InputError(
+            f"{path}: state was saved with other weights (model.safetensors sha256 "
+            f"{model['weights_sha256'][:12]}; this model's: {owner.weights_sha256[:12]})"
+        )
     if owner.windowed and (document["context"], document["sink_tokens"]) != (owner.context, owner.sink_tokens):
-        raise InputError(f"{path}: state was read with attention window {_window(document['context'], document['sink_tokens'])}; "
-                         f"this model runs with {_window(owner.context, owner.sink_tokens)} (use --context {document['context']})"
-                         if document["context"] is not None else
-                         f"{path}: state was read with no attention window; this model runs with "
-                         f"{_window(owner.context, owner.sink_tokens)} (load it without --context)")
+        raise InputError(
+            f"{path}: state was read with attention window {_window(document['context'], document['sink_tokens'])}; "
+            f"this model runs with {_window(owner.context, owner.sink_tokens)} (use --context {document['context']})"
+            if document["context"] is not None
+            else f"{path}: state was read with no attention window; this model runs with "
+            f"{_window(owner.context, owner.sink_tokens)} (load it without --context)"
+        )
 
 
 def _window(context: int | None, sinks: int | None) -> str:
@@ -320,7 +339,11 @@ class _Plan:
             if kind != "none":
                 self.fail(where, "expected None")
         elif isinstance(template, dict):
-            if kind != "dict" or not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+            if (
+                kind != "dict"
+                or not isinstance(value, list)
+                or not all(isinstance(p, list) and len(p) == 2 for p in value)
+            ):
                 self.fail(where, "expected a dict")
             stored = {key: child for key, child in value}
             if len(stored) != len(value) or set(stored) != {str(k) for k in template}:
@@ -341,7 +364,9 @@ class _Plan:
         if info is None:
             self.fail(where, "tensor missing from the file")
         stored = _CODES[info["dtype"]]
-        if template.is_floating_point() != stored.is_floating_point or (not stored.is_floating_point and stored != template.dtype):
+        if template.is_floating_point() != stored.is_floating_point or (
+            not stored.is_floating_point and stored != template.dtype
+        ):
             self.fail(where, f"dtype {info['dtype']}, expected {_NAMES.get(template.dtype, template.dtype)}")
         shape, want = info["shape"], list(template.shape)
         fits = len(shape) == len(want) and all(s == w if w else s <= self.tokens_read for s, w in zip(shape, want))
@@ -386,8 +411,12 @@ def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwne
     extras = {"logits": ([vocab], True), "tail": ([min(TAIL_BYTES, tokens_read)], False)}
     for name, (shape, floating) in extras.items():
         info = header.get(name)
-        if info is None or info["shape"] != shape or _CODES[info["dtype"]].is_floating_point != floating \
-                or (not floating and info["dtype"] != "U8"):
+        if (
+            info is None
+            or info["shape"] != shape
+            or _CODES[info["dtype"]].is_floating_point != floating
+            or (not floating and info["dtype"] != "U8")
+        ):
             raise InputError(f"{path}: state file has a missing or malformed {name!r} tensor")
     unexpected = sorted(set(header) - set(plan.expected) - set(extras))
     if unexpected:
@@ -398,7 +427,9 @@ def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwne
             for name in header:
                 tensors[name] = f.get_tensor(name)
     except Exception as e:  # safetensors raises its own error types for corrupt data
-        raise InputError(f"{path}: unreadable state file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        raise InputError(
+            f"{path}: unreadable state file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        ) from None
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and torch.isnan(tensor).any():
             raise InputError(f"{path}: tensor {name!r} holds NaN values")
@@ -408,8 +439,12 @@ def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwne
     logits = logits.to(device, torch.float64 if model.dtype == torch.float64 else torch.float32)
     if not torch.isfinite(logits).all():
         raise InputError(f"{path}: the stored logits are not finite")
-    reading = Reading(_build(template, document["structure"], state_tensors), logits, document["bytes_read"],
-                      bytes(tensors["tail"].tolist()))
+    reading = Reading(
+        _build(template, document["structure"], state_tensors),
+        logits,
+        document["bytes_read"],
+        bytes(tensors["tail"].tolist()),
+    )
     return State(reading, owner)
 
 
@@ -418,7 +453,9 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     """What a state file holds, from its header alone (no model needed): for `glactl info STATE_FILE`."""
     path = Path(path)
     header, document = read_header(path)
-    state_bytes = sum(info["data_offsets"][1] - info["data_offsets"][0] for name, info in header.items() if name.startswith("state."))
+    state_bytes = sum(
+        info["data_offsets"][1] - info["data_offsets"][0] for name, info in header.items() if name.startswith("state.")
+    )
     tail = b""
     if "tail" in header and header["tail"].get("dtype") == "U8":
         begin, end = header["tail"]["data_offsets"]

@@ -11,8 +11,9 @@ No model code and no data loading here: only generators, masks and scoring.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,20 +156,29 @@ class Sort(Task):
         n = self.count
         values = (SORT_BASE + rng.integers(0, self.value_range, size=n)).astype(np.uint8)
         s = np.full(self.seq_len + 1, SORT_PAD, dtype=np.uint8)
-        s[:n], s[n], s[n + 1:2 * n + 1] = values, SORT_SEPARATOR, np.sort(values)
+        s[:n], s[n], s[n + 1 : 2 * n + 1] = values, SORT_SEPARATOR, np.sort(values)
         mask = np.zeros(self.seq_len, dtype=bool)
-        mask[n:2 * n] = True
+        mask[n : 2 * n] = True
         return s[:-1], s[1:], mask
 
 
 def default_seq_len(name: str, sort_count: int | None = None) -> int:
     """The sequence length a task uses when --seq-len is not given (512 for lm)."""
-    return {"lm": 512, "mqar": MQAR_SEQ_LEN, "selective-copy": COPY_SEQ_LEN,
-            "sort": 2 * (sort_count if sort_count is not None else SORT_COUNT)}[name]
+    return {
+        "lm": 512,
+        "mqar": MQAR_SEQ_LEN,
+        "selective-copy": COPY_SEQ_LEN,
+        "sort": 2 * (sort_count if sort_count is not None else SORT_COUNT),
+    }[name]
 
 
-def make_task(name: str, seq_len: int | None = None, pairs: int | None = None, sort_count: int | None = None,
-              sort_range: int | None = None) -> Task:
+def make_task(
+    name: str,
+    seq_len: int | None = None,
+    pairs: int | None = None,
+    sort_count: int | None = None,
+    sort_range: int | None = None,
+) -> Task:
     """The task `name` with its settings checked (InputError, one line); None = the task's default."""
     if name not in TASKS or name == "lm":
         raise InputError(f"--task {name!r}: choose one of {', '.join(TASKS)}")
@@ -184,13 +194,17 @@ def make_task(name: str, seq_len: int | None = None, pairs: int | None = None, s
         if not 1 <= pairs <= len(MQAR_KEYS):
             raise InputError(f"--pairs {pairs}: must be in 1..{len(MQAR_KEYS)} (distinct keys per sequence)")
         if seq_len < 4 * pairs:
-            raise InputError(f"--task mqar with --pairs {pairs} needs --seq-len >= {4 * pairs} "
-                             f"(the pairs, then a query slot per pair), got {seq_len}")
+            raise InputError(
+                f"--task mqar with --pairs {pairs} needs --seq-len >= {4 * pairs} "
+                f"(the pairs, then a query slot per pair), got {seq_len}"
+            )
         return MQAR("mqar", seq_len, pairs=pairs)
     if name == "selective-copy":
         if seq_len < 2 * COPY_TOKENS:
-            raise InputError(f"--task selective-copy needs --seq-len >= {2 * COPY_TOKENS} "
-                             f"({COPY_TOKENS} data tokens among noise, then {COPY_TOKENS} markers), got {seq_len}")
+            raise InputError(
+                f"--task selective-copy needs --seq-len >= {2 * COPY_TOKENS} "
+                f"({COPY_TOKENS} data tokens among noise, then {COPY_TOKENS} markers), got {seq_len}"
+            )
         return SelectiveCopy("selective-copy", seq_len)
     count = SORT_COUNT if sort_count is None else sort_count
     value_range = SORT_RANGE if sort_range is None else sort_range
@@ -199,8 +213,10 @@ def make_task(name: str, seq_len: int | None = None, pairs: int | None = None, s
     if not 2 <= value_range <= SORT_MAX_RANGE:
         raise InputError(f"--sort-range {value_range}: must be in 2..{SORT_MAX_RANGE} distinct values")
     if 2 * count > seq_len:
-        raise InputError(f"--task sort with --sort-count {count} needs --seq-len >= {2 * count} "
-                         f"(the values, a separator, the sorted values), got {seq_len}")
+        raise InputError(
+            f"--task sort with --sort-count {count} needs --seq-len >= {2 * count} "
+            f"(the values, a separator, the sorted values), got {seq_len}"
+        )
     return Sort("sort", seq_len, count=count, value_range=value_range)
 
 
@@ -215,7 +231,9 @@ def _stack(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Batch:
     return x, y, mask
 
 
-def _draw_side(task: Task, rng: np.random.Generator, count: int, test: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _draw_side(
+    task: Task, rng: np.random.Generator, count: int, test: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """`count` sequences from the training (test=False) or test side of the hash split."""
     rows = []
     tries = 0
@@ -225,8 +243,10 @@ def _draw_side(task: Task, rng: np.random.Generator, count: int, test: bool) -> 
         if is_test_sequence(x, y) == test:
             rows.append((x, y, mask))
         elif tries > MAX_TRIES * count:
-            raise InputError(f"--task {task.name}: these settings allow too few distinct sequences "
-                             "to keep a test set apart from training; make the task bigger")
+            raise InputError(
+                f"--task {task.name}: these settings allow too few distinct sequences "
+                "to keep a test set apart from training; make the task bigger"
+            )
     return rows
 
 
@@ -250,18 +270,22 @@ class TaskBatches:
     def test_set(self) -> Batch:
         """The fixed test set (drawn once; the same for every run seed)."""
         if self._test is None:
-            self._test = _stack(_draw_side(self.task, _rng("task-test", self.task.name, TEST_STREAM), self.test_size, test=True))
+            self._test = _stack(
+                _draw_side(self.task, _rng("task-test", self.task.name, TEST_STREAM), self.test_size, test=True)
+            )
         return self._test
 
     def eval_batches(self, rank: int, world: int, batch_size: int) -> Iterator[Batch]:
         """This rank's share of the test set (sequences rank, rank + world, ...) in batches."""
         x, y, mask = (t[rank::world] for t in self.test_set())
         for start in range(0, x.shape[0], batch_size):
-            yield x[start:start + batch_size], y[start:start + batch_size], mask[start:start + batch_size]
+            yield x[start : start + batch_size], y[start : start + batch_size], mask[start : start + batch_size]
 
 
 # ---- scoring --------------------------------------------------------------------------------------
-def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def masked_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """Cross-entropy (nats) over the answer positions only: logits elsewhere do not count."""
     picked = logits[mask]
     return F.cross_entropy(picked.float(), y[mask], reduction=reduction)
@@ -291,7 +315,7 @@ class TaskScore:
         return [self.loss_sum, self.answers, self.correct, self.sequences, self.sequences_right]
 
     @classmethod
-    def from_totals(cls, totals: list[float]) -> "TaskScore":
+    def from_totals(cls, totals: list[float]) -> TaskScore:
         loss, answers, correct, sequences, right = totals
         return cls(float(loss), int(answers), int(correct), int(sequences), int(right))
 

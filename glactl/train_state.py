@@ -77,8 +77,10 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer, document: dic
     saved = document["optimizer"]
     groups = saved.get("param_groups")
     current = optimizer.state_dict()
-    if not isinstance(groups, list) or len(groups) != len(current["param_groups"]) or any(
-        len(g.get("params", [])) != len(c["params"]) for g, c in zip(groups, current["param_groups"])
+    if (
+        not isinstance(groups, list)
+        or len(groups) != len(current["param_groups"])
+        or any(len(g.get("params", [])) != len(c["params"]) for g, c in zip(groups, current["param_groups"]))
     ):
         raise InputError(f"{path}: optimizer state does not match the model (different parameter groups)")
     state: dict[int, dict[str, Any]] = {}
@@ -95,8 +97,10 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer, document: dic
             raise InputError(f"{path}: optimizer state names parameter {index}, the model has {len(params)}")
         for key, tensor in entry.items():
             if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape != params[index].shape:
-                raise InputError(f"{path}: optimizer tensor state.{index}.{key} has shape {list(tensor.shape)}, "
-                                 f"the parameter has {list(params[index].shape)}")
+                raise InputError(
+                    f"{path}: optimizer tensor state.{index}.{key} has shape {list(tensor.shape)}, "
+                    f"the parameter has {list(params[index].shape)}"
+                )
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise InputError(f"{path}: optimizer tensor state.{index}.{key} holds NaN or inf")
     optimizer.load_state_dict({"state": state, "param_groups": groups})

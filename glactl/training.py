@@ -16,9 +16,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,16 @@ except ImportError:  # Windows: the pid file alone
 from glactl import __version__
 from glactl.checkpoint import load_model, resolve_checkpoint_dir, save_model
 from glactl.data import TextBatches, TrainingData, load_training_data
-from glactl.devices import (Precision, plural, select_device, select_kernels, select_precision, set_threads, thread_line,
-                            use_kernels)
+from glactl.devices import (
+    Precision,
+    plural,
+    select_device,
+    select_kernels,
+    select_precision,
+    set_threads,
+    thread_line,
+    use_kernels,
+)
 from glactl.display import clock
 from glactl.distributed import Distributed
 from glactl.errors import GlactlError, InputError, RunFailure
@@ -101,14 +110,48 @@ class TrainOptions:
 # Architecture defaults (used only for a new model; a checkpoint brings its own).
 MODEL_DEFAULTS: dict[str, str] = {"model": "gla", "preset": "small"}
 DEFAULTS: dict[str, Any] = {
-    "seq_len": 512, "batch_size": 16, "grad_accum": 1,
-    "weight_decay": 0.1, "clip": 1.0, "eval_every": 250, "eval_windows": 64, "save_every": 500,
-    "log_every": 10, "seed": 0, "schedule": "cosine", "device": "auto", "dtype": "auto", "kernels": "torch", "allow_binary": False,
+    "seq_len": 512,
+    "batch_size": 16,
+    "grad_accum": 1,
+    "weight_decay": 0.1,
+    "clip": 1.0,
+    "eval_every": 250,
+    "eval_windows": 64,
+    "save_every": 500,
+    "log_every": 10,
+    "seed": 0,
+    "schedule": "cosine",
+    "device": "auto",
+    "dtype": "auto",
+    "kernels": "torch",
+    "allow_binary": False,
 }
 # Settings a resumed run takes from trainer.json unless given again.
-RESUMED = ("seq_len", "batch_size", "grad_accum", "weight_decay", "clip", "eval_every", "eval_windows",
-           "save_every", "log_every", "seed", "schedule", "warmup", "lr", "valid", "steps", "time_budget",
-           "device", "dtype", "threads", "kernels", "allow_binary", "task", "task_options")
+RESUMED = (
+    "seq_len",
+    "batch_size",
+    "grad_accum",
+    "weight_decay",
+    "clip",
+    "eval_every",
+    "eval_windows",
+    "save_every",
+    "log_every",
+    "seed",
+    "schedule",
+    "warmup",
+    "lr",
+    "valid",
+    "steps",
+    "time_budget",
+    "device",
+    "dtype",
+    "threads",
+    "kernels",
+    "allow_binary",
+    "task",
+    "task_options",
+)
 
 
 def parse_duration(text: str) -> float:
@@ -157,9 +200,15 @@ class Schedule:
         return self.peak * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "peak_lr": self.peak, "warmup": self.warmup, "total_steps": self.total_steps,
-                "time_budget_seconds": self.time_budget, "warmup_seconds": self.warmup_seconds,
-                "min_lr_ratio": MIN_LR_RATIO}
+        return {
+            "kind": self.kind,
+            "peak_lr": self.peak,
+            "warmup": self.warmup,
+            "total_steps": self.total_steps,
+            "time_budget_seconds": self.time_budget,
+            "warmup_seconds": self.warmup_seconds,
+            "min_lr_ratio": MIN_LR_RATIO,
+        }
 
 
 # A run with only a time budget warms up for 100 steps or 2% of the budget, whichever ends first, so a
@@ -188,12 +237,25 @@ def run_task(options: TrainOptions) -> Task:
 def new_model_config(options: TrainOptions) -> ModelConfig:
     """The ModelConfig a fresh run builds: preset, size overrides, per-architecture options, window = --seq-len."""
     o = options
-    overrides = {k: v for k, v in (("d_model", o.d_model), ("n_layers", o.n_layers), ("n_heads", o.n_heads),
-                                   ("short_conv", o.short_conv), ("performer_rope", o.performer_rope)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("d_model", o.d_model),
+            ("n_layers", o.n_layers),
+            ("n_heads", o.n_heads),
+            ("short_conv", o.short_conv),
+            ("performer_rope", o.performer_rope),
+        )
+        if v is not None
+    }
     overrides.update(o.model_options or {})
     # The training window becomes the attention window W (DESIGN.md 3.3); recurrent mixers ignore it.
-    config = ModelConfig.preset(o.preset or MODEL_DEFAULTS["preset"], mixer=o.model or MODEL_DEFAULTS["model"],
-                                context=o.seq_len if o.seq_len is not None else DEFAULTS["seq_len"], **overrides)
+    config = ModelConfig.preset(
+        o.preset or MODEL_DEFAULTS["preset"],
+        mixer=o.model or MODEL_DEFAULTS["model"],
+        context=o.seq_len if o.seq_len is not None else DEFAULTS["seq_len"],
+        **overrides,
+    )
     return config.validate()
 
 
@@ -220,7 +282,9 @@ class RunLock:
             except FileExistsError:
                 pid = _read_pid(self.path)
                 if pid is not None and pid != os.getpid() and _alive(pid):
-                    raise InputError(f"{self.path.parent}: another glactl train (pid {pid}) is using this run folder")
+                    raise InputError(
+                        f"{self.path.parent}: another glactl train (pid {pid}) is using this run folder"
+                    ) from None
                 try:
                     self.path.unlink()  # stale: its process is gone
                 except FileNotFoundError:
@@ -374,8 +438,14 @@ class Reporter:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         if "bar" not in self._prep:
-            self._prep["bar"] = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                         TimeRemainingColumn(), console=self.console, transient=True)
+            self._prep["bar"] = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self._prep["bar"].start()
         bar = self._prep["bar"]
         if self._prep.get("description") != description:
@@ -396,8 +466,14 @@ class Reporter:
 
         # Short enough for 80 columns with the ETA; the loss history goes to permanent lines above the bar.
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(bar_width=30), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, expand=False,
+            TextColumn("[bold]train"),
+            BarColumn(bar_width=30),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            expand=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=completed, info="")
@@ -416,14 +492,13 @@ class Reporter:
             self.progress = None
 
 
-
-
 # ---- the trainer ---------------------------------------------------------------------------
 class Trainer:
     """One training run: set up from options (fresh, --init-from or --resume), then `run()`."""
 
-    def __init__(self, options: TrainOptions, console: Any | None = None,
-                 on_step: Callable[["Trainer"], None] | None = None) -> None:
+    def __init__(
+        self, options: TrainOptions, console: Any | None = None, on_step: Callable[[Trainer], None] | None = None
+    ) -> None:
         self.options = options
         self.dist = Distributed.from_env()  # torchrun's RANK/WORLD_SIZE; one process without them
         self.report = Reporter(console if self.dist.is_main else None)  # rank 0 alone logs
@@ -452,13 +527,17 @@ class Trainer:
             if getattr(o, name, None) is None and name in DEFAULTS:
                 setattr(o, name, DEFAULTS[name])
         if o.data and saved.get("data") and list(o.data) != list(saved["data"]):
-            raise InputError(f"--resume: the run trained on --data {' '.join(saved['data'])}, not {' '.join(o.data)}; "
-                             "a resumed run keeps its data (best/ compares scores on one validation text); "
-                             f"to train on other data start a new run from its weights: --init-from {o.out} --out NEW_FOLDER")
+            raise InputError(
+                f"--resume: the run trained on --data {' '.join(saved['data'])}, not {' '.join(o.data)}; "
+                "a resumed run keeps its data (best/ compares scores on one validation text); "
+                f"to train on other data start a new run from its weights: --init-from {o.out} --out NEW_FOLDER"
+            )
         if o.valid is not None and saved_settings.get("valid") != o.valid and saved.get("data"):
-            raise InputError(f"--resume: the run validated on {saved_settings.get('valid') or 'its default split'}, "
-                             f"not --valid {o.valid}; best/ compares scores on one validation text; "
-                             f"to change it start a new run: --init-from {o.out} --out NEW_FOLDER")
+            raise InputError(
+                f"--resume: the run validated on {saved_settings.get('valid') or 'its default split'}, "
+                f"not --valid {o.valid}; best/ compares scores on one validation text; "
+                f"to change it start a new run: --init-from {o.out} --out NEW_FOLDER"
+            )
         if not o.data and saved.get("data"):
             o.data = list(saved["data"])
         for name in ("seq_len", "batch_size", "grad_accum", "eval_windows", "eval_every", "save_every", "log_every"):
@@ -477,8 +556,10 @@ class Trainer:
         if o.warmup is not None and o.warmup < 0:
             raise InputError("--warmup must not be negative")
         if o.batch_size % self.dist.world:
-            raise InputError(f"--batch-size {o.batch_size} (the global batch) must be divisible by the {self.dist.world} "
-                             "processes, which split each micro-batch evenly")
+            raise InputError(
+                f"--batch-size {o.batch_size} (the global batch) must be divisible by the {self.dist.world} "
+                "processes, which split each micro-batch evenly"
+            )
 
     def _build_model(self, resume_dir: Path | None) -> tuple[LanguageModel, dict[str, Any]]:
         o = self.options
@@ -492,16 +573,28 @@ class Trainer:
     def _check_architecture(self, config: ModelConfig, flag: str) -> None:
         """Architecture flags given with --resume/--init-from must agree with the checkpoint's."""
         o = self.options
-        asked = {"mixer": o.model, "d_model": o.d_model, "n_layers": o.n_layers, "n_heads": o.n_heads,
-                 "short_conv": o.short_conv, "performer_rope": o.performer_rope}
+        asked = {
+            "mixer": o.model,
+            "d_model": o.d_model,
+            "n_layers": o.n_layers,
+            "n_heads": o.n_heads,
+            "short_conv": o.short_conv,
+            "performer_rope": o.performer_rope,
+        }
         if o.preset is not None:
             preset = ModelConfig.preset(o.preset)
             for name in ("d_model", "n_layers", "n_heads"):
                 asked[name] = asked[name] if asked[name] is not None else getattr(preset, name)
-        wrong = [f"{k} {v} (checkpoint: {getattr(config, k)})" for k, v in asked.items() if v is not None and v != getattr(config, k)]
+        wrong = [
+            f"{k} {v} (checkpoint: {getattr(config, k)})"
+            for k, v in asked.items()
+            if v is not None and v != getattr(config, k)
+        ]
         if wrong:
-            raise InputError(f"{flag}: the checkpoint's architecture differs from the flags: {', '.join(wrong)}; "
-                             "drop the architecture flags to use the checkpoint's")
+            raise InputError(
+                f"{flag}: the checkpoint's architecture differs from the flags: {', '.join(wrong)}; "
+                "drop the architecture flags to use the checkpoint's"
+            )
 
     def setup(self) -> None:
         """Lock the run folder, load data and model, build optimizer and schedule."""
@@ -543,7 +636,9 @@ class Trainer:
             saved = read_trainer(resume_dir)
         elif _has_run(self.out):
             if not o.force:
-                raise InputError(f"--out {self.out}: already holds a run; pass --resume to continue it or --force to start over")
+                raise InputError(
+                    f"--out {self.out}: already holds a run; pass --resume to continue it or --force to start over"
+                )
             for name in RUN_ENTRIES if self.dist.is_main else ():
                 target = self.out / name
                 if target.is_dir():
@@ -593,12 +688,20 @@ class Trainer:
         peak = o.lr if o.lr is not None else default_lr(self.config.mixer)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=peak, betas=(0.9, 0.95), eps=1e-8,
+            lr=peak,
+            betas=(0.9, 0.95),
+            eps=1e-8,
         )
         warmup = o.warmup if o.warmup is not None else default_warmup(o.steps)
         timed_warmup = o.warmup is None and o.steps is None and o.time_budget is not None
-        self.schedule = Schedule(peak, warmup, o.steps, o.time_budget, o.schedule,
-                                 TIME_WARMUP_FRACTION * o.time_budget if timed_warmup else None)
+        self.schedule = Schedule(
+            peak,
+            warmup,
+            o.steps,
+            o.time_budget,
+            o.schedule,
+            TIME_WARMUP_FRACTION * o.time_budget if timed_warmup else None,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_scaler else None
         self.step = 0
         self.tokens_seen = 0
@@ -622,8 +725,10 @@ class Trainer:
             self.last_metrics = dict(saved.get("last_eval") or {})
             if self.scaler is not None and saved.get("scaler"):
                 self.scaler.load_state_dict(saved["scaler"])
-            self.report.line(f"resuming {self.out} from step {self.step} ({self.tokens_seen:,} tokens, "
-                             f"{clock(self.elapsed_before)} trained)")
+            self.report.line(
+                f"resuming {self.out} from step {self.step} ({self.tokens_seen:,} tokens, "
+                f"{clock(self.elapsed_before)} trained)"
+            )
         self.resume_dir = resume_dir
         self._measure_auto_dtype()  # last: bad data or flags are refused before any timing
 
@@ -636,22 +741,37 @@ class Trainer:
         """The training summary stored in config.json."""
         o = self.options
         if self.task is not None:
-            scores = {"task": self.task.settings(), "val_bits_per_byte": None, "best_val_bits_per_byte": None,
-                      "val_loss": self.last_bpb, "best_val_loss": self.best_bpb,
-                      **{k: v for k, v in self.last_metrics.items() if k != "val_loss"}}
+            scores = {
+                "task": self.task.settings(),
+                "val_bits_per_byte": None,
+                "best_val_bits_per_byte": None,
+                "val_loss": self.last_bpb,
+                "best_val_loss": self.best_bpb,
+                **{k: v for k, v in self.last_metrics.items() if k != "val_loss"},
+            }
         else:
             scores = {"val_bits_per_byte": self.last_bpb, "best_val_bits_per_byte": self.best_bpb}
         return {
-            "steps": self.step, "tokens_seen": self.tokens_seen,
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
             "data": [{k: v for k, v in s.items() if k != "cache"} for s in self.data.sources] if self.data else [],
-            "valid": o.valid, **scores,
-            "wall_time_seconds": round(self.elapsed(), 3), "glactl_version": __version__,
+            "valid": o.valid,
+            **scores,
+            "wall_time_seconds": round(self.elapsed(), 3),
+            "glactl_version": __version__,
             "command": self.commands[0] if self.commands else None,  # the command that started the run
             **({"resumed_with": self.commands[1:]} if len(self.commands) > 1 else {}),
-            "steps_planned": o.steps, "time_budget_seconds": o.time_budget,
-            "seq_len": o.seq_len, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
-            "lr": self.schedule.peak, "seed": o.seed, "device": self.device.type, "dtype": self.precision.name,
-            "threads": self.threads, "init_from": self.init_from,
+            "steps_planned": o.steps,
+            "time_budget_seconds": o.time_budget,
+            "seq_len": o.seq_len,
+            "batch_size": o.batch_size,
+            "grad_accum": o.grad_accum,
+            "lr": self.schedule.peak,
+            "seed": o.seed,
+            "device": self.device.type,
+            "dtype": self.precision.name,
+            "threads": self.threads,
+            "init_from": self.init_from,
         }
 
     def _measure_auto_dtype(self) -> None:
@@ -666,8 +786,10 @@ class Trainer:
         speedup = self.dist.from_main(speedup)  # every rank trains in rank 0's choice
         name = "bfloat16" if speedup > 1.0 else "float32"
         self.precision = select_precision(name, self.device)
-        self.notes.append(f"dtype auto: {name} (bfloat16 autocast measured {speedup:.2f}x the speed of float32 "
-                          f"for this model on this CPU{'; measured before' if cached else ''})")
+        self.notes.append(
+            f"dtype auto: {name} (bfloat16 autocast measured {speedup:.2f}x the speed of float32 "
+            f"for this model on this CPU{'; measured before' if cached else ''})"
+        )
 
     def _check_same_data(self, saved: dict[str, Any]) -> None:
         """On --resume, the same text by content as before (a run from before fingerprints is taken on trust)."""
@@ -676,22 +798,39 @@ class Trainer:
             return
         now = self.data_fingerprint
         changed = [name for name, sha in now["train"].items() if before.get("train", {}).get(name) not in (None, sha)]
-        what = f"the content of {', '.join(changed)}" if changed else "the validation text" if before.get("valid") != now["valid"] else None
+        what = (
+            f"the content of {', '.join(changed)}"
+            if changed
+            else "the validation text"
+            if before.get("valid") != now["valid"]
+            else None
+        )
         if what:
-            raise InputError(f"--resume: {what} changed since the run started; a resumed run keeps its data "
-                             "(best/ compares scores on one validation text); to train on the new text start a new run "
-                             f"from its weights: --init-from {self.out} --out NEW_FOLDER")
+            raise InputError(
+                f"--resume: {what} changed since the run started; a resumed run keeps its data "
+                "(best/ compares scores on one validation text); to train on the new text start a new run "
+                f"from its weights: --init-from {self.out} --out NEW_FOLDER"
+            )
 
     def trainer_document(self) -> dict[str, Any]:
         return {
             **({"data_fingerprint": self.data_fingerprint} if getattr(self, "data_fingerprint", None) else {}),
             "commands": self.commands,
-            "step": self.step, "tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed(),
-            f"best_{self.score_key}": self.best_bpb, f"last_{self.score_key}": self.last_bpb,
-            f"start_{self.score_key}": self.start_bpb, **({"last_eval": self.last_metrics} if self.task else {}),
-            "schedule": self.schedule.to_dict(), "settings": self.settings(), "data": list(self.options.data),
-            "data_position": {"sampler": "task-v1" if self.task else "random-windows-v1", "seed": self.options.seed,
-                              "next_step": self.step},
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed_seconds": self.elapsed(),
+            f"best_{self.score_key}": self.best_bpb,
+            f"last_{self.score_key}": self.last_bpb,
+            f"start_{self.score_key}": self.start_bpb,
+            **({"last_eval": self.last_metrics} if self.task else {}),
+            "schedule": self.schedule.to_dict(),
+            "settings": self.settings(),
+            "data": list(self.options.data),
+            "data_position": {
+                "sampler": "task-v1" if self.task else "random-windows-v1",
+                "seed": self.options.seed,
+                "next_step": self.step,
+            },
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
@@ -700,8 +839,12 @@ class Trainer:
         if not self.dist.is_main:  # every rank holds the same weights; rank 0 writes them
             return
         trainer = self.trainer_document()
-        save_model(self.out / "checkpoint", self.model, training=self.summary(),
-                   extra_files=lambda folder: write_trainer_files(folder, self.optimizer, trainer))
+        save_model(
+            self.out / "checkpoint",
+            self.model,
+            training=self.summary(),
+            extra_files=lambda folder: write_trainer_files(folder, self.optimizer, trainer),
+        )
 
     def save_best(self) -> None:
         if not self.dist.is_main:
@@ -718,7 +861,9 @@ class Trainer:
         score = TaskScore()
         o = self.options
         # Ranks score their share of the windows; the sums are then the same on every rank.
-        for x, y, mask in self.source.eval_batches(self.dist.rank, self.dist.world, max(1, o.batch_size // self.dist.world)):
+        for x, y, mask in self.source.eval_batches(
+            self.dist.rank, self.dist.world, max(1, o.batch_size // self.dist.world)
+        ):
             x, y = x.to(self.device), y.to(self.device)
             with self.precision.autocast(self.device):
                 logits, _ = self.model(x)
@@ -761,7 +906,9 @@ class Trainer:
         batch = self.source.train_batch(self.step, o.batch_size * o.grad_accum)  # (x, y, answer mask or None)
         total = 0.0
         for micro in range(o.grad_accum):
-            rows = slice(micro * o.batch_size + self.dist.rank, (micro + 1) * o.batch_size, self.dist.world)  # this rank's part
+            rows = slice(
+                micro * o.batch_size + self.dist.rank, (micro + 1) * o.batch_size, self.dist.world
+            )  # this rank's part
             x, y, mask = (t[rows] if t is not None else None for t in batch)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.dist.no_sync(self.train_model, micro == o.grad_accum - 1):  # all-reduce once per step
@@ -807,7 +954,6 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train until --steps or --time is reached; returns the final summary."""
-        o = self.options
         self._t0 = time.monotonic()
         previous = self._install_sigint()
         try:
@@ -855,13 +1001,22 @@ class Trainer:
         self.report.line(
             f"training {self.config.mixer} ({n_params / 1e6:.2f}M parameters, d {self.config.d_model}, "
             f"{plural(self.config.n_layers, 'layer')}) on {self.device.type}/{self.precision.name}, {plural(self.threads, 'thread')}, "
-            f"seq {o.seq_len} x batch {o.batch_size}" + (f" x {o.grad_accum} accum" if o.grad_accum > 1 else "")
+            f"seq {o.seq_len} x batch {o.batch_size}"
+            + (f" x {o.grad_accum} accum" if o.grad_accum > 1 else "")
             + (f" over {self.dist.world} processes ({self.dist.backend})" if self.dist.enabled else "")
-            + f", lr {self.schedule.peak:g}, until {target}; run folder {self.out}")
+            + f", lr {self.schedule.peak:g}, until {target}; run folder {self.out}"
+        )
         if self.step == 0 and self.start_bpb is None:
             self.start_bpb = self.last_bpb = self.evaluate()
-            self.write_metrics({"kind": "eval", "step": 0, "tokens": 0, **({"val_bpb": self.start_bpb} if self.task is None else self.last_metrics),
-                                "wall_time": 0.0})
+            self.write_metrics(
+                {
+                    "kind": "eval",
+                    "step": 0,
+                    "tokens": 0,
+                    **({"val_bpb": self.start_bpb} if self.task is None else self.last_metrics),
+                    "wall_time": 0.0,
+                }
+            )
             self.report.line(f"step 0 | {self._eval_text()}")
         use_steps = o.steps is not None
         self.report.start(o.steps if use_steps else o.time_budget, self.step if use_steps else self.elapsed(), "step")
@@ -872,10 +1027,15 @@ class Trainer:
         last_save_step = self.step if self.resume_dir is not None else None
         self.current_lr = self.schedule.lr(self.step, self.elapsed())
         if self.resume_dir is not None and self.done():
-            reached = (f"step {self.step} of --steps {o.steps}" if o.steps is not None and self.step >= o.steps
-                       else f"its --time budget ({clock(self.elapsed())} trained)")
-            self.report.line(f"nothing to train: the run already reached {reached}; "
-                             "pass a larger --steps or --time with --resume to train further")
+            reached = (
+                f"step {self.step} of --steps {o.steps}"
+                if o.steps is not None and self.step >= o.steps
+                else f"its --time budget ({clock(self.elapsed())} trained)"
+            )
+            self.report.line(
+                f"nothing to train: the run already reached {reached}; "
+                "pass a larger --steps or --time with --resume to train further"
+            )
         while not self.done() and not self._stop_agreed():
             loss = self.train_step()
             self.step += 1
@@ -889,18 +1049,32 @@ class Trainer:
             if self.step % o.log_every == 0 or finished or self.stop_requested:
                 rate = window_tokens / max(now - window_t, 1e-9)
                 mean = loss_sum / loss_n
-                record = {"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": round(mean, 6),
-                          "bpb": round(mean / LN2, 6), "lr": self.current_lr, "tokens_per_s": round(rate, 1),
-                          "wall_time": round(self.elapsed(), 3)}
+                record = {
+                    "kind": "train",
+                    "step": self.step,
+                    "tokens": self.tokens_seen,
+                    "loss": round(mean, 6),
+                    "bpb": round(mean / LN2, 6),
+                    "lr": self.current_lr,
+                    "tokens_per_s": round(rate, 1),
+                    "wall_time": round(self.elapsed(), 3),
+                }
                 if self.task is not None:  # a task's loss is per answer, not per byte of text
                     del record["bpb"]
                 self.write_metrics(record)
-                parts = [f"step {self.step}" + (f"/{o.steps}" if use_steps else ""), f"loss {mean:.4f}",
-                         f"bpb {mean / LN2:.3f}", f"lr {self.current_lr:.2e}", f"{rate:,.0f} tok/s"]
+                parts = [
+                    f"step {self.step}" + (f"/{o.steps}" if use_steps else ""),
+                    f"loss {mean:.4f}",
+                    f"bpb {mean / LN2:.3f}",
+                    f"lr {self.current_lr:.2e}",
+                    f"{rate:,.0f} tok/s",
+                ]
                 if self.task is not None:
                     del parts[2]
                 # A permanent line every --log-every steps (above the live bar on a terminal), as nanoGPT prints.
-                self.report.line(" | ".join(parts + [f"elapsed {clock(self.elapsed())}", f"ETA {clock(self._eta(rate))}"]))
+                self.report.line(
+                    " | ".join(parts + [f"elapsed {clock(self.elapsed())}", f"ETA {clock(self._eta(rate))}"])
+                )
                 self.report.update(self.step if use_steps else self.elapsed(), parts[0].replace("step ", ""))
                 window_t, window_tokens, loss_sum, loss_n = now, 0, 0.0, 0
             if self.step % o.eval_every == 0 or finished:
@@ -917,8 +1091,10 @@ class Trainer:
             self.dist.barrier()  # no rank exits (and makes torchrun stop the job) before rank 0 has saved
             self.report.stop()
             command = f"glactl train --out {self.out} --resume"
-            raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved in {self.out / 'checkpoint'}; "
-                                      f"resume with: {command}")
+            raise TrainingInterrupted(
+                f"interrupted at step {self.step}; checkpoint saved in {self.out / 'checkpoint'}; "
+                f"resume with: {command}"
+            )
         if last_eval_step != self.step:
             self._evaluate_and_keep_best()
         if last_save_step != self.step:
@@ -930,8 +1106,10 @@ class Trainer:
         if self.task is not None:
             summary["start_val_bits_per_byte"] = None
             summary["start_val_loss"] = self.start_bpb
-        self.report.line(f"done: step {self.step}, {self.tokens_seen:,} tokens, {self._eval_text()} "
-                         f"(best {self.best_bpb:.4f}), {clock(self.elapsed())}; checkpoint in {self.out / 'checkpoint'}")
+        self.report.line(
+            f"done: step {self.step}, {self.tokens_seen:,} tokens, {self._eval_text()} "
+            f"(best {self.best_bpb:.4f}), {clock(self.elapsed())}; checkpoint in {self.out / 'checkpoint'}"
+        )
         return summary
 
     def _stop_agreed(self) -> bool:
@@ -958,8 +1136,9 @@ class Trainer:
         if self.task is None:
             return f"val bpb {self.last_bpb:.4f}"
         m = self.last_metrics
-        return (f"val loss {m['val_loss']:.4f} | accuracy {m['accuracy']:.4f}"
-                + (f" | sequences {m['sequence_accuracy']:.4f}" if "sequence_accuracy" in m else ""))
+        return f"val loss {m['val_loss']:.4f} | accuracy {m['accuracy']:.4f}" + (
+            f" | sequences {m['sequence_accuracy']:.4f}" if "sequence_accuracy" in m else ""
+        )
 
     def _evaluate_and_keep_best(self) -> None:
         bpb = self.evaluate()
@@ -968,14 +1147,25 @@ class Trainer:
         if improved:
             self.best_bpb = bpb
             self.save_best()
-        self.write_metrics({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, **self._eval_fields(),
-                            "lr": self.current_lr, "wall_time": round(self.elapsed(), 3)})
-        line = f"eval step {self.step} | {self._eval_text()} | best {self.best_bpb:.4f}" + (" (saved best/)" if improved else "")
+        self.write_metrics(
+            {
+                "kind": "eval",
+                "step": self.step,
+                "tokens": self.tokens_seen,
+                **self._eval_fields(),
+                "lr": self.current_lr,
+                "wall_time": round(self.elapsed(), 3),
+            }
+        )
+        line = f"eval step {self.step} | {self._eval_text()} | best {self.best_bpb:.4f}" + (
+            " (saved best/)" if improved else ""
+        )
         self.report.line(line)  # permanent, above the live bar on a terminal
 
 
-def train(options: TrainOptions, console: Any | None = None,
-          on_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+def train(
+    options: TrainOptions, console: Any | None = None, on_step: Callable[[Trainer], None] | None = None
+) -> dict[str, Any]:
     """Run `glactl train` with these options; returns the training summary."""
     trainer = Trainer(options, console, on_step)
     trainer.setup()

@@ -6,8 +6,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -110,7 +110,9 @@ def child_env() -> dict[str, str]:
 
 
 def start_child(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
+    )
 
 
 def child_result(process: subprocess.Popen, timeout: float = 240) -> tuple[str, float]:

@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_err
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.attention import CausalSelfAttention
 from glactl.ops.attention import cache_layout, extend_layout, trim_cache, windowed_attention
@@ -131,10 +131,12 @@ def test_rope_angles_exact_at_one_million() -> None:
 def test_rope_scores_depend_only_on_relative_position() -> None:
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 64, generator=g, dtype=torch.float64)
+
     def score(m: int, n: int) -> float:
         cos_m, sin_m = rope_range(m, 1, 64, 10000.0, torch.float64)
         cos_n, sin_n = rope_range(n, 1, 64, 10000.0, torch.float64)
         return (apply_rope(q[None], cos_m, sin_m) @ apply_rope(k[None], cos_n, sin_n).T).item()
+
     near = score(7, 2)
     assert abs(score(1_000_005, 1_000_000) - near) < 1e-8 * abs(near) + 1e-9
     assert abs(score(3, 2) - near) > 1e-6  # a different distance gives a different score

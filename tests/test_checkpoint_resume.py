@@ -12,15 +12,35 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import final_error_line, run_cli
 from safetensors.torch import load_file
 
 from glactl.checkpoint import load_model
-from glactl.training import TrainingInterrupted, TrainOptions, Trainer, train
-from conftest import final_error_line, run_cli
+from glactl.training import Trainer, TrainingInterrupted, TrainOptions, train
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--preset", "tiny", "--d-model", "64", "--n-layers", "1", "--seq-len", "16", "--batch-size", "2",
-        "--eval-windows", "4", "--eval-every", "10", "--save-every", "7", "--threads", "1", "--dtype", "float32"]
+FAST = [
+    "--preset",
+    "tiny",
+    "--d-model",
+    "64",
+    "--n-layers",
+    "1",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--eval-windows",
+    "4",
+    "--eval-every",
+    "10",
+    "--save-every",
+    "7",
+    "--threads",
+    "1",
+    "--dtype",
+    "float32",
+]
 
 
 @pytest.fixture
@@ -42,7 +62,9 @@ def assert_identical(a: Path, b: Path) -> None:
             assert torch.equal(ta[key], tb[key]), f"{name}: {key} differs"
 
 
-def test_steps_20_then_resume_to_40_is_bit_identical(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_steps_20_then_resume_to_40_is_bit_identical(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The schedule must not depend on where a run stops, so this uses a constant rate after a fixed warmup.
     common = ["train", "--data", str(text_file), *FAST, "--schedule", "constant", "--warmup", "5"]
     assert run_cli([*common, "--steps", "40", "--out", str(tmp_path / "one")], capsys)[0] == 0
@@ -57,9 +79,22 @@ def test_steps_20_then_resume_to_40_is_bit_identical(tmp_path: Path, text_file: 
 
 def test_interrupted_cosine_run_resumes_bit_identical(tmp_path: Path, text_file: Path) -> None:
     def options(out: Path, **extra: object) -> TrainOptions:
-        return TrainOptions(data=[str(text_file)], preset="tiny", d_model=64, n_layers=1, seq_len=16, batch_size=2,
-                            eval_windows=4, eval_every=10, save_every=100, steps=40, out=str(out), threads=1,
-                            dtype="float32", **extra)
+        return TrainOptions(
+            data=[str(text_file)],
+            preset="tiny",
+            d_model=64,
+            n_layers=1,
+            seq_len=16,
+            batch_size=2,
+            eval_windows=4,
+            eval_every=10,
+            save_every=100,
+            steps=40,
+            out=str(out),
+            threads=1,
+            dtype="float32",
+            **extra,
+        )
 
     train(options(tmp_path / "one"))
 
@@ -79,11 +114,31 @@ def test_ctrl_c_saves_a_loadable_checkpoint_and_the_lock_refuses_a_second_run(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    argv = ["train", "--data", str(text_file), *FAST, "--steps", "100000", "--log-every", "1", "--save-every", "100000",
-            "--eval-every", "100000", "--out", str(run)]
+    argv = [
+        "train",
+        "--data",
+        str(text_file),
+        *FAST,
+        "--steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--save-every",
+        "100000",
+        "--eval-every",
+        "100000",
+        "--out",
+        str(run),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "glactl", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env, cwd=tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glactl", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
@@ -93,7 +148,9 @@ def test_ctrl_c_saves_a_loadable_checkpoint_and_the_lock_refuses_a_second_run(
             time.sleep(0.2)
         assert process.poll() is None, process.communicate()
         # A second run on the same folder is refused while the first holds the lock.
-        code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--steps", "5", "--out", str(run), "--resume"], capsys)
+        code, _, err = run_cli(
+            ["train", "--data", str(text_file), *FAST, "--steps", "5", "--out", str(run), "--resume"], capsys
+        )
         assert code == 2 and f"pid {process.pid}" in err and len(err.strip().splitlines()) == 1
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)

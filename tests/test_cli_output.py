@@ -11,13 +11,31 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from glactl.errors import InputError
 from conftest import assert_one_line_error, child_env, run_cli
 
+from glactl.errors import InputError
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16", "--batch-size", "2",
-        "--eval-windows", "2", "--threads", "1", "--dtype", "float32"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--d-model",
+    "32",
+    "--n-layers",
+    "1",
+    "--n-heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--eval-windows",
+    "2",
+    "--threads",
+    "1",
+    "--dtype",
+    "float32",
+]
 COMMANDS = ("train", "generate", "complete", "perplexity", "info", "compare")
 
 
@@ -28,8 +46,12 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
-def trained(run: Path, text_file: Path, capsys: pytest.CaptureFixture[str], steps: int = 4, *extra: str) -> tuple[str, str]:
-    code, out, err = run_cli(["train", "--data", str(text_file), *TINY, "--steps", str(steps), "-o", str(run), *extra], capsys)
+def trained(
+    run: Path, text_file: Path, capsys: pytest.CaptureFixture[str], steps: int = 4, *extra: str
+) -> tuple[str, str]:
+    code, out, err = run_cli(
+        ["train", "--data", str(text_file), *TINY, "--steps", str(steps), "-o", str(run), *extra], capsys
+    )
     assert code == 0, err
     return out, err
 
@@ -42,8 +64,23 @@ def checkpoint_step(run: Path) -> int:
 def test_training_survives_its_reader_closing_the_pipe(tmp_path: Path, text_file: Path) -> None:
     """`glactl train 2>&1 | head -1`: the reader goes after one line; the run trains to the end and saves."""
     run = tmp_path / "piped"
-    argv = [sys.executable, "-m", "glactl", "train", "--data", str(text_file), *TINY, "--steps", "60", "--log-every", "1",
-            "--eval-every", "20", "--out", str(run)]
+    argv = [
+        sys.executable,
+        "-m",
+        "glactl",
+        "train",
+        "--data",
+        str(text_file),
+        *TINY,
+        "--steps",
+        "60",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "20",
+        "--out",
+        str(run),
+    ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(), cwd=tmp_path)
     assert process.stdout is not None
     first = process.stdout.readline()
@@ -57,17 +94,34 @@ def test_training_with_the_read_end_closed_from_the_start(tmp_path: Path, text_f
     run = tmp_path / "closed"
     read_end, write_end = os.pipe()
     os.close(read_end)
-    argv = [sys.executable, "-m", "glactl", "train", "--data", str(text_file), *TINY, "--steps", "30", "--log-every", "1",
-            "--out", str(run)]
+    argv = [
+        sys.executable,
+        "-m",
+        "glactl",
+        "train",
+        "--data",
+        str(text_file),
+        *TINY,
+        "--steps",
+        "30",
+        "--log-every",
+        "1",
+        "--out",
+        str(run),
+    ]
     try:
-        code = subprocess.run(argv, stdout=write_end, stderr=write_end, env=child_env(), cwd=tmp_path, timeout=240).returncode
+        code = subprocess.run(
+            argv, stdout=write_end, stderr=write_end, env=child_env(), cwd=tmp_path, timeout=240
+        ).returncode
     finally:
         os.close(write_end)
     assert code == 0 and checkpoint_step(run) == 30
 
 
 # ---- 2: resume with other data is refused --------------------------------------------------------------------
-def test_resume_with_other_data_or_changed_text_is_refused(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_with_other_data_or_changed_text_is_refused(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     trained(run, text_file, capsys)
     other = tmp_path / "other.txt"
@@ -79,10 +133,28 @@ def test_resume_with_other_data_or_changed_text_is_refused(tmp_path: Path, text_
     text_file.write_text(text_file.read_text().replace("spain", "italy"))  # the same name, other text
     code, out, err = run_cli(["train", "--steps", "8", "--out", str(run), "--resume"], capsys)
     last = err.strip().splitlines()[-1]  # after the lines of encoding the changed file
-    assert code == 2 and out == "" and last.startswith("glactl: error: --resume: the content of") and str(text_file) in last
+    assert (
+        code == 2
+        and out == ""
+        and last.startswith("glactl: error: --resume: the content of")
+        and str(text_file) in last
+    )
     assert checkpoint_step(run) == 4  # nothing trained on the other text
-    code, out, err = run_cli(["train", "--data", str(other), *TINY, "--steps", "2", "--init-from", str(run),
-                              "--out", str(tmp_path / "switched")], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--data",
+            str(other),
+            *TINY,
+            "--steps",
+            "2",
+            "--init-from",
+            str(run),
+            "--out",
+            str(tmp_path / "switched"),
+        ],
+        capsys,
+    )
     assert code == 0, err  # the deliberate switch
 
 
@@ -97,14 +169,19 @@ def test_resume_of_a_finished_run_says_nothing_was_trained_and_keeps_the_command
     assert code == 0, err
     summary = json.loads((run / "checkpoint" / "config.json").read_text())["training"]
     assert "--data" in summary["command"] and "--preset tiny" in summary["command"]  # how the run started
-    assert summary["resumed_with"][-1].endswith("--steps 6 --out " + str(run) + " --resume") or "--resume" in summary["resumed_with"][-1]
+    assert (
+        summary["resumed_with"][-1].endswith("--steps 6 --out " + str(run) + " --resume")
+        or "--resume" in summary["resumed_with"][-1]
+    )
     assert summary["steps"] == 6 and summary["steps_planned"] == 6
     code, out, err = run_cli(["train", "--resume", "--steps", "8"], capsys)
     assert_one_line_error(code, out, err, "--resume needs --out")
 
 
 # ---- 3: a run still training ------------------------------------------------------------------------------
-def test_info_and_generate_on_a_run_that_is_still_training(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_and_generate_on_a_run_that_is_still_training(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         early = tmp_path / "early"
@@ -125,10 +202,17 @@ def test_info_and_generate_on_a_run_that_is_still_training(tmp_path: Path, text_
 
 
 # ---- 4 and 5: logs on stderr, results on stdout; a permanent line per log step -----------------------------
-def test_train_writes_logs_to_stderr_and_nothing_to_stdout(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_writes_logs_to_stderr_and_nothing_to_stdout(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, err = trained(tmp_path / "run", text_file, capsys, 6, "--log-every", "2", "--eval-every", "3")
     assert out == ""
-    assert [line.split(" |")[0] for line in err.splitlines() if line.startswith("step ")] == ["step 0", "step 2/6", "step 4/6", "step 6/6"]
+    assert [line.split(" |")[0] for line in err.splitlines() if line.startswith("step ")] == [
+        "step 0",
+        "step 2/6",
+        "step 4/6",
+        "step 6/6",
+    ]
     assert err.count("eval step") == 2
 
 
@@ -139,14 +223,29 @@ def test_the_live_bar_keeps_its_eta_at_80_columns_and_lines_stay_above_it(tmp_pa
 
     screen = io.StringIO()
     console = Console(file=screen, width=80, force_terminal=True, color_system=None)
-    options = TrainOptions(data=[str(text_file)], preset="tiny", d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=2,
-                           eval_windows=2, steps=4, log_every=1, eval_every=2, out=str(tmp_path / "run"), dtype="float32",
-                           threads=1)
+    options = TrainOptions(
+        data=[str(text_file)],
+        preset="tiny",
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        seq_len=16,
+        batch_size=2,
+        eval_windows=2,
+        steps=4,
+        log_every=1,
+        eval_every=2,
+        out=str(tmp_path / "run"),
+        dtype="float32",
+        threads=1,
+    )
     train(options, console)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
     assert "ETA" in text and all(f"step {i}/4 |" in text for i in range(1, 5)) and text.count("eval step") == 2
     bars = [line for line in text.replace("\r", "\n").splitlines() if line.startswith("train ")]
-    assert bars and all(len(line) <= 80 and re.search(r"ETA (\d+:\d\d:\d\d|-:--:--)$", line.rstrip()) for line in bars), bars
+    assert bars and all(
+        len(line) <= 80 and re.search(r"ETA (\d+:\d\d:\d\d|-:--:--)$", line.rstrip()) for line in bars
+    ), bars
 
 
 # ---- 6: tables fit 80 columns without cutting a digit ---------------------------------------------------------
@@ -156,11 +255,20 @@ def test_compare_table_fits_80_columns_with_whole_numbers() -> None:
     from glactl.compare import terminal_table
     from glactl.display import print_table
 
-    entries = [{"model": name, "parameters": 4_780_000, "train_tokens_per_second": 1773.4, "val_bits_per_byte": 2.855468,
-                "generate_tokens_per_second": {"1024": 1234.5, "8192": 1200.0, "32768": 119.0},
-                "decode": {"precision": "int8", "compiled": name != "transformer"},
-                "state_bytes": {"1024": 196608, "8192": 1572864, "32768": 6291456}, "curve": [], "sample": ""}
-               for name in ("gla", "transformer", "performer", "minlstm")]
+    entries = [
+        {
+            "model": name,
+            "parameters": 4_780_000,
+            "train_tokens_per_second": 1773.4,
+            "val_bits_per_byte": 2.855468,
+            "generate_tokens_per_second": {"1024": 1234.5, "8192": 1200.0, "32768": 119.0},
+            "decode": {"precision": "int8", "compiled": name != "transformer"},
+            "state_bytes": {"1024": 196608, "8192": 1572864, "32768": 6291456},
+            "curve": [],
+            "sample": "",
+        }
+        for name in ("gla", "transformer", "performer", "minlstm")
+    ]
     screen = io.StringIO()
     header, rows, dropped = terminal_table(entries, 80)
     print_table(Console(file=screen, width=80), "glactl compare", header, rows)
@@ -171,11 +279,16 @@ def test_compare_table_fits_80_columns_with_whole_numbers() -> None:
     assert "decode" in dropped  # the decode path goes before the longest context's columns
     wide_header, wide_rows, wide_dropped = terminal_table(entries, 200)
     assert wide_dropped == [] and [row[wide_header.index("decode")] for row in wide_rows] == [
-        "int8 compiled", "int8 eager", "int8 compiled", "int8 compiled"]
+        "int8 compiled",
+        "int8 eager",
+        "int8 compiled",
+        "int8 compiled",
+    ]
 
 
-def test_perplexity_lists_files_as_rows_within_80_columns(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_perplexity_lists_files_as_rows_within_80_columns(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "my-run"
     trained(run, text_file, capsys)
     long_name = tmp_path / ("a-rather-long-folder-name-" * 2) / "another-text-file.txt"
@@ -193,8 +306,9 @@ def test_perplexity_lists_files_as_rows_within_80_columns(tmp_path: Path, text_f
 
 
 # ---- 7: info, one fact per row ---------------------------------------------------------------------------------
-def test_info_shows_one_fact_per_row_with_data_and_progress(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_info_shows_one_fact_per_row_with_data_and_progress(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     trained(run, text_file, capsys, 3)
     summary_path = run / "checkpoint" / "config.json"
@@ -212,9 +326,9 @@ def test_info_shows_one_fact_per_row_with_data_and_progress(tmp_path: Path, text
 
 
 # ---- 9, 11, 12: generate output, aliases, an architecture given as a model --------------------------------------
-def test_an_architecture_name_as_model_says_so_and_lists_loadable_models(tmp_path: Path, text_file: Path,
-                                                                          capsys: pytest.CaptureFixture[str],
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_architecture_name_as_model_says_so_and_lists_loadable_models(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     trained(Path("runs") / "mine", text_file, capsys, 2)
     code, out, err = run_cli(["generate", "hi", "--model", "gla"], capsys)
@@ -223,8 +337,9 @@ def test_an_architecture_name_as_model_says_so_and_lists_loadable_models(tmp_pat
 
 # ---- 10: help -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help_uses_click_labels_lists_choices_and_fits_80_columns(command: str, capsys: pytest.CaptureFixture[str],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_help_uses_click_labels_lists_choices_and_fits_80_columns(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     code, out, err = run_cli([command, "--help"], capsys)
     assert code == 0, err
@@ -267,8 +382,10 @@ def test_thread_counts_by_kind_and_their_grammar(monkeypatch: pytest.MonkeyPatch
     assert count == 1 and line.startswith("threads: 1 thread for scoring")
     assert devices.thread_line("scoring", 3) == (3, "")
     monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "3")  # OMP_NUM_THREADS as the user started glactl
-    assert devices.thread_line("scoring", None) == (3, "threads: 3 threads for scoring: OMP_NUM_THREADS=3 "
-                                                      "(--threads N to choose)")
+    assert devices.thread_line("scoring", None) == (
+        3,
+        "threads: 3 threads for scoring: OMP_NUM_THREADS=3 (--threads N to choose)",
+    )
     assert devices.thread_line("decoding", 2) == (2, "")
     monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "many")  # not a count: the rule decides
     assert devices.thread_line("decoding", None)[0] == 1
@@ -280,8 +397,12 @@ def test_thread_counts_by_kind_and_their_grammar(monkeypatch: pytest.MonkeyPatch
 def test_busy_cores_counts_the_ticks_other_work_used_on_our_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from glactl import devices
 
-    samples = iter([{0: (1000, 900), 1: (1000, 100), 2: (50, 50)},  # (all ticks, idle ticks) since boot
-                    {0: (1100, 1000), 1: (1100, 125), 2: (50, 50)}])  # cpu 0 idle, cpu 1 3/4 busy, cpu 2 no ticks
+    samples = iter(
+        [
+            {0: (1000, 900), 1: (1000, 100), 2: (50, 50)},  # (all ticks, idle ticks) since boot
+            {0: (1100, 1000), 1: (1100, 125), 2: (50, 50)},
+        ]
+    )  # cpu 0 idle, cpu 1 3/4 busy, cpu 2 no ticks
     monkeypatch.setattr(devices, "cpu_times", lambda cpus: next(samples))
     assert devices.busy_cores({0, 1, 2}, seconds=0) == pytest.approx(0.75)
 
@@ -342,14 +463,19 @@ def test_data_weight_binary_and_sizes(tmp_path: Path, text_file: Path, capsys: p
     binary.write_bytes(bytes(range(256)) * 4096)  # 1 MiB that is not text
     with pytest.raises(InputError, match="first bytes"):
         prepare_source(str(binary))
-    assert not any("blob" in p.name for p in (cache_root() / "data").glob("*")) if (cache_root() / "data").exists() else True
+    assert (
+        not any("blob" in p.name for p in (cache_root() / "data").glob("*"))
+        if (cache_root() / "data").exists()
+        else True
+    )
     assert [human_bytes(n) for n in (512, 1536, 3 << 20)] == ["512 B", "1.5 KiB", "3.0 MiB"]
     code, out, err = run_cli(["train", "--help"], capsys)
     assert "at most a tenth of --steps" in " ".join(out.split())  # --warmup's help says the cap the code applies
 
 
-def test_complete_from_stdin_drops_echos_newline(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_complete_from_stdin_drops_echos_newline(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     trained(run, text_file, capsys, 2)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"the rain in sp\n")))

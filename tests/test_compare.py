@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from glactl.compare import (
     RESULT_KEYS,
@@ -23,7 +24,6 @@ from glactl.inference import resolve_precision
 from glactl.models import LanguageModel
 from glactl.models.config import ModelConfig
 from glactl.models.registry import MIXERS
-from conftest import run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -31,8 +31,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 30 KB of varied English-like text (no shared data needed)."""
-    words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
-             "but have an they you were her she there been one all we their has would when what if more").split()
+    words = (
+        "the of and to in a is that for it as was with be by on not he this are or his from at which "
+        "but have an they you were her she there been one all we their has would when what if more"
+    ).split()
     lines, state = [], 12345
     for i in range(700):
         state = (state * 1103515245 + 12345) % (1 << 31)
@@ -45,12 +47,37 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_args(corpus: Path, out: Path, models: str, *extra: str) -> list[str]:
-    return ["compare", "--models", models, "--preset", "tiny", "--steps", "3", "--seq-len", "32", "--batch-size", "2",
-            "--contexts", "64,256", "--eval-windows", "2", "--data", str(corpus), "--out", str(out),
-            "--threads", "1", "--device", "cpu", *extra]
+    return [
+        "compare",
+        "--models",
+        models,
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--contexts",
+        "64,256",
+        "--eval-windows",
+        "2",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
-def test_compare_writes_results_then_skips_finished_runs(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_writes_results_then_skips_finished_runs(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Three models: four files with the exact keys; a rerun skips all; other settings need --force."""
     out = tmp_path / "cmp"
     code, stdout, stderr = run_cli(tiny_args(corpus, out, "gla,transformer,mingru"), capsys)
@@ -114,25 +141,31 @@ def test_compare_seeds_report_mean_and_spread(corpus: Path, tmp_path: Path, caps
     assert [s["seed"] for s in entry["seeds"]] == [0, 1]
     values = [s["val_bits_per_byte"] for s in entry["seeds"]]
     assert entry["val_bits_per_byte"] == pytest.approx(sum(values) / 2, abs=1e-6)
-    assert entry["val_bits_per_byte_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-5)
+    assert entry["val_bits_per_byte_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5, abs=1e-5)
     assert (out / "minlstm-seed0").is_dir() and (out / "minlstm-seed1").is_dir()
 
 
 def test_unknown_model_is_one_line_listing_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, stdout, stderr = run_cli(["compare", "--models", "gla,lsmt", "--steps", "1", "--out", str(tmp_path / "x")], capsys)
+    code, stdout, stderr = run_cli(
+        ["compare", "--models", "gla,lsmt", "--steps", "1", "--out", str(tmp_path / "x")], capsys
+    )
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
     assert "'lsmt'" in stderr and all(name in stderr for name in MIXERS)
     assert not (tmp_path / "x").exists()
 
 
-def test_default_data_offline_without_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_data_offline_without_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No --data means wikitext-103; offline with no cache it exits 2 with one line pointing at --data PATH."""
     for name in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "offline"
-    code, _, stderr = run_cli(["compare", "--models", "gla", "--preset", "tiny", "--steps", "1", "--out", str(out)], capsys)
+    code, _, stderr = run_cli(
+        ["compare", "--models", "gla", "--preset", "tiny", "--steps", "1", "--out", str(out)], capsys
+    )
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
     assert "wikitext-103" in stderr and "--data PATH" in stderr and "--task" in stderr  # both ways out
     assert not out.exists() or not any(out.iterdir())
@@ -177,10 +210,20 @@ def test_training_speed_leaves_evaluations_out() -> None:
 
 
 def test_summarize_single_seed_has_exactly_the_result_keys() -> None:
-    result = {"parameters": 10, "train_tokens_per_second": 100.0, "val_bits_per_byte": 3.0,
-              "curve": [{"step": 0, "tokens": 0, "val_bits_per_byte": 8.0}, {"step": 5, "tokens": 50, "val_bits_per_byte": 3.0}],
-              "generate_tokens_per_second": {"64": 10.0}, "decode": {"precision": "float32", "compiled": False},
-              "state_bytes": {"64": 512}, "sample": "x", "run": "out/gla-seed0"}
+    result = {
+        "parameters": 10,
+        "train_tokens_per_second": 100.0,
+        "val_bits_per_byte": 3.0,
+        "curve": [
+            {"step": 0, "tokens": 0, "val_bits_per_byte": 8.0},
+            {"step": 5, "tokens": 50, "val_bits_per_byte": 3.0},
+        ],
+        "generate_tokens_per_second": {"64": 10.0},
+        "decode": {"precision": "float32", "compiled": False},
+        "state_bytes": {"64": 512},
+        "sample": "x",
+        "run": "out/gla-seed0",
+    }
     assert list(summarize("gla", [result], spread=False)) == list(RESULT_KEYS)
     two = summarize("gla", [result, {**result, "val_bits_per_byte": 4.0, "run": "out/gla-seed1"}], spread=True)
     assert two["val_bits_per_byte"] == 3.5 and two["val_bits_per_byte_std"] == pytest.approx(0.707107, abs=1e-6)
@@ -188,17 +231,43 @@ def test_summarize_single_seed_has_exactly_the_result_keys() -> None:
 
 
 # ---- --task probes ---------------------------------------------------------------------------------------
-TASK_ARGS = {"mqar": ["--pairs", "2", "--seq-len", "16"], "selective-copy": ["--seq-len", "32"],
-             "sort": ["--sort-count", "6", "--sort-range", "3", "--seq-len", "12"]}
+TASK_ARGS = {
+    "mqar": ["--pairs", "2", "--seq-len", "16"],
+    "selective-copy": ["--seq-len", "32"],
+    "sort": ["--sort-count", "6", "--sort-range", "3", "--seq-len", "12"],
+}
 
 
 def task_args(out: Path, task: str, models: str, *extra: str) -> list[str]:
-    return ["compare", "--task", task, "--models", models, "--preset", "tiny", "--steps", "3", "--batch-size", "2",
-            "--eval-windows", "8", "--out", str(out), "--threads", "1", "--device", "cpu", *TASK_ARGS[task], *extra]
+    return [
+        "compare",
+        "--task",
+        task,
+        "--models",
+        models,
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--eval-windows",
+        "8",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        *TASK_ARGS[task],
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("task", ["mqar", "selective-copy", "sort"])
-def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(task: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(
+    task: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A tiny --task run: rows with task, accuracy (sequence accuracy for sort and selective-copy), the full config."""
     from glactl import load
     from glactl.compare import TASK_RESULT_KEYS
@@ -219,7 +288,9 @@ def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(task: str, tmp_pat
         assert e["task_settings"]["task"] == task and e["task_settings"]["seq_len"] == seq_len
         assert e["config"]["mixer"] == e["model"] and e["config"]["context"] == seq_len and "short_conv" in e["config"]
         assert [p["step"] for p in e["curve"]] == [0, 1, 2, 3] and e["curve"][-1]["accuracy"] == e["accuracy"]
-        records = [json.loads(line) for line in (out / f"{e['model']}-seed0" / "metrics.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (out / f"{e['model']}-seed0" / "metrics.jsonl").read_text().splitlines()
+        ]
         assert all("val_bpb" not in r and "bpb" not in r for r in records)
         model = load(str(out / f"{e['model']}-seed0"))  # a task run's checkpoint loads like any other
         assert model.config.to_dict() == e["config"]
@@ -230,7 +301,9 @@ def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(task: str, tmp_pat
     assert "| gla |" in stdout
 
 
-def test_compare_task_rerun_with_another_config_is_not_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_task_rerun_with_another_config_is_not_reused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Same --out, other --short-conv (or a record without the resolved config, as older glactl wrote): --force needed."""
     out = tmp_path / "rerun"
     assert run_cli(task_args(out, "mqar", "gla", "--short-conv", "0"), capsys)[0] == 0
@@ -253,18 +326,22 @@ def test_compare_task_rerun_with_another_config_is_not_reused(tmp_path: Path, ca
     assert json.loads((out / "results.json").read_text())[0]["config"]["short_conv"] == 4
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--task", "mqar", "--models", "transformer", "--short-conv", "4"], ["--short-conv", "gla only"]),
-    (["--task", "mqar", "--models", "gla", "--performer-rope"], ["--performer-rope", "performer only"]),
-    (["--task", "mqar", "--models", "gla", "--short-conv", "1"], ["short_conv"]),
-    (["--task", "lm", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
-    (["--task", "sort", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
-    (["--task", "sort", "--models", "gla", "--seq-len", "100"], ["--seq-len >= 200"]),
-    (["--task", "mqar", "--models", "gla", "--data", "x.txt"], ["--data", "--task mqar"]),
-    (["--task", "copy", "--models", "gla"], ["--task", "selective-copy"]),
-])
-def test_compare_task_flags_bad_input_is_one_line(flags: list[str], words: list[str], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--task", "mqar", "--models", "transformer", "--short-conv", "4"], ["--short-conv", "gla only"]),
+        (["--task", "mqar", "--models", "gla", "--performer-rope"], ["--performer-rope", "performer only"]),
+        (["--task", "mqar", "--models", "gla", "--short-conv", "1"], ["short_conv"]),
+        (["--task", "lm", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
+        (["--task", "sort", "--models", "gla", "--pairs", "4"], ["--pairs", "mqar"]),
+        (["--task", "sort", "--models", "gla", "--seq-len", "100"], ["--seq-len >= 200"]),
+        (["--task", "mqar", "--models", "gla", "--data", "x.txt"], ["--data", "--task mqar"]),
+        (["--task", "copy", "--models", "gla"], ["--task", "selective-copy"]),
+    ],
+)
+def test_compare_task_flags_bad_input_is_one_line(
+    flags: list[str], words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "bad"
     code, stdout, stderr = run_cli(["compare", *flags, "--preset", "tiny", "--steps", "1", "--out", str(out)], capsys)
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
@@ -277,12 +354,28 @@ def test_summarize_task_means_and_spread_over_seeds() -> None:
     from glactl.tasks import make_task
 
     task = make_task("sort", 12, sort_count=6)
-    curve = [{"step": 0, "tokens": 0, "val_loss": 3.0, "accuracy": 0.1, "sequence_accuracy": 0.0},
-             {"step": 5, "tokens": 60, "val_loss": 1.0, "accuracy": 0.5, "sequence_accuracy": 0.25}]
-    result = {"parameters": 10, "train_tokens_per_second": 100.0, "accuracy": 0.5, "sequence_accuracy": 0.25,
-              "val_loss": 1.0, "curve": curve, "state_bytes": {"12": 64}, "config": {"mixer": "gla"}, "run": "o/gla-seed0"}
-    other = {**result, "accuracy": 0.7, "sequence_accuracy": 0.75, "run": "o/gla-seed1",
-             "curve": [curve[0], {**curve[1], "accuracy": 0.7, "sequence_accuracy": 0.75}]}
+    curve = [
+        {"step": 0, "tokens": 0, "val_loss": 3.0, "accuracy": 0.1, "sequence_accuracy": 0.0},
+        {"step": 5, "tokens": 60, "val_loss": 1.0, "accuracy": 0.5, "sequence_accuracy": 0.25},
+    ]
+    result = {
+        "parameters": 10,
+        "train_tokens_per_second": 100.0,
+        "accuracy": 0.5,
+        "sequence_accuracy": 0.25,
+        "val_loss": 1.0,
+        "curve": curve,
+        "state_bytes": {"12": 64},
+        "config": {"mixer": "gla"},
+        "run": "o/gla-seed0",
+    }
+    other = {
+        **result,
+        "accuracy": 0.7,
+        "sequence_accuracy": 0.75,
+        "run": "o/gla-seed1",
+        "curve": [curve[0], {**curve[1], "accuracy": 0.7, "sequence_accuracy": 0.75}],
+    }
     assert list(summarize_task("gla", [result], False, task)) == list(TASK_RESULT_KEYS)
     two = summarize_task("gla", [result, other], True, task)
     assert list(two) == list(TASK_RESULT_KEYS) + list(TASK_SPREAD_KEYS)
@@ -349,6 +442,7 @@ def test_speed_columns_time_the_compiled_step(monkeypatch: pytest.MonkeyPatch) -
         def run(tokens: torch.Tensor, state: object) -> object:
             calls.append(tokens.shape[0])
             return self.model.step(tokens, state)
+
         return run
 
     monkeypatch.setattr(inference.CompiledStep, "_build", stand_in)

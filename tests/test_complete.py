@@ -82,14 +82,16 @@ def chain(spec: dict[str, dict[str, float]]) -> Bigram:
     return Bigram({ord(a): {ord(b): p for b, p in row.items()} for a, row in spec.items()})
 
 
-WORDS = chain({
-    "x": {" ": 0.7, "a": 0.2, ".": 0.1},
-    " ": {"a": 0.5, "b": 0.3, " ": 0.2},
-    "a": {"b": 0.4, " ": 0.3, ".": 0.2, "a": 0.1},
-    "b": {"a": 0.5, ".": 0.3, "\n": 0.2},
-    ".": {" ": 0.6, "\n": 0.3, "a": 0.1},
-    "\n": {"a": 1.0},
-})
+WORDS = chain(
+    {
+        "x": {" ": 0.7, "a": 0.2, ".": 0.1},
+        " ": {"a": 0.5, "b": 0.3, " ": 0.2},
+        "a": {"b": 0.4, " ": 0.3, ".": 0.2, "a": 0.1},
+        "b": {"a": 0.5, ".": 0.3, "\n": 0.2},
+        ".": {" ": 0.6, "\n": 0.3, "a": 0.1},
+        "\n": {"a": 1.0},
+    }
+)
 ALPHABET = b"ab .\n"
 
 
@@ -131,14 +133,16 @@ def test_leading_whitespace_does_not_end_a_word() -> None:
 def test_invalid_utf8_beams_are_dropped_and_characters_counted_not_bytes() -> None:
     # After "x": 0xFF (never valid) is most likely, then a lead byte 0xC3 that is usually followed
     # by an invalid "(" and only sometimes by 0xA9 (completing "é").
-    model = Bigram({
-        ord("x"): {0xFF: 0.6, 0xC3: 0.3, ord("o"): 0.1},
-        0xC3: {ord("("): 0.9, 0xA9: 0.1},
-        0xA9: {0xC3: 0.5, ord(" "): 0.5},
-        ord("o"): {ord(" "): 1.0},
-        0xFF: {ord(" "): 1.0},
-        ord("("): {ord(" "): 1.0},
-    })
+    model = Bigram(
+        {
+            ord("x"): {0xFF: 0.6, 0xC3: 0.3, ord("o"): 0.1},
+            0xC3: {ord("("): 0.9, 0xA9: 0.1},
+            0xA9: {0xC3: 0.5, ord(" "): 0.5},
+            ord("o"): {ord(" "): 1.0},
+            0xFF: {ord(" "): 1.0},
+            ord("("): {ord(" "): 1.0},
+        }
+    )
     found = complete(model, b"x", n=5, beam=50, until="word", max_chars=3)
     texts = [c.text for c in found]
     assert texts and all("\ufffd" not in t for t in texts)

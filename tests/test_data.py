@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,6 @@ from glactl.data import (
     split_bytes,
 )
 from glactl.errors import InputError
-from conftest import shared_file
 
 
 def _text(n: int) -> str:

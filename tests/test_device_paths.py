@@ -15,7 +15,7 @@ import torch
 from glactl.api import load
 from glactl.evaluation import score_bytes
 from glactl.sampling import generate
-from glactl.training import TrainOptions, Trainer
+from glactl.training import Trainer, TrainOptions
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -25,9 +25,21 @@ def test_training_and_inference_on_an_explicit_device(tmp_path: Path, device: st
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 100)
     run = tmp_path / "run"
-    options = TrainOptions(data=[str(text)], preset="tiny", d_model=64, n_layers=1, seq_len=16, batch_size=2, grad_accum=2,
-                           steps=3, eval_windows=2, threads=1, dtype="float32" if device == "cpu" else "auto",
-                           device=device, out=str(run))
+    options = TrainOptions(
+        data=[str(text)],
+        preset="tiny",
+        d_model=64,
+        n_layers=1,
+        seq_len=16,
+        batch_size=2,
+        grad_accum=2,
+        steps=3,
+        eval_windows=2,
+        threads=1,
+        dtype="float32" if device == "cpu" else "auto",
+        device=device,
+        out=str(run),
+    )
     trainer = Trainer(options)
     trainer.setup()
     assert trainer.device.type == device

@@ -27,10 +27,40 @@ pytestmark = pytest.mark.skipif(
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Global batch 4 windows x 2 micro-batches: each rank takes 2 windows of each micro-batch.
-ARGS = ["--preset", "tiny", "--d-model", "64", "--n-layers", "1", "--seq-len", "16", "--batch-size", "4",
-        "--grad-accum", "2", "--eval-windows", "4", "--eval-every", "10", "--save-every", "10", "--log-every", "5",
-        "--threads", "1", "--dtype", "float32", "--device", "cpu", "--lr", "3e-3", "--warmup", "4",
-        "--schedule", "constant"]  # constant after warmup: a run stopped at step 10 and resumed to 20 matches one of 20
+ARGS = [
+    "--preset",
+    "tiny",
+    "--d-model",
+    "64",
+    "--n-layers",
+    "1",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--grad-accum",
+    "2",
+    "--eval-windows",
+    "4",
+    "--eval-every",
+    "10",
+    "--save-every",
+    "10",
+    "--log-every",
+    "5",
+    "--threads",
+    "1",
+    "--dtype",
+    "float32",
+    "--device",
+    "cpu",
+    "--lr",
+    "3e-3",
+    "--warmup",
+    "4",
+    "--schedule",
+    "constant",
+]  # constant after warmup: a run stopped at step 10 and resumed to 20 matches one of 20
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +78,26 @@ def _free_port() -> int:
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess[str]:
     """`python -m torch.distributed.run --nproc-per-node N -m glactl train ARGS` on loopback."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "glactl", "train", *args]
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "glactl",
+        "train",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, cwd=REPO_ROOT)
 
 
@@ -83,7 +130,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path
     return run
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path: Path, text_file: Path, reference: Path) -> None:
+def test_two_processes_equal_one_process_with_the_same_global_batch(
+    tmp_path: Path, text_file: Path, reference: Path
+) -> None:
     run = tmp_path / "run"
     result = torchrun(["--data", str(text_file), *ARGS, "--steps", "20", "--out", str(run)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -126,8 +175,9 @@ def test_a_one_process_run_resumes_on_two_processes(tmp_path: Path, text_file: P
     assert max_difference(weights(run), weights(reference)) < 1e-5
 
 
-def test_a_global_batch_that_does_not_split_is_one_line(tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_global_batch_that_does_not_split_is_one_line(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # What torchrun sets for rank 0 of 2; the check comes before joining the process group.
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")

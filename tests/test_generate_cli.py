@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, child_result, run_cli, start_child
+
 import glactl.paths as paths
 from glactl.checkpoint import load_model, save_model
 from glactl.models import LanguageModel, ModelConfig
@@ -22,7 +22,11 @@ PROMPT = "The history of"
 def gla_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(21)
     folder = tmp_path_factory.mktemp("gen") / "gla"
-    save_model(folder, LanguageModel(ModelConfig.tiny(d_model=32, n_layers=2, n_heads=2, gla_gate_rank=4)), training={"steps": 0})
+    save_model(
+        folder,
+        LanguageModel(ModelConfig.tiny(d_model=32, n_layers=2, n_heads=2, gla_gate_rank=4)),
+        training={"steps": 0},
+    )
     return folder
 
 
@@ -61,8 +65,10 @@ def test_same_seed_same_text_other_seed_other_text(gla_folder: Path, capsys: pyt
     assert first["samples"] == second["samples"]
     assert first["samples"] != other["samples"]
     # Streamed (piped) output is the same text too.
-    code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "60",
-                              "--seed", "123"], capsys)
+    code, out, err = run_cli(
+        ["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "60", "--seed", "123"],
+        capsys,
+    )
     assert code == 0, err
     assert out == printed(first["samples"][0])
 
@@ -84,8 +90,23 @@ def test_num_samples(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert len(document["samples"]) == 3
     assert document["tokens"] == 90
     assert len(set(document["samples"])) == 3
-    code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "30",
-                              "--num-samples", "3", "--seed", "5"], capsys)
+    code, out, err = run_cli(
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            str(gla_folder),
+            "--threads",
+            "1",
+            "--max-new-tokens",
+            "30",
+            "--num-samples",
+            "3",
+            "--seed",
+            "5",
+        ],
+        capsys,
+    )
     assert code == 0, err
     for i, sample in enumerate(document["samples"], 1):
         assert f"--- sample {i}/3 ---\n{printed(sample)}" in out
@@ -93,8 +114,22 @@ def test_num_samples(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_no_stream_prints_the_same_text(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     document = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "30", "--seed", "9")
-    code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "30",
-                              "--seed", "9", "--no-stream"], capsys)
+    code, out, err = run_cli(
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            str(gla_folder),
+            "--threads",
+            "1",
+            "--max-new-tokens",
+            "30",
+            "--seed",
+            "9",
+            "--no-stream",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert out == printed(document["samples"][0])
 
@@ -116,7 +151,9 @@ def test_temperature_zero_is_argmax_of_a_full_forward(
 ) -> None:
     expected = greedy_reference(load_model(gla_folder)[0].double(), PROMPT.encode(), 40)
     for seed in ("1", "2"):
-        document = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "40", "--temperature", "0", "--seed", seed)
+        document = generate_json(
+            capsys, gla_folder, PROMPT, "--max-new-tokens", "40", "--temperature", "0", "--seed", seed
+        )
         assert document["samples"] == [expected.decode("utf-8", errors="replace")]
     # top-k 1 is greedy as well, whatever the temperature.
     document = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "40", "--top-k", "1", "--seed", "4")
@@ -128,8 +165,11 @@ def test_attention_model_generates_past_its_window_like_a_full_forward(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], float64_loading: None, context: int | None
 ) -> None:
     torch.manual_seed(22)
-    folder = save_model(tmp_path / "transformer", LanguageModel(ModelConfig.tiny(
-        mixer="transformer", d_model=32, n_layers=2, n_heads=2, context=context)), training={"steps": 0})
+    folder = save_model(
+        tmp_path / "transformer",
+        LanguageModel(ModelConfig.tiny(mixer="transformer", d_model=32, n_layers=2, n_heads=2, context=context)),
+        training={"steps": 0},
+    )
     prompt = "A prompt that is longer than the attention window of the model."
     assert len(prompt) > 32
     expected = greedy_reference(load_model(folder)[0].double(), prompt.encode(), 60)
@@ -141,7 +181,9 @@ def test_attention_model_generates_past_its_window_like_a_full_forward(
 def test_stop_string_ends_the_sample_and_is_not_printed(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     full = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "80", "--temperature", "0")["samples"][0]
     # A stop string that first appears a little way into the greedy text.
-    candidates = [(full.find(c), c) for c in set(full[5:]) if c.isascii() and c.isprintable() and not c.isspace() and c != "\\"]
+    candidates = [
+        (full.find(c), c) for c in set(full[5:]) if c.isascii() and c.isprintable() and not c.isspace() and c != "\\"
+    ]
     assert candidates, full
     position, stop = min(candidates)
     assert position >= 0
@@ -149,8 +191,25 @@ def test_stop_string_ends_the_sample_and_is_not_printed(gla_folder: Path, capsys
     document = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "80", "--temperature", "0", "--stop", stop)
     assert document["samples"] == [expected]
     assert document["tokens"] < 80
-    code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "80",
-                              "--temperature", "0", "--stop", "\u2603never", "--stop", stop], capsys)
+    code, out, err = run_cli(
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            str(gla_folder),
+            "--threads",
+            "1",
+            "--max-new-tokens",
+            "80",
+            "--temperature",
+            "0",
+            "--stop",
+            "\u2603never",
+            "--stop",
+            stop,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert out == printed(expected)
 
@@ -169,7 +228,9 @@ def test_piped_output_is_prompt_plus_text_and_a_newline_without_ansi_codes_or_su
     code, out, err = run_cli([*args, "--no-echo"], capsys)  # the continuation alone, still ending the line
     assert (code, out) == (0, sample + ("" if sample.endswith("\n") else "\n"))
     code, out, err = run_cli([*args, "--num-samples", "2", "--temp", "0.5"], capsys)
-    assert code == 0 and out.count(PROMPT) == 2 and out.startswith("--- sample 1/2 ---\n" + PROMPT) and out.endswith("\n")
+    assert (
+        code == 0 and out.count(PROMPT) == 2 and out.startswith("--- sample 1/2 ---\n" + PROMPT) and out.endswith("\n")
+    )
 
 
 def test_terminal_output_echoes_the_prompt_in_bold_and_summarises_on_stderr(
@@ -177,8 +238,10 @@ def test_terminal_output_echoes_the_prompt_in_bold_and_summarises_on_stderr(
 ) -> None:
     sample = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "20", "--seed", "11")["samples"][0]
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "20",
-                              "--seed", "11"], capsys)
+    code, out, err = run_cli(
+        ["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "--max-new-tokens", "20", "--seed", "11"],
+        capsys,
+    )
     assert code == 0, err
     assert out == f"\x1b[1m{PROMPT}\x1b[0m{sample}\n"
     assert "20 tokens" in err and "tokens/s" in err and "state" in err
@@ -200,12 +263,16 @@ def test_terminal_output_echoes_the_prompt_in_bold_and_summarises_on_stderr(
         (["--max-new-tokens", "many"], "--max-new-tokens"),
     ],
 )
-def test_bad_values_exit_2_with_one_line(gla_folder: Path, capsys: pytest.CaptureFixture[str], options: list[str], word: str) -> None:
+def test_bad_values_exit_2_with_one_line(
+    gla_folder: Path, capsys: pytest.CaptureFixture[str], options: list[str], word: str
+) -> None:
     code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), *options], capsys)
     assert_one_line_error(code, out, err, word)
 
 
-def test_usage_errors_exit_2_with_one_line_and_version_answers(gla_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2_with_one_line_and_version_answers(
+    gla_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run_cli(["generate", PROMPT, "--model", str(gla_folder), "--no-such-option"], capsys)
     assert_one_line_error(code, out, err, "--no-such-option", "glactl generate --help")
     code, out, err = run_cli(["generate", PROMPT, "--temperature", "hot"], capsys)
@@ -218,7 +285,9 @@ def test_usage_errors_exit_2_with_one_line_and_version_answers(gla_folder: Path,
     assert (code, out.strip(), err) == (0, glactl.__version__, "")
 
 
-def test_missing_prompt_file_and_model_folder_exit_2(gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_prompt_file_and_model_folder_exit_2(
+    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run_cli(["generate", f"@{tmp_path / 'nope.txt'}", "--model", str(gla_folder)], capsys)
     assert_one_line_error(code, out, err, "nope.txt")
     code, out, err = run_cli(["generate", f"@{tmp_path}", "--model", str(gla_folder)], capsys)
@@ -253,7 +322,9 @@ def test_default_model_is_found_among_shipped_weights(
     shutil.copytree(gla_folder, weights / paths.DEFAULT_WEIGHTS)
     monkeypatch.setattr(paths, "weights_dirs", lambda: [weights])
     expected = generate_json(capsys, gla_folder, PROMPT, "--max-new-tokens", "20", "--seed", "2")["samples"]
-    code, out, err = run_cli(["generate", PROMPT, "--threads", "1", "--max-new-tokens", "20", "--seed", "2", "--json"], capsys)
+    code, out, err = run_cli(
+        ["generate", PROMPT, "--threads", "1", "--max-new-tokens", "20", "--seed", "2", "--json"], capsys
+    )
     assert code == 0, err
     assert json.loads(out)["samples"] == expected
 
@@ -263,7 +334,11 @@ def test_default_model_is_found_among_shipped_weights(
 def test_100k_new_bytes_peak_less_than_10mb_above_1k(tmp_path: Path) -> None:
     torch.manual_seed(6)
     folder = tmp_path / "gla-mini"
-    save_model(folder, LanguageModel(ModelConfig.tiny(d_model=16, n_layers=1, n_heads=1, gla_gate_rank=4)), training={"steps": 0})
+    save_model(
+        folder,
+        LanguageModel(ModelConfig.tiny(d_model=16, n_layers=1, n_heads=1, gla_gate_rank=4)),
+        training={"steps": 0},
+    )
     # Eager steps: --compile auto would compile both runs (tens of seconds each on 2 cores, the same fixed graph and
     # buffers whatever the length); what grows with length, if anything, is the decode loop, the same in both paths.
     common = [PROMPT, "--model", str(folder), "--threads", "1", "--seed", "0", "--temperature", "1", "--compile", "off"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import rel_err
+
 from glactl.ops.gla import MIN_LOG_GATE, gate_log, gla_chunk, gla_quadratic, gla_recurrent, gla_step
 
 B, H, K, V = 2, 2, 8, 12

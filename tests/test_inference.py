@@ -7,15 +7,17 @@ import copy
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli
+
 from glactl import inference
 from glactl.models import LanguageModel, ModelConfig
 
-TEXT = (b"The history of the city begins in the early nineteenth century, when a small settlement grew up around "
-        b"the river crossing. By 1850 it had become a market town with a railway station, two churches and a school. "
-        b"In the following decades the population rose quickly as new industries arrived, and the town was granted "
-        b"a charter in 1889. During the twentieth century it expanded further, absorbing several nearby villages.\n")
+TEXT = (
+    b"The history of the city begins in the early nineteenth century, when a small settlement grew up around "
+    b"the river crossing. By 1850 it had become a market town with a railway station, two churches and a school. "
+    b"In the following decades the population rose quickly as new industries arrived, and the town was granted "
+    b"a charter in 1889. During the twentieth century it expanded further, absorbing several nearby villages.\n"
+)
 
 
 def tiny_gla(**overrides: object) -> LanguageModel:
@@ -94,7 +96,9 @@ def test_compiled_step_matches_eager_for_every_compiled_mixer(mixer: str) -> Non
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
-def test_failing_compile_falls_back_to_eager_with_one_note(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failing_compile_falls_back_to_eager_with_one_note(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = tiny_gla(gla_gate_rank=3)  # a config no other test compiles: nothing cached
     tokens = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(2))
     eager = run_steps(model, model.step, tokens)
@@ -113,7 +117,9 @@ def test_failing_compile_falls_back_to_eager_with_one_note(monkeypatch: pytest.M
     assert inference.stepper(model, 1, 4) == model.step  # later runs go straight to eager
 
 
-def test_damaged_cached_package_is_removed_and_rebuilt(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_cached_package_is_removed_and_rebuilt(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = tiny_gla(gla_gate_rank=6)  # a config no other test compiles
     path = inference.package_path(model, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,8 +199,10 @@ def test_float32_on_cpu_keeps_the_products_with_transposed_weights() -> None:
 
 def test_every_precision_runs_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     for precision in inference.PRECISION_CHOICES:
-        code, out, err = run_cli(["generate", "The", "--max-new-tokens", "3", "--seed", "0", "--precision", precision,
-                                  "--compile", "off"], capsys)
+        code, out, err = run_cli(
+            ["generate", "The", "--max-new-tokens", "3", "--seed", "0", "--precision", precision, "--compile", "off"],
+            capsys,
+        )
         assert code == 0, err
         assert out.startswith("The")
 
@@ -202,7 +210,10 @@ def test_every_precision_runs_from_the_cli(capsys: pytest.CaptureFixture[str]) -
 def test_precision_bits_per_byte_within_bound_of_float32() -> None:
     import glactl
 
-    bpb = {p: glactl.load(None, threads=1, precision=p).perplexity(TEXT)["bits_per_byte"] for p in ("float32", "bfloat16", "int8")}
+    bpb = {
+        p: glactl.load(None, threads=1, precision=p).perplexity(TEXT)["bits_per_byte"]
+        for p in ("float32", "bfloat16", "int8")
+    }
     for precision in ("bfloat16", "int8"):
         assert abs(bpb[precision] - bpb["float32"]) < inference.AUTO_BPB_BOUND, bpb
 
@@ -210,7 +221,9 @@ def test_precision_bits_per_byte_within_bound_of_float32() -> None:
 def test_auto_precision_is_int8_where_the_int8_kernel_is_vectorised(monkeypatch: pytest.MonkeyPatch) -> None:
     """The rule measured on AVX512-BF16 and on AVX2-only CPUs: int8 wherever the kernel is vectorised, native bf16 or not."""
     capability = torch.backends.cpu.get_cpu_capability()
-    assert inference.int8_kernel_vectorized(torch.device("cpu")) == (inference.int8_available() and capability.startswith(("AVX2", "AVX512")))
+    assert inference.int8_kernel_vectorized(torch.device("cpu")) == (
+        inference.int8_available() and capability.startswith(("AVX2", "AVX512"))
+    )
     assert not inference.int8_kernel_vectorized(torch.device("meta"))
     monkeypatch.setattr(inference, "native_bf16", lambda device: False)
     monkeypatch.setattr(inference, "int8_kernel_vectorized", lambda device: True)
@@ -229,11 +242,15 @@ def test_precision_fallback_note(monkeypatch: pytest.MonkeyPatch, capsys: pytest
 
 @pytest.mark.parametrize("command", ["generate", "complete", "perplexity", "compare"])
 @pytest.mark.parametrize("flag, value", [("--precision", "fp16"), ("--compile", "maybe")])
-def test_bad_values_exit_2_with_one_line(command: str, flag: str, value: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_bad_values_exit_2_with_one_line(
+    command: str, flag: str, value: str, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # noqa: ANN001
     text = tmp_path / "t.txt"
     text.write_bytes(TEXT)
-    argument = {"perplexity": [str(text)], "compare": ["--models", "gla", "--steps", "1", "--data", str(text),
-                                                       "--out", str(tmp_path / "cmp")]}.get(command, ["The"])
+    argument = {
+        "perplexity": [str(text)],
+        "compare": ["--models", "gla", "--steps", "1", "--data", str(text), "--out", str(tmp_path / "cmp")],
+    }.get(command, ["The"])
     code, out, err = run_cli([command, *argument, flag, value], capsys)
     assert not (tmp_path / "cmp").exists()  # refused before any run folder is made
     assert_one_line_error(code, out, err, flag, value)

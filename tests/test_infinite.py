@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_err
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.infinite import InfinityFormer
@@ -56,7 +56,11 @@ def run_pieces(module, x: torch.Tensor, cuts: list[int]):
 
 
 def run_steps(module, x: torch.Tensor, state=None):
-    state = state if state is not None else module.init_state(x.shape[0], x.device, x.dtype if x.is_floating_point() else None)
+    state = (
+        state
+        if state is not None
+        else module.init_state(x.shape[0], x.device, x.dtype if x.is_floating_point() else None)
+    )
     outputs = []
     for t in range(x.shape[1]):
         y, state = module.step(x[:, t], state)
@@ -92,7 +96,9 @@ def test_ridge_fit_reproduces_a_smooth_signal() -> None:
 def test_repeated_refits_stay_bounded() -> None:
     matrices = memory_matrices(64, 64, 128, 0.5, 0.5)
     g = torch.Generator().manual_seed(0)
-    memory = refit_memory(torch.zeros(64, 4, dtype=torch.float64), torch.randn(128, 4, generator=g, dtype=torch.float64), matrices, True)
+    memory = refit_memory(
+        torch.zeros(64, 4, dtype=torch.float64), torch.randn(128, 4, generator=g, dtype=torch.float64), matrices, True
+    )
     for _ in range(200):
         memory = refit_memory(memory, torch.randn(128, 4, generator=g, dtype=torch.float64), matrices, False)
     assert memory.abs().max() < 10
@@ -113,7 +119,9 @@ def test_continuous_attention_matches_numerical_integration() -> None:
     t = torch.linspace(-8.0, 9.0, 100_001, dtype=torch.float64)
     psi = torch.exp(-0.5 * ((t[:, None] - centers) / widths) ** 2) / (widths * math.sqrt(2 * math.pi))  # [G, N]
     signal = torch.einsum("gn,bhnd->bhgd", psi, mem_v)
-    density = torch.exp(-0.5 * (t - mu.unsqueeze(-1)) ** 2 / var.unsqueeze(-1)) / torch.sqrt(2 * math.pi * var.unsqueeze(-1))
+    density = torch.exp(-0.5 * (t - mu.unsqueeze(-1)) ** 2 / var.unsqueeze(-1)) / torch.sqrt(
+        2 * math.pi * var.unsqueeze(-1)
+    )
     reference = torch.einsum("bhtg,bhgd->bhtd", density, signal) * (t[1] - t[0])
     assert rel_err(out, reference) < 1e-6
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
 import glactl
 import glactl.paths as paths
 from glactl.checkpoint import load_model, save_model
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
-from conftest import assert_one_line_error, run_cli
 
 TRAINING = {"steps": 3, "bits_per_byte": 7.5, "tokens": 4096, "data": ["tiny.txt"]}
 PROMPT = "The history of"
@@ -113,14 +113,18 @@ def test_info_table(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]
     assert "512 bytes per token" in flat and "32-token window" in flat
 
 
-def test_info_of_a_run_folder_describes_its_checkpoint(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_of_a_run_folder_describes_its_checkpoint(
+    folders: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     described = cli_json(capsys, "info", str(folders["run"]))
     assert Path(described["model"]).resolve() == (folders["run"] / "checkpoint").resolve()
     assert described["training"] == TRAINING
     assert "model.safetensors" in described["files"]
 
 
-def test_info_bad_input(folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_info_bad_input(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, out, err = run_cli(["info", str(tmp_path / "missing")], capsys)
     assert_one_line_error(code, out, err, "missing")
     code, out, err = run_cli(["info", str(folders["gla"]), "--model", str(folders["transformer"])], capsys)
@@ -144,33 +148,79 @@ def test_load_returns_a_model_with_the_operations(folders: dict[str, Path]) -> N
 def test_api_generate_matches_the_cli(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder = str(folders["gla"])
     lm = glactl.load(folder, device="cpu", threads=1)
-    document = cli_json_exact(capsys, "generate", PROMPT, "--model", folder, "--device", "cpu", "--max-new-tokens", "40", "--seed", "7")
+    document = cli_json_exact(
+        capsys, "generate", PROMPT, "--model", folder, "--device", "cpu", "--max-new-tokens", "40", "--seed", "7"
+    )
     text = lm.generate(PROMPT, max_new_tokens=40, seed=7)
     assert isinstance(text, str) and text == document["samples"][0]
     assert lm.generate(PROMPT.encode(), max_new_tokens=40, seed=7) == text
-    document = cli_json_exact(capsys, "generate", PROMPT, "--model", folder, "--device", "cpu", "--max-new-tokens", "20",
-                        "--num-samples", "2", "--seed", "8", "--temperature", "1.3", "--top-k", "50", "--top-p", "0.9",
-                        "--repetition-penalty", "1.2", "--stop", "e")
-    samples = lm.generate(PROMPT, max_new_tokens=20, num_samples=2, seed=8, temperature=1.3, top_k=50, top_p=0.9,
-                          repetition_penalty=1.2, stop=["e"])
+    document = cli_json_exact(
+        capsys,
+        "generate",
+        PROMPT,
+        "--model",
+        folder,
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "20",
+        "--num-samples",
+        "2",
+        "--seed",
+        "8",
+        "--temperature",
+        "1.3",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.9",
+        "--repetition-penalty",
+        "1.2",
+        "--stop",
+        "e",
+    )
+    samples = lm.generate(
+        PROMPT,
+        max_new_tokens=20,
+        num_samples=2,
+        seed=8,
+        temperature=1.3,
+        top_k=50,
+        top_p=0.9,
+        repetition_penalty=1.2,
+        stop=["e"],
+    )
     assert samples == document["samples"] and len(samples) == 2
     greedy = lm.generate(PROMPT, max_new_tokens=30, temperature=0)
-    assert greedy == cli_json_exact(capsys, "generate", PROMPT, "--model", folder, "--max-new-tokens", "30", "--temperature", "0")["samples"][0]
+    assert (
+        greedy
+        == cli_json_exact(
+            capsys, "generate", PROMPT, "--model", folder, "--max-new-tokens", "30", "--temperature", "0"
+        )["samples"][0]
+    )
 
 
 def test_api_complete_matches_the_cli(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder = str(folders["gla"])
     lm = glactl.load(folder, threads=1)
     for until in ("word", "line"):
-        document = cli_json_exact(capsys, "complete", PROMPT, "--model", folder, "--n", "3", "--max-chars", "5", "--until", until)
+        document = cli_json_exact(
+            capsys, "complete", PROMPT, "--model", folder, "--n", "3", "--max-chars", "5", "--until", until
+        )
         found = lm.complete(PROMPT, n=3, max_chars=5, until=until)
         assert len(found) == 3
         assert [c.text for c in found] == [row["text"] for row in document["completions"]]
-        assert [c.logprob for c in found] == pytest.approx([row["logprob"] for row in document["completions"]], rel=1e-9)
-        assert [c.probability for c in found] == pytest.approx([row["probability"] for row in document["completions"]], rel=1e-9)
+        assert [c.logprob for c in found] == pytest.approx(
+            [row["logprob"] for row in document["completions"]], rel=1e-9
+        )
+        assert [c.probability for c in found] == pytest.approx(
+            [row["probability"] for row in document["completions"]], rel=1e-9
+        )
 
 
-def test_api_perplexity_matches_the_cli(folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_api_perplexity_matches_the_cli(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = "The history of the world is long.\n  Caf\u00e9 na\u00efve \u4e2d\u6587  text\n" * 5
     path = tmp_path / "text.txt"
     path.write_text(text, encoding="utf-8", newline="")
@@ -191,11 +241,19 @@ def test_api_info_matches_the_cli(folders: dict[str, Path], capsys: pytest.Captu
     for name in ("gla", "windowed"):
         described = cli_json(capsys, "info", str(folders[name]))
         assert json.loads(json.dumps(glactl.load(folders[name], threads=1).info(), default=str)) == described
-        for precision in ("int8", "bfloat16"):  # run-time weights (int8 buffers, a tied head's copy) count as the checkpoint's
-            assert glactl.load(folders[name], threads=1, precision=precision).info()["parameters"] == described["parameters"]
+        for precision in (
+            "int8",
+            "bfloat16",
+        ):  # run-time weights (int8 buffers, a tied head's copy) count as the checkpoint's
+            assert (
+                glactl.load(folders[name], threads=1, precision=precision).info()["parameters"]
+                == described["parameters"]
+            )
 
 
-def test_api_context_override_and_errors(folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_context_override_and_errors(
+    folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert glactl.load(folders["windowed"], threads=1, context=16).config.context == 16
     with pytest.raises(InputError, match="context"):
         glactl.load(folders["windowed"], threads=1, context=0)

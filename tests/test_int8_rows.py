@@ -12,8 +12,9 @@ from glactl import inference
 from glactl.models import LanguageModel, ModelConfig
 from glactl.ops.int8_rows import ROW_WEIGHT_MAX, int8_row_codes, int8_rows_available, int8_rows_matmul, pack_int8_rows
 
-needs_fbgemm = pytest.mark.skipif(not int8_rows_available(torch.device("cpu")),
-                                  reason="torch's fbgemm quantized engine is not in this build")
+needs_fbgemm = pytest.mark.skipif(
+    not int8_rows_available(torch.device("cpu")), reason="torch's fbgemm quantized engine is not in this build"
+)
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
@@ -94,4 +95,3 @@ def test_whole_model_int8_reads_close_to_float32() -> None:
     assert (approx - exact).norm() / exact.norm() < 0.05
     exact_matrix, approx_matrix = (s[0]["S"] if isinstance(s[0], dict) else s[0] for s in (exact_state, approx_state))
     assert (approx_matrix - exact_matrix).norm() / exact_matrix.norm() < 0.05
-

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import final_error_line, run_cli
 from safetensors.torch import load_file
 
 import glactl.checkpoint as checkpoint
@@ -26,12 +27,29 @@ import glactl.devices as devices
 from glactl.checkpoint import load_model, save_model
 from glactl.errors import RunFailure
 from glactl.models import LanguageModel, ModelConfig
-from glactl.training import TrainOptions, Trainer, train
-from conftest import final_error_line, run_cli
+from glactl.training import Trainer, TrainOptions, train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16", "--batch-size", "2",
-        "--eval-windows", "2", "--threads", "1", "--dtype", "float32"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--d-model",
+    "32",
+    "--n-layers",
+    "1",
+    "--n-heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--eval-windows",
+    "2",
+    "--threads",
+    "1",
+    "--dtype",
+    "float32",
+]
 
 
 @pytest.fixture
@@ -52,18 +70,39 @@ def trainer_step(run: Path) -> int:
 
 
 def start_training(run: Path, text_file: Path, *extra: str) -> subprocess.Popen[str]:
-    argv = ["train", "--data", str(text_file), *TINY, "--steps", "1000000", "--eval-every", "1000000", "--log-every", "1000000",
-            "--out", str(run), *extra]
+    argv = [
+        "train",
+        "--data",
+        str(text_file),
+        *TINY,
+        "--steps",
+        "1000000",
+        "--eval-every",
+        "1000000",
+        "--log-every",
+        "1000000",
+        "--out",
+        str(run),
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "glactl", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=run.parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "glactl", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=run.parent,
+    )
 
 
 def wait_for(condition, process: subprocess.Popen[str], seconds: float = 120) -> None:  # noqa: ANN001
     deadline = time.monotonic() + seconds
     while not condition():
         if process.poll() is not None:
-            raise AssertionError(f"training exited early ({process.returncode}): {process.stderr.read() if process.stderr else ''}")
+            raise AssertionError(
+                f"training exited early ({process.returncode}): {process.stderr.read() if process.stderr else ''}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError("training did not get going in time")
         time.sleep(0.01)
@@ -79,8 +118,18 @@ def saving(run: Path) -> bool:
 
 
 # Ten trials: Ctrl-C and kill -9, at random delays after the first save or the moment a save is seen under way.
-TRIALS = [("INT", "random"), ("INT", "saving"), ("INT", "double"), ("INT", "random"), ("INT", "saving"),
-          ("KILL", "random"), ("KILL", "saving"), ("KILL", "random"), ("KILL", "saving"), ("KILL", "random")]
+TRIALS = [
+    ("INT", "random"),
+    ("INT", "saving"),
+    ("INT", "double"),
+    ("INT", "random"),
+    ("INT", "saving"),
+    ("KILL", "random"),
+    ("KILL", "saving"),
+    ("KILL", "random"),
+    ("KILL", "saving"),
+    ("KILL", "random"),
+]
 
 
 def test_random_interruptions_leave_a_loadable_checkpoint_that_resumes(
@@ -155,7 +204,9 @@ def test_two_runs_started_together_one_refuses(tmp_path: Path, text_file: Path) 
     load_model(run)
 
 
-def test_a_lock_being_written_is_not_stolen(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_lock_being_written_is_not_stolen(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A holder that has created train.lock but not yet written its pid still owns the folder."""
     fcntl = pytest.importorskip("fcntl")
     run = tmp_path / "run"
@@ -188,7 +239,9 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str, ca
 
 
 @pytest.mark.parametrize("where", ["weights", "config", "fsync"])
-def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_during_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "ck"
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig.tiny(d_model=32, n_layers=1, n_heads=2))
@@ -211,8 +264,9 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path: Path, whe
     load_model(folder)
 
 
-def test_disk_full_through_the_cli_is_exit_1(tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_disk_full_through_the_cli_is_exit_1(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     assert run_cli(["train", "--data", str(text_file), *TINY, "--steps", "2", "--out", str(run)], capsys)[0] == 0
     before = load_file(str(run / "checkpoint" / "model.safetensors"))
@@ -238,8 +292,22 @@ def test_inf_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Pa
             with torch.no_grad():
                 trainer.model.embed.weight.fill_(float("inf"))
 
-    options = TrainOptions(data=[str(text_file)], preset="tiny", d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=2,
-                           eval_windows=2, steps=10, save_every=2, eval_every=100, out=str(run), dtype="float32", threads=1)
+    options = TrainOptions(
+        data=[str(text_file)],
+        preset="tiny",
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        seq_len=16,
+        batch_size=2,
+        eval_windows=2,
+        steps=10,
+        save_every=2,
+        eval_every=100,
+        out=str(run),
+        dtype="float32",
+        threads=1,
+    )
     with pytest.raises(RunFailure, match=r"at step 5\b") as info:
         train(options, on_step=spike)
     assert "last good checkpoint" in str(info.value) and "\n" not in str(info.value)
@@ -254,8 +322,23 @@ def test_bfloat16_without_hardware_support_falls_back_with_a_warning(
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
     run = tmp_path / "run"
     flags = [f for f in TINY if f not in ("--dtype", "float32")]
-    code, out, err = run_cli(["train", "--data", str(text_file), *flags, "--dtype", "bfloat16", "--device", "cpu",
-                              "--steps", "2", "--out", str(run)], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--data",
+            str(text_file),
+            *flags,
+            "--dtype",
+            "bfloat16",
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
     assert code == 0, err
     shown = out + err
     assert "warning" in shown.lower() and "bfloat16" in shown and "float32" in shown

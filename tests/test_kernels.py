@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import rel_err
+
 from glactl.cli import main
 from glactl.devices import select_kernels, use_kernels
 from glactl.errors import InputError
@@ -20,8 +20,12 @@ from glactl.ops import gla as gla_ops
 from glactl.ops.gla import fla_available, gate_log, gla_chunk, gla_chunk_fla
 
 HAVE_FLA_CUDA = torch.cuda.is_available() and fla_available()
-needs_fla = pytest.mark.skipif(not HAVE_FLA_CUDA, reason="needs a CUDA GPU and the fla package (flash-linear-attention)"
-                               if torch.cuda.is_available() else "needs a CUDA GPU (and the fla package)")
+needs_fla = pytest.mark.skipif(
+    not HAVE_FLA_CUDA,
+    reason="needs a CUDA GPU and the fla package (flash-linear-attention)"
+    if torch.cuda.is_available()
+    else "needs a CUDA GPU (and the fla package)",
+)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -46,9 +50,13 @@ def test_fla_is_refused_off_cuda_and_when_not_installed(monkeypatch: pytest.Monk
         select_kernels("fla", torch.device("cuda"))  # a device object only: no GPU is touched
 
 
-@pytest.mark.parametrize("command", [["train", "--data", "{text}", "--steps", "1", "--out", "{run}"],
-                                     ["perplexity", "{text}"], ["generate", "hi"]])
-def test_cli_refuses_fla_on_cpu_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["train", "--data", "{text}", "--steps", "1", "--out", "{run}"], ["perplexity", "{text}"], ["generate", "hi"]],
+)
+def test_cli_refuses_fla_on_cpu_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
     text = tmp_path / "text.txt"
     text.write_text("hello world " * 50)
     argv = [a.format(text=text, run=tmp_path / "run") for a in command] + ["--kernels", "fla", "--device", "cpu"]

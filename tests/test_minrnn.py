@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_err
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.mingru import MinGRU, MinLSTM, inner_dim
 from glactl.models.registry import MIXERS, default_lr, mixer_class
@@ -32,7 +32,9 @@ def _g(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
 
 
-def _coefficients(kind: str, batch: int, length: int, dim: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _coefficients(
+    kind: str, batch: int, length: int, dim: int, scale: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 log a, log b of one of the two models from random pre-activations."""
     gen = torch.Generator().manual_seed(seed)
     pre = torch.randn(3, batch, length, dim, generator=gen, dtype=torch.float64) * scale
@@ -143,7 +145,7 @@ def test_registry_and_shapes() -> None:
     assert mixer.out_proj.out_features == config.d_model
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mixer_case(kind: str) -> tuple:
     """A float64 mixer, its float32 twin, an input, and the one-call and token-by-token outputs."""
     torch.manual_seed(5)
@@ -160,7 +162,9 @@ def _mixer_case(kind: str) -> tuple:
     return mixer64, mixer32, x, full, last, torch.stack(outs, dim=1), state
 
 
-def _run_pieces(module: torch.nn.Module, x: torch.Tensor, cuts: list[int], state: object) -> tuple[torch.Tensor, object]:
+def _run_pieces(
+    module: torch.nn.Module, x: torch.Tensor, cuts: list[int], state: object
+) -> tuple[torch.Tensor, object]:
     outs = []
     for piece in _split(x, cuts):
         y, state = module(piece, state)
@@ -210,7 +214,7 @@ def test_mixer_low_precision_input_keeps_float32_state() -> None:
     assert mixer.init_state(2, dtype=torch.bfloat16).dtype == torch.float32
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model_case(kind: str) -> tuple:
     """A float64 tiny LanguageModel, its float32 twin, tokens, and the one-call and stepped logits."""
     torch.manual_seed(9)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_err
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.gla import GatedLinearAttention
@@ -87,7 +87,7 @@ def test_property_split_points_do_not_change_logits(batch: int, length: int, cut
     assert rel_err(pieces, full) < 1e-10
     _, state_pieces = model(idx[:, : cuts[0]]) if cuts else (None, state_full)
     if cuts:
-        _, state_pieces = model(idx[:, cuts[0]:], state_pieces)
+        _, state_pieces = model(idx[:, cuts[0] :], state_pieces)
     for a, b in zip(leaves(state_pieces), leaves(state_full)):
         assert rel_err(a, b) < 1e-10
 
@@ -133,7 +133,14 @@ def test_presets_and_parameter_counts() -> None:
 def test_config_round_trip_and_validation() -> None:
     config = ModelConfig.small(context=512, dropout=0.1)
     assert ModelConfig.from_dict(config.to_dict()) == config
-    for bad in ({"d_model": -1}, {"n_layers": 10**9}, {"mixer": "nope"}, {"d_model": "big"}, {"n_heads": 3}, {"bogus": 1}):
+    for bad in (
+        {"d_model": -1},
+        {"n_layers": 10**9},
+        {"mixer": "nope"},
+        {"d_model": "big"},
+        {"n_heads": 3},
+        {"bogus": 1},
+    ):
         with pytest.raises(InputError):
             ModelConfig.from_dict({**ModelConfig.tiny().to_dict(), **bad})
 

@@ -6,20 +6,20 @@ import math
 
 import pytest
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_err
-from glactl.errors import InputError
 from glactl.checkpoint import expected_tensors, load_model, save_model
+from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.performer import Performer
 from glactl.ops.performer import (
+    key_log_features,
     orthogonal_random_features,
     performer_chunk,
     performer_recurrent,
     query_features,
-    key_log_features,
 )
 
 
@@ -315,7 +315,11 @@ def test_rope_model_contract_float64_and_float32_and_constant_state() -> None:
     g = torch.Generator().manual_seed(11)
     _, state_10 = model32(torch.randint(0, 256, (1, 10), generator=g))
     _, state_1000 = model32(torch.randint(0, 256, (1, 1000), generator=g))
-    assert model32.state_nbytes(state_10) == model32.state_nbytes(state_1000) == model32.state_nbytes(model32.init_state(1))
+    assert (
+        model32.state_nbytes(state_10)
+        == model32.state_nbytes(state_1000)
+        == model32.state_nbytes(model32.init_state(1))
+    )
 
 
 @torch.no_grad()

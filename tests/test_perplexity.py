@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import child_result, run_cli, start_child
+
 from glactl.checkpoint import load_model, save_model
 from glactl.evaluation import METRIC_KEYS, Score, TextCounter, log_likelihood, score_bytes, score_file
 from glactl.models import LanguageModel, ModelConfig
@@ -26,7 +26,11 @@ TEXT = (
 def gla_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(11)
     folder = tmp_path_factory.mktemp("ppl") / "gla"
-    save_model(folder, LanguageModel(ModelConfig.tiny(d_model=32, n_layers=2, n_heads=2, gla_gate_rank=4)), training={"steps": 0})
+    save_model(
+        folder,
+        LanguageModel(ModelConfig.tiny(d_model=32, n_layers=2, n_heads=2, gla_gate_rank=4)),
+        training={"steps": 0},
+    )
     return folder
 
 
@@ -77,8 +81,10 @@ def test_cli_reported_loglik_matches_full_forward_across_windows(
     path.write_bytes(data)
     reference = direct_loglik(model64(gla_folder), data)
     for window in ("37", "4096"):
-        code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--window", window,
-                                  "--threads", "1", "--json"], capsys)
+        code, out, err = run_cli(
+            ["perplexity", str(path), "--model", str(gla_folder), "--window", window, "--threads", "1", "--json"],
+            capsys,
+        )
         assert code == 0, err
         document = json.loads(out)
         assert document["window"] == int(window)
@@ -86,13 +92,31 @@ def test_cli_reported_loglik_matches_full_forward_across_windows(
         assert loglik_from_metrics(document["total"]) == pytest.approx(reference, rel=1e-8)
 
 
-def test_cli_float32_checkpoint_close_to_full_forward(gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_float32_checkpoint_close_to_full_forward(
+    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = TEXT.encode()
     path = tmp_path / "text.txt"
     path.write_bytes(data)
     reference = direct_loglik(load_model(gla_folder)[0], data)
-    code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--window", "50", "--threads", "1", "--json",
-                              "--precision", "float32", "--compile", "off"], capsys)  # auto may run int8 weights
+    code, out, err = run_cli(
+        [
+            "perplexity",
+            str(path),
+            "--model",
+            str(gla_folder),
+            "--window",
+            "50",
+            "--threads",
+            "1",
+            "--json",
+            "--precision",
+            "float32",
+            "--compile",
+            "off",
+        ],
+        capsys,
+    )  # auto may run int8 weights
     assert code == 0, err
     assert loglik_from_metrics(json.loads(out)["total"]) == pytest.approx(reference, rel=1e-5)
 
@@ -114,13 +138,23 @@ def test_json_has_exactly_the_metric_keys_and_harness_conventions(
     for name, text in texts.items():
         (tmp_path / name).write_text(text, encoding="utf-8", newline="")
         paths.append(str(tmp_path / name))
-    code, out, err = run_cli(["perplexity", *paths, "--model", str(gla_folder), "--window", "5", "--threads", "1", "--json"], capsys)
+    code, out, err = run_cli(
+        ["perplexity", *paths, "--model", str(gla_folder), "--window", "5", "--threads", "1", "--json"], capsys
+    )
     assert code == 0, err
     document = json.loads(out)
     assert set(document["files"]) == set(paths)
     assert set(document["total"]) == set(METRIC_KEYS)
-    assert set(METRIC_KEYS) == {"bits_per_byte", "bits_per_char", "byte_perplexity", "word_perplexity",
-                                "bytes", "chars", "words", "tokens_per_second"}
+    assert set(METRIC_KEYS) == {
+        "bits_per_byte",
+        "bits_per_char",
+        "byte_perplexity",
+        "word_perplexity",
+        "bytes",
+        "chars",
+        "words",
+        "tokens_per_second",
+    }
     model = model64(gla_folder)
     total_loglik = 0.0
     for path, text in zip(paths, texts.values()):
@@ -158,8 +192,9 @@ def test_text_counter_matches_whole_text_split_in_any_pieces(piece: int) -> None
     assert counter.valid_utf8
 
 
-def test_table_output_lists_every_metric(gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_table_output_lists_every_metric(
+    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a wide terminal the table has every column (issue 16's labels), the --json scores to 4 decimals, no note."""
     monkeypatch.setenv("COLUMNS", "200")  # at 80 columns some are left out with a note (tests/test_cli_output.py)
     path = tmp_path / "t.txt"
@@ -180,13 +215,19 @@ def test_table_output_lists_every_metric(gla_folder: Path, tmp_path: Path, capsy
 
 
 def test_non_utf8_bytes_are_scored_and_the_output_says_so(
-    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], float64_loading: None, monkeypatch: pytest.MonkeyPatch
+    gla_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    float64_loading: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = b"ab\xff\xfe cd \xc3\xa9\xe2\x82 end\n\x80"
     path = tmp_path / "binary.txt"
     path.write_bytes(data)
     decoded = data.decode("utf-8", errors="replace")
-    code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--window", "3", "--threads", "1", "--json"], capsys)
+    code, out, err = run_cli(
+        ["perplexity", str(path), "--model", str(gla_folder), "--window", "3", "--threads", "1", "--json"], capsys
+    )
     assert code == 0, err
     document = json.loads(out)
     metrics = document["files"][str(path)]
@@ -263,16 +304,20 @@ def test_attention_model_slides_its_context_over_a_longer_file(
     assert model.config.context == 32 < len(data)
     reference = direct_loglik(model, data)  # one forward pass with the same 32-token window
     for window in ("50", "4096"):
-        code, out, err = run_cli(["perplexity", str(path), "--model", str(attention_folder), "--window", window,
-                                  "--threads", "1", "--json"], capsys)
+        code, out, err = run_cli(
+            ["perplexity", str(path), "--model", str(attention_folder), "--window", window, "--threads", "1", "--json"],
+            capsys,
+        )
         assert code == 0, err
         document = json.loads(out)
         assert document["context"] == 32
         assert any("sliding context of 32 tokens" in note for note in document["notes"])
         assert loglik_from_metrics(document["total"]) == pytest.approx(reference, rel=1e-8)
     # --context changes the window, and the score with it.
-    code, out, err = run_cli(["perplexity", str(path), "--model", str(attention_folder), "--context", "16",
-                              "--threads", "1", "--json"], capsys)
+    code, out, err = run_cli(
+        ["perplexity", str(path), "--model", str(attention_folder), "--context", "16", "--threads", "1", "--json"],
+        capsys,
+    )
     assert code == 0, err
     document = json.loads(out)
     assert document["context"] == 16
@@ -287,7 +332,9 @@ def test_attention_model_slides_its_context_over_a_longer_file(
     assert "sliding context of 32 tokens" in err
 
 
-def test_recurrent_model_has_no_sliding_note(gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_recurrent_model_has_no_sliding_note(
+    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "t.txt"
     path.write_text("hello world\n" * 20)
     code, out, err = run_cli(["perplexity", str(path), "--model", str(gla_folder), "--threads", "1", "--json"], capsys)
@@ -301,7 +348,11 @@ def test_recurrent_model_has_no_sliding_note(gla_folder: Path, tmp_path: Path, c
 def test_scoring_20mb_peaks_less_than_30mb_above_1mb(tmp_path: Path) -> None:
     torch.manual_seed(5)
     folder = tmp_path / "gla-mini"
-    save_model(folder, LanguageModel(ModelConfig.tiny(d_model=16, n_layers=1, n_heads=1, gla_gate_rank=4)), training={"steps": 0})
+    save_model(
+        folder,
+        LanguageModel(ModelConfig.tiny(d_model=16, n_layers=1, n_heads=1, gla_gate_rank=4)),
+        training={"steps": 0},
+    )
     rng = torch.Generator().manual_seed(0)
     vocab = ["the", "history", "of", "a", "language", "model", "streams", "bytes", "in", "constant", "memory", "\n"]
     words = torch.randint(len(vocab), (200_000,), generator=rng).tolist()
@@ -336,6 +387,7 @@ def test_data_split_scores_like_the_file(gla_folder: Path, tmp_path: Path, capsy
     assert list(document["files"]) == [f"{path}:train"]
     by_split = document["total"]
     assert {k: v for k, v in by_split.items() if k != "tokens_per_second"} == pytest.approx(
-        {k: v for k, v in by_file.items() if k != "tokens_per_second"}, rel=1e-9)
+        {k: v for k, v in by_file.items() if k != "tokens_per_second"}, rel=1e-9
+    )
     code, out, err = run_cli(["perplexity", "--data", str(path), "--split", "test", *common], capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "test" in err

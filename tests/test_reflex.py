@@ -11,14 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_attention import one_thread, random_tokens, run_pieces, run_steps, tiny_lm  # noqa: F401 (fixture)
 
-from conftest import rel_err
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.reflex import ReflexAttention, exchange_key
-from test_attention import one_thread, random_tokens, run_pieces, run_steps, tiny_lm  # noqa: F401 (fixture)
 
 
 def reflex_stack(window: int | None, dtype: torch.dtype = torch.float64, seed: int = 0, n_layers: int = 4):

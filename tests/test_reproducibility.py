@@ -13,13 +13,36 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
-from conftest import run_cli
-
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = ["--preset", "tiny", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16", "--batch-size", "2",
-         "--eval-windows", "2", "--threads", "1", "--dtype", "float32", "--steps", "6", "--eval-every", "3", "--seed", "7"]
+TRAIN = [
+    "--preset",
+    "tiny",
+    "--d-model",
+    "32",
+    "--n-layers",
+    "1",
+    "--n-heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--eval-windows",
+    "2",
+    "--threads",
+    "1",
+    "--dtype",
+    "float32",
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--seed",
+    "7",
+]
 
 
 def test_same_seed_same_flags_same_weights_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,19 +55,43 @@ def test_same_seed_same_flags_same_weights_and_text(tmp_path: Path, capsys: pyte
         a = load_file(str(tmp_path / "a" / "checkpoint" / file))
         b = load_file(str(tmp_path / "b" / "checkpoint" / file))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
-    evals = [[json.loads(line)["val_bpb"] for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["kind"] == "eval"] for n in ("a", "b")]
+    evals = [
+        [
+            json.loads(line)["val_bpb"]
+            for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "eval"
+        ]
+        for n in ("a", "b")
+    ]
     assert evals[0] == evals[1]
     # a different seed gives different weights (the seed is really used)
-    code, _, err = run_cli(["train", "--data", str(data), *TRAIN[:-2], "--seed", "8", "--out", str(tmp_path / "c")], capsys)
+    code, _, err = run_cli(
+        ["train", "--data", str(data), *TRAIN[:-2], "--seed", "8", "--out", str(tmp_path / "c")], capsys
+    )
     assert code == 0, err
     a = load_file(str(tmp_path / "a" / "checkpoint" / "model.safetensors"))
     c = load_file(str(tmp_path / "c" / "checkpoint" / "model.safetensors"))
     assert not torch.equal(c["embed.weight"], a["embed.weight"])
 
     def generate() -> dict:
-        code, out, err = run_cli(["generate", "9 green", "--model", str(tmp_path / "a"), "--max-new-tokens", "40",
-                                  "--seed", "3", "--threads", "1", "--num-samples", "2", "--json"], capsys)
+        code, out, err = run_cli(
+            [
+                "generate",
+                "9 green",
+                "--model",
+                str(tmp_path / "a"),
+                "--max-new-tokens",
+                "40",
+                "--seed",
+                "3",
+                "--threads",
+                "1",
+                "--num-samples",
+                "2",
+                "--json",
+            ],
+            capsys,
+        )
         assert code == 0, err
         return json.loads(out)
 
@@ -52,8 +99,29 @@ def test_same_seed_same_flags_same_weights_and_text(tmp_path: Path, capsys: pyte
     assert first["samples"] == second["samples"] and first["seed"] == 3
     # and in a fresh process (no state carried over from this one)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "glactl", "generate", "9 green", "--model", str(tmp_path / "a"),
-                           "--max-new-tokens", "40", "--seed", "3", "--threads", "1", "--num-samples", "2", "--json"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glactl",
+            "generate",
+            "9 green",
+            "--model",
+            str(tmp_path / "a"),
+            "--max-new-tokens",
+            "40",
+            "--seed",
+            "3",
+            "--threads",
+            "1",
+            "--num-samples",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["samples"] == first["samples"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_err
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS, default_lr, mixer_class
 from glactl.models.rnn import GRU, LSTM
@@ -147,4 +147,4 @@ def test_registered_with_learning_rates_and_residual_init() -> None:
     assert mixer.rnn.num_layers == 1 and mixer.rnn.batch_first and mixer.rnn.hidden_size == 128
     # out_proj gets the residual init of lm.py (std 0.02 / sqrt(2 n_layers)); the LSTM keeps PyTorch's.
     assert mixer.out_proj.weight.std() < 0.015
-    assert mixer.rnn.weight_hh_l0.abs().max() <= 128 ** -0.5
+    assert mixer.rnn.weight_hh_l0.abs().max() <= 128**-0.5

@@ -9,9 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, shared_file
 
 import glactl
-from conftest import REPO_ROOT, shared_file
 from glactl.paths import DEFAULT_WEIGHTS, resolve_model
 
 SHIPPED = ("gla-enwiki", "transformer-enwiki")
@@ -57,8 +57,20 @@ def test_regular_install_ships_the_weights(tmp_path: Path) -> None:
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("setuptools is not installed in this environment (the test extra brings it)")
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO_ROOT)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(tmp_path.glob("glactl-*.whl"))
@@ -67,7 +79,12 @@ def test_regular_install_ships_the_weights(tmp_path: Path) -> None:
         assert f"glactl/weights/{DEFAULT_WEIGHTS}/model.safetensors" in archive.namelist()
         archive.extractall(site)
     probe = "import glactl.paths as p; print(p.resolve_model(None))"
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert Path(run.stdout.strip()).resolve() == (site / "glactl" / "weights" / DEFAULT_WEIGHTS).resolve()

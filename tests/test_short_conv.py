@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_err
 from glactl.checkpoint import load_model, save_model
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
@@ -68,8 +68,15 @@ def model_steps(model: LanguageModel, idx: torch.Tensor, state=None) -> tuple[to
 
 # ---- the op ----------------------------------------------------------------------------------
 @settings(deadline=None, max_examples=30)
-@given(length=st.integers(1, 12), width=st.integers(2, 6), cuts=st.lists(st.integers(1, 11), max_size=4), seed=st.integers(0, 2**16))
-def test_conv_op_matches_the_naive_loop_in_one_call_pieces_and_steps(length: int, width: int, cuts: list[int], seed: int) -> None:
+@given(
+    length=st.integers(1, 12),
+    width=st.integers(2, 6),
+    cuts=st.lists(st.integers(1, 11), max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_conv_op_matches_the_naive_loop_in_one_call_pieces_and_steps(
+    length: int, width: int, cuts: list[int], seed: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, length, 5, generator=g, dtype=torch.float64)
     weight = torch.randn(5, width, generator=g, dtype=torch.float64)
@@ -77,7 +84,7 @@ def test_conv_op_matches_the_naive_loop_in_one_call_pieces_and_steps(length: int
     reference = naive_conv(x, weight, buffer)
     full, final = causal_conv(x, weight, buffer)
     assert rel_err(full, reference) < 1e-12
-    assert torch.equal(final, torch.cat([buffer, x], dim=1)[:, -(width - 1):])
+    assert torch.equal(final, torch.cat([buffer, x], dim=1)[:, -(width - 1) :])
     pieces, carried = [], buffer
     for piece in split(x, cuts):
         y, carried = causal_conv(piece, weight, carried)
@@ -141,7 +148,9 @@ def test_gla_short_conv_float32_matches_float64_reference(length: int) -> None:
     seed=st.integers(0, 2**16),
 )
 @torch.no_grad()
-def test_property_gla_short_conv_split_points_do_not_change_logits(batch: int, length: int, cuts: list[int], seed: int) -> None:
+def test_property_gla_short_conv_split_points_do_not_change_logits(
+    batch: int, length: int, cuts: list[int], seed: int
+) -> None:
     model = tiny_gla(seed=seed % 5)
     idx = torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
     full, state = model(idx)
@@ -173,7 +182,7 @@ def test_gla_short_conv_state_is_fixed_size_batch_first_and_zero_at_start() -> N
 def test_gla_short_conv_weights_and_the_off_switch() -> None:
     on = GatedLinearAttention(ModelConfig.tiny(mixer="gla", short_conv=KERNEL), 0)
     assert on.conv_weight.shape == (2 * on.key_dim + on.value_dim, KERNEL)
-    assert on.conv_weight.abs().max() <= KERNEL ** -0.5 and on.conv_weight.std() > 0
+    assert on.conv_weight.abs().max() <= KERNEL**-0.5 and on.conv_weight.std() > 0
     off = GatedLinearAttention(ModelConfig.tiny(mixer="gla", short_conv=0), 0)
     assert not hasattr(off, "conv_weight")
     state = off.init_state(2)

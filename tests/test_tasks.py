@@ -11,7 +11,9 @@ from glactl.errors import InputError
 from glactl.tasks import TaskBatches, TaskScore, make_task, masked_cross_entropy
 
 
-def sequences(task: tasks.Task, count: int = 64, seed: int = 0, step: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def sequences(
+    task: tasks.Task, count: int = 64, seed: int = 0, step: int = 0
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     x, y, mask = TaskBatches(task, seed).train_batch(step, count)
     return [(x[i].numpy(), y[i].numpy(), mask[i].numpy()) for i in range(count)]
 
@@ -74,8 +76,10 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     assert torch.equal(TaskBatches(task, 0, 32).test_set()[0], TaskBatches(task, 5, 32).test_set()[0])
 
 
-@pytest.mark.parametrize("task", [make_task("sort", 8, sort_count=4, sort_range=3), make_task("mqar", 8, pairs=2),
-                                  make_task("selective-copy", 32)])
+@pytest.mark.parametrize(
+    "task",
+    [make_task("sort", 8, sort_count=4, sort_range=3), make_task("mqar", 8, pairs=2), make_task("selective-copy", 32)],
+)
 def test_test_set_is_disjoint_from_training(task: tasks.Task) -> None:
     """Even where the task has few distinct sequences (sort of 4 values from 3: 81), no test sequence is trained on."""
     source = TaskBatches(task, 0, test_size=40)
@@ -137,16 +141,19 @@ def test_score_on_hand_made_logits() -> None:
     assert merged.metrics(True) == pytest.approx(metrics)
 
 
-@pytest.mark.parametrize("name, kwargs, words", [
-    ("sort", {"seq_len": 100}, ["--sort-count 100", "--seq-len >= 200"]),
-    ("sort", {"sort_range": 1}, ["--sort-range"]),
-    ("mqar", {"seq_len": 16, "pairs": 8}, ["--pairs 8", "--seq-len >= 32"]),
-    ("mqar", {"pairs": 65, "seq_len": 512}, ["--pairs 65"]),
-    ("selective-copy", {"seq_len": 20}, ["--seq-len >= 32"]),
-    ("selective-copy", {"pairs": 4}, ["--pairs", "mqar"]),
-    ("mqar", {"sort_count": 4}, ["--sort-count", "sort"]),
-    ("lm", {}, ["--task"]),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, words",
+    [
+        ("sort", {"seq_len": 100}, ["--sort-count 100", "--seq-len >= 200"]),
+        ("sort", {"sort_range": 1}, ["--sort-range"]),
+        ("mqar", {"seq_len": 16, "pairs": 8}, ["--pairs 8", "--seq-len >= 32"]),
+        ("mqar", {"pairs": 65, "seq_len": 512}, ["--pairs 65"]),
+        ("selective-copy", {"seq_len": 20}, ["--seq-len >= 32"]),
+        ("selective-copy", {"pairs": 4}, ["--pairs", "mqar"]),
+        ("mqar", {"sort_count": 4}, ["--sort-count", "sort"]),
+        ("lm", {}, ["--task"]),
+    ],
+)
 def test_bad_task_settings_are_one_line_errors(name: str, kwargs: dict, words: list[str]) -> None:
     with pytest.raises(InputError) as info:
         make_task(name, **kwargs)

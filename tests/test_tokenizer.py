@@ -40,7 +40,7 @@ def test_stream_decoder_byte_by_byte_equals_decode(text: str) -> None:
 
 def test_stream_decoder_never_emits_half_a_character() -> None:
     decoder = StreamDecoder()
-    rocket = "🚀".encode("utf-8")
+    rocket = "🚀".encode()
     assert [decoder.feed(b) for b in rocket] == ["", "", "", "🚀"]
 
 

@@ -9,16 +9,32 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, shared_file
 from rich.console import Console
 from safetensors.torch import load_file
 
-from conftest import run_cli, shared_file
 from glactl.checkpoint import load_model
 from glactl.errors import InputError, RunFailure
-from glactl.training import Schedule, TrainOptions, Trainer, default_warmup, parse_duration, train
+from glactl.training import Schedule, Trainer, TrainOptions, default_warmup, parse_duration, train
 
-FAST = ["--preset", "tiny", "--d-model", "64", "--n-layers", "1", "--seq-len", "16", "--batch-size", "2",
-        "--eval-windows", "4", "--threads", "1", "--dtype", "float32"]
+FAST = [
+    "--preset",
+    "tiny",
+    "--d-model",
+    "64",
+    "--n-layers",
+    "1",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--eval-windows",
+    "4",
+    "--threads",
+    "1",
+    "--dtype",
+    "float32",
+]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -35,9 +51,34 @@ def text_file(tmp_path: Path) -> Path:
 def test_200_steps_on_tinyshakespeare_lower_bits_per_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = shared_file("prose/tinyshakespeare.txt")
     run = tmp_path / "run"
-    code, out, err = run_cli(["train", "--data", str(data), "--preset", "tiny", "--seq-len", "32", "--batch-size", "4",
-                              "--steps", "200", "--eval-every", "100", "--eval-windows", "8", "--log-every", "50",
-                              "--dtype", "float32", "--threads", "1", "--out", str(run)], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--preset",
+            "tiny",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--steps",
+            "200",
+            "--eval-every",
+            "100",
+            "--eval-windows",
+            "8",
+            "--log-every",
+            "50",
+            "--dtype",
+            "float32",
+            "--threads",
+            "1",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
     assert code == 0, err
     evals = [m for m in metrics(run) if m["kind"] == "eval"]
     assert [m["step"] for m in evals] == [0, 100, 200]
@@ -45,14 +86,21 @@ def test_200_steps_on_tinyshakespeare_lower_bits_per_byte(tmp_path: Path, capsys
     trains = [m for m in metrics(run) if m["kind"] == "train"]
     assert [m["step"] for m in trains] == [50, 100, 150, 200]
     assert all({"loss", "bpb", "lr", "tokens_per_s", "tokens", "wall_time"} <= set(m) for m in trains)
-    assert "step 200/200" in err and "val bpb" in err and out == ""  # plain log lines on stderr; stdout holds results only
+    assert (
+        "step 200/200" in err and "val bpb" in err and out == ""
+    )  # plain log lines on stderr; stdout holds results only
     config = json.loads((run / "checkpoint" / "config.json").read_text())
     summary = config["training"]
     assert summary["steps"] == 200 and summary["tokens_seen"] == 200 * 32 * 4
     assert summary["data"][0]["source"] == str(data)
     assert math.isclose(summary["val_bits_per_byte"], evals[-1]["val_bpb"], rel_tol=1e-5)
     assert summary["wall_time_seconds"] > 0 and summary["glactl_version"] and "--steps 200" in summary["command"]
-    assert {p.name for p in (run / "checkpoint").iterdir()} == {"model.safetensors", "config.json", "optimizer.safetensors", "trainer.json"}
+    assert {p.name for p in (run / "checkpoint").iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "optimizer.safetensors",
+        "trainer.json",
+    }
     assert {p.name for p in (run / "best").iterdir()} == {"model.safetensors", "config.json"}
     assert not (run / "train.lock").exists()
     model, _ = load_model(run)
@@ -76,8 +124,21 @@ def test_nan_loss_stops_and_saves_nothing_new(tmp_path: Path, text_file: Path) -
             with torch.no_grad():
                 trainer.model.embed.weight.fill_(float("nan"))
 
-    options = TrainOptions(data=[str(text_file)], preset="tiny", d_model=64, n_layers=1, seq_len=16, batch_size=2,
-                           eval_windows=4, steps=10, save_every=2, eval_every=100, out=str(run), dtype="float32", threads=1)
+    options = TrainOptions(
+        data=[str(text_file)],
+        preset="tiny",
+        d_model=64,
+        n_layers=1,
+        seq_len=16,
+        batch_size=2,
+        eval_windows=4,
+        steps=10,
+        save_every=2,
+        eval_every=100,
+        out=str(run),
+        dtype="float32",
+        threads=1,
+    )
     with pytest.raises(RunFailure, match="step 4") as info:
         train(options, on_step=poison)
     assert info.value.exit_code == 1 and "\n" not in str(info.value)
@@ -100,12 +161,36 @@ def test_time_budget_counts_across_resumes(tmp_path: Path, text_file: Path, caps
     assert second["step"] == first["step"]  # the budget was already spent: no new steps
 
 
-def test_init_from_starts_from_weights_with_a_fresh_optimizer(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_from_starts_from_weights_with_a_fresh_optimizer(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = tmp_path / "base"
     assert run_cli(["train", "--data", str(text_file), *FAST, "--steps", "6", "--out", str(base)], capsys)[0] == 0
     tuned = tmp_path / "tuned"
-    code, _, err = run_cli(["train", "--data", str(text_file), "--init-from", str(base), "--seq-len", "16", "--batch-size", "2",
-                            "--eval-windows", "4", "--dtype", "float32", "--threads", "1", "--steps", "2", "--out", str(tuned)], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--data",
+            str(text_file),
+            "--init-from",
+            str(base),
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--eval-windows",
+            "4",
+            "--dtype",
+            "float32",
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(tuned),
+        ],
+        capsys,
+    )
     assert code == 0, err
     base_final = [m for m in metrics(base) if m["kind"] == "eval"][-1]["val_bpb"]
     tuned_start = [m for m in metrics(tuned) if m["kind"] == "eval"][0]
@@ -116,16 +201,42 @@ def test_init_from_starts_from_weights_with_a_fresh_optimizer(tmp_path: Path, te
     assert {v.item() for k, v in optimizer.items() if k.endswith(".step")} == {2.0}
     summary = json.loads((tuned / "checkpoint" / "config.json").read_text())["training"]
     assert summary["init_from"].endswith("checkpoint")
-    code, _, err = run_cli(["train", "--data", str(text_file), "--init-from", str(base), "--d-model", "128",
-                            "--steps", "2", "--out", str(tmp_path / "bad")], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--data",
+            str(text_file),
+            "--init-from",
+            str(base),
+            "--d-model",
+            "128",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capsys,
+    )
     assert code == 2 and "d_model" in err
 
 
 def test_rich_progress_on_a_terminal(tmp_path: Path, text_file: Path) -> None:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120)
-    options = TrainOptions(data=[str(text_file)], preset="tiny", d_model=64, n_layers=1, seq_len=16, batch_size=2,
-                           eval_windows=4, steps=4, log_every=1, out=str(tmp_path / "run"), dtype="float32", threads=1)
+    options = TrainOptions(
+        data=[str(text_file)],
+        preset="tiny",
+        d_model=64,
+        n_layers=1,
+        seq_len=16,
+        batch_size=2,
+        eval_windows=4,
+        steps=4,
+        log_every=1,
+        out=str(tmp_path / "run"),
+        dtype="float32",
+        threads=1,
+    )
     summary = train(options, console)
     assert summary["steps"] == 4
     shown = buffer.getvalue()
@@ -143,7 +254,9 @@ def test_run_folder_rules(tmp_path: Path, text_file: Path, capsys: pytest.Captur
     code, _, err = run_cli([*base, "--force"], capsys)
     assert code == 0, err
     assert [m["step"] for m in metrics(run) if m["kind"] == "eval"] == [0, 2]  # started over
-    code, _, err = run_cli([*base[:-2], "--out", str(run), "--resume", "--steps", "4", "--model", "gla", "--n-layers", "3"], capsys)
+    code, _, err = run_cli(
+        [*base[:-2], "--out", str(run), "--resume", "--steps", "4", "--model", "gla", "--n-layers", "3"], capsys
+    )
     assert code == 2 and "n_layers" in err
 
 
@@ -167,15 +280,22 @@ def test_stale_lock_is_taken_over(tmp_path: Path, text_file: Path, capsys: pytes
         (["--model", "nope"], "nope"),
     ],
 )
-def test_bad_flags_are_one_line(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str) -> None:
-    code, _, err = run_cli(["train", "--data", str(text_file), "--steps", "2", "--threads", "1", "--out", str(tmp_path / "r"), *flags], capsys)
+def test_bad_flags_are_one_line(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    code, _, err = run_cli(
+        ["train", "--data", str(text_file), "--steps", "2", "--threads", "1", "--out", str(tmp_path / "r"), *flags],
+        capsys,
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_missing_cuda_lists_the_choices(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["train", "--data", str(text_file), "--steps", "2", "--device", "cuda", "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_cli(
+        ["train", "--data", str(text_file), "--steps", "2", "--device", "cuda", "--out", str(tmp_path / "r")], capsys
+    )
     assert code == 2 and "valid choices" in err and "cpu" in err
 
 
@@ -186,7 +306,9 @@ def test_bad_data_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1
 
 
-def test_wikitext_offline_no_cache_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wikitext_offline_no_cache_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -216,10 +338,28 @@ def test_schedule_and_durations() -> None:
 def test_task_run_trains_on_answers_resumes_and_loads(tmp_path: Path) -> None:
     """A probe task through the same loop: eval records with accuracy, no bits per byte; resume; best/ by answer loss."""
     run = tmp_path / "sort"
-    options = dict(task="sort", task_options={"sort_count": 4, "sort_range": 3}, model="gla", preset="tiny", d_model=64,
-                   n_layers=1, batch_size=4, eval_windows=8, eval_every=2, save_every=2, out=str(run), dtype="float32", threads=1)
+    options = dict(
+        task="sort",
+        task_options={"sort_count": 4, "sort_range": 3},
+        model="gla",
+        preset="tiny",
+        d_model=64,
+        n_layers=1,
+        batch_size=4,
+        eval_windows=8,
+        eval_every=2,
+        save_every=2,
+        out=str(run),
+        dtype="float32",
+        threads=1,
+    )
     summary = train(TrainOptions(steps=2, **options))
-    assert summary["task"] == {"task": "sort", "seq_len": 8, "sort_count": 4, "sort_range": 3}  # seq_len: the task's default
+    assert summary["task"] == {
+        "task": "sort",
+        "seq_len": 8,
+        "sort_count": 4,
+        "sort_range": 3,
+    }  # seq_len: the task's default
     assert summary["val_bits_per_byte"] is None and summary["data"] == []
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["sequence_accuracy"] <= 1 and summary["val_loss"] > 0
     summary = train(TrainOptions(steps=4, resume=True, out=str(run), threads=1))  # the task comes from trainer.json
@@ -234,12 +374,22 @@ def test_task_run_trains_on_answers_resumes_and_loads(tmp_path: Path) -> None:
     assert model.config.context == 8
 
 
-def test_short_conv_and_performer_rope_flags(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--steps", "1", "--short-conv", "0", "--out", str(tmp_path / "a")], capsys)
+def test_short_conv_and_performer_rope_flags(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        ["train", "--data", str(text_file), *FAST, "--steps", "1", "--short-conv", "0", "--out", str(tmp_path / "a")],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "a" / "checkpoint" / "config.json").read_text())["architecture"]["short_conv"] == 0
-    for flags, word in ((["--model", "transformer", "--short-conv", "4"], "short_conv"), (["--performer-rope"], "performer_rope")):
-        code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--steps", "1", *flags, "--out", str(tmp_path / "b")], capsys)
+    for flags, word in (
+        (["--model", "transformer", "--short-conv", "4"], "short_conv"),
+        (["--performer-rope"], "performer_rope"),
+    ):
+        code, _, err = run_cli(
+            ["train", "--data", str(text_file), *FAST, "--steps", "1", *flags, "--out", str(tmp_path / "b")], capsys
+        )
         assert code == 2 and word in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "b").exists()
 
@@ -248,8 +398,11 @@ def test_model_options_reach_a_new_model_and_are_validated() -> None:
     """TrainOptions.model_options (ablations such as benchmarks/gla_levers.py) set ModelConfig fields of a new model."""
     from glactl.training import new_model_config
 
-    config = new_model_config(TrainOptions(model="gla", preset="tiny", n_heads=2,
-                                           model_options={"gla_gate_normalizer": 8.0, "gla_gate_rank": 64}))
+    config = new_model_config(
+        TrainOptions(
+            model="gla", preset="tiny", n_heads=2, model_options={"gla_gate_normalizer": 8.0, "gla_gate_rank": 64}
+        )
+    )
     assert (config.n_heads, config.gla_gate_normalizer, config.gla_gate_rank) == (2, 8.0, 64)
     with pytest.raises(InputError):
         new_model_config(TrainOptions(model="gla", preset="tiny", model_options={"gla_gate_normalizer": -1.0}))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ import glactl.checkpoint as checkpoint
 from glactl.checkpoint import load_model, save_model
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
-from conftest import run_cli
 
 TINY = ModelConfig.tiny(d_model=32, n_layers=1, n_heads=2)
 
@@ -90,7 +90,9 @@ def test_folder_with_only_a_pickle_is_refused(tmp_path: Path, capsys: pytest.Cap
     assert not marker.exists()
 
 
-def test_pickle_disguised_as_safetensors_or_config(tmp_path: Path, valid: tuple[Path, dict], capsys: pytest.CaptureFixture[str]) -> None:
+def test_pickle_disguised_as_safetensors_or_config(
+    tmp_path: Path, valid: tuple[Path, dict], capsys: pytest.CaptureFixture[str]
+) -> None:
     marker = tmp_path / "marker"
     folder = tmp_path / "ck"
     make_checkpoint(folder)
@@ -170,16 +172,21 @@ def test_crafted_config_is_rejected_before_allocation(
         ("", "config.json"),
     ],
 )
-def test_malformed_config_documents(tmp_path: Path, document: str, needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_config_documents(
+    tmp_path: Path, document: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "ck"
     make_checkpoint(folder)
-    (folder / "config.json").write_bytes(document.encode("utf-8", errors="surrogateescape") if document[:1] != "\xff"
-                                         else b"\xff\xfe not utf-8")
+    (folder / "config.json").write_bytes(
+        document.encode("utf-8", errors="surrogateescape") if document[:1] != "\xff" else b"\xff\xfe not utf-8"
+    )
     code, _, err = run_cli(["info", str(folder)], capsys)
     assert_one_line(code, err, needle)
 
 
-def test_ten_megabyte_config_is_rejected_unparsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ten_megabyte_config_is_rejected_unparsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "ck"
     make_checkpoint(folder)
     document = json.loads((folder / "config.json").read_text())
@@ -197,7 +204,7 @@ def test_ten_megabyte_config_is_rejected_unparsed(tmp_path: Path, monkeypatch: p
 def _header(path: Path) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def _write_safetensors(path: Path, header: dict, data: bytes) -> None:
@@ -300,7 +307,9 @@ def _check_outcome(folder: Path, original: dict[str, torch.Tensor], weights_unch
 
 @settings(FUZZ, max_examples=100)
 @given(blob=st.binary(max_size=4096), which=st.sampled_from(["model.safetensors", "config.json"]))
-def test_fuzz_random_bytes(tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], blob: bytes, which: str) -> None:
+def test_fuzz_random_bytes(
+    tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], blob: bytes, which: str
+) -> None:
     source, original = valid
     folder = tmp_path_factory.mktemp("fuzz") / "ck"
     folder.mkdir()
@@ -341,7 +350,9 @@ def _apply(raw: bytes, edits: list[tuple[str, int, int]], cut: int | None) -> by
     return bytes(data[:cut] if cut is not None else data)
 
 
-def _fuzz_file(tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], name: str, edits: list, cut: int | None) -> None:
+def _fuzz_file(
+    tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], name: str, edits: list, cut: int | None
+) -> None:
     source, original = valid
     folder = tmp_path_factory.mktemp("fuzz") / "ck"
     folder.mkdir()
@@ -354,7 +365,9 @@ def _fuzz_file(tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict
 
 @settings(FUZZ, max_examples=150)
 @given(data=st.data())
-def test_fuzz_mutated_weights(tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], data: st.DataObject) -> None:
+def test_fuzz_mutated_weights(
+    tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], data: st.DataObject
+) -> None:
     size = (valid[0] / "model.safetensors").stat().st_size
     edits = data.draw(mutations(size, 2048))
     cut = data.draw(truncations(size))
@@ -363,7 +376,9 @@ def test_fuzz_mutated_weights(tmp_path_factory: pytest.TempPathFactory, valid: t
 
 @settings(FUZZ, max_examples=150)
 @given(data=st.data())
-def test_fuzz_mutated_config(tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], data: st.DataObject) -> None:
+def test_fuzz_mutated_config(
+    tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], data: st.DataObject
+) -> None:
     size = (valid[0] / "config.json").stat().st_size
     edits = data.draw(mutations(size, size))
     cut = data.draw(truncations(size))
@@ -371,27 +386,41 @@ def test_fuzz_mutated_config(tmp_path_factory: pytest.TempPathFactory, valid: tu
 
 
 _FIELD_VALUES = st.one_of(
-    st.integers(-(2**63), 2**64), st.integers(-2, 10**6), st.floats(allow_nan=True), st.booleans(), st.none(), st.text(max_size=8),
-    st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3"]), st.lists(st.integers(-5, 10**5), max_size=4),
+    st.integers(-(2**63), 2**64),
+    st.integers(-2, 10**6),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=8),
+    st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3"]),
+    st.lists(st.integers(-5, 10**5), max_size=4),
 )
 
 
 @settings(FUZZ, max_examples=100)
 @given(data=st.data())
-def test_fuzz_structured_header(tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], data: st.DataObject) -> None:
+def test_fuzz_structured_header(
+    tmp_path_factory: pytest.TempPathFactory, valid: tuple[Path, dict], data: st.DataObject
+) -> None:
     """Well-formed JSON headers with lying fields: shapes, dtypes and offsets replaced by arbitrary values."""
     source, original = valid
     header, payload = _header(source / "model.safetensors")
     names = sorted(k for k in header if k != "__metadata__")
     for _ in range(data.draw(st.integers(1, 3))):
         name = data.draw(st.sampled_from(names))
-        field = data.draw(st.sampled_from(["shape", "dtype", "data_offsets", "data_offsets.0", "data_offsets.1", "shape.0", "entry"]))
+        field = data.draw(
+            st.sampled_from(["shape", "dtype", "data_offsets", "data_offsets.0", "data_offsets.1", "shape.0", "entry"])
+        )
         value = data.draw(_FIELD_VALUES)
         if field == "entry":
             header[name] = value
         elif "." in field:
             key, index = field.split(".")
-            if isinstance(header[name], dict) and isinstance(header[name].get(key), list) and int(index) < len(header[name][key]):
+            if (
+                isinstance(header[name], dict)
+                and isinstance(header[name].get(key), list)
+                and int(index) < len(header[name][key])
+            ):
                 header[name][key][int(index)] = value
         elif isinstance(header[name], dict):
             header[name][field] = value

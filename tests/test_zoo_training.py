@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from glactl.models.registry import MIXERS
 from glactl.training import TrainOptions, train
-from conftest import shared_file
 
 ZOO = ("gla", "transformer", "performer", "infinite", "reflex", "mingru", "minlstm", "lstm", "gru")
 STEPS = 150
@@ -29,9 +29,22 @@ def test_mixer_learns_tiny_shakespeare(mixer: str, tmp_path: Path) -> None:
     """Tiny preset (d 128, 2 layers; Reflex 3), seq 64 x batch 4, the architecture's default learning rate, one thread."""
     text = shared_file("prose/tinyshakespeare.txt")
     options = TrainOptions(
-        data=[str(text)], model=mixer, preset="tiny", n_layers=LAYERS.get(mixer), seq_len=64, batch_size=4, steps=STEPS,
-        eval_every=STEPS, eval_windows=32, save_every=STEPS, log_every=STEPS, out=str(tmp_path / mixer),
-        seed=0, device="cpu", dtype="float32", threads=1,
+        data=[str(text)],
+        model=mixer,
+        preset="tiny",
+        n_layers=LAYERS.get(mixer),
+        seq_len=64,
+        batch_size=4,
+        steps=STEPS,
+        eval_every=STEPS,
+        eval_windows=32,
+        save_every=STEPS,
+        log_every=STEPS,
+        out=str(tmp_path / mixer),
+        seed=0,
+        device="cpu",
+        dtype="float32",
+        threads=1,
     )
     summary = train(options)
     start, final = summary["start_val_bits_per_byte"], summary["val_bits_per_byte"]

@@ -65,7 +65,11 @@ class CausalSelfAttention(Mixer):
         """An empty cache for `batch_size` sequences, at position 0."""
         shape = (batch_size, self.kv_heads, 0, self.head_dim)
         dtype = dtype or torch.float32
-        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype), "pos": 0}
+        return {
+            "k": torch.zeros(shape, device=device, dtype=dtype),
+            "v": torch.zeros(shape, device=device, dtype=dtype),
+            "pos": 0,
+        }
 
     # ---- pieces shared with Reflex -----------------------------------------------------------------
     def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,9 +97,7 @@ class CausalSelfAttention(Mixer):
         v_all = torch.cat((v_cache.to(v_new.dtype), v_new), dim=-2)
         return k_all, v_all, extend_layout(layout, k_new.shape[-2])
 
-    def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: KeyLayout
-    ) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: KeyLayout) -> torch.Tensor:
         """Windowed causal attention, heads merged and projected: [B, T, d]."""
         o = windowed_attention(q, k, v, layout, self.window, self.sink, self.query_block, self.rope_base)
         batch, _, length, _ = o.shape

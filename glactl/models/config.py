@@ -75,27 +75,31 @@ class ModelConfig:
         """Resolve per-architecture defaults (fields left None) for this mixer; to_dict writes the result."""
         for name, table in NEW_MODEL_DEFAULTS.items():
             if getattr(self, name) is None:
-                value = table.get(self.mixer, LEGACY_DEFAULTS[name]) if isinstance(self.mixer, str) else LEGACY_DEFAULTS[name]
+                value = (
+                    table.get(self.mixer, LEGACY_DEFAULTS[name])
+                    if isinstance(self.mixer, str)
+                    else LEGACY_DEFAULTS[name]
+                )
                 setattr(self, name, value)
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
-    def tiny(cls, **overrides: Any) -> "ModelConfig":
+    def tiny(cls, **overrides: Any) -> ModelConfig:
         """d 128, 2 layers: for tests."""
         return cls(**{"d_model": 128, "n_layers": 2, "n_heads": 4, **overrides})
 
     @classmethod
-    def small(cls, **overrides: Any) -> "ModelConfig":
+    def small(cls, **overrides: Any) -> ModelConfig:
         """d 256, 6 layers, about 5M parameters: the default."""
         return cls(**{"d_model": 256, "n_layers": 6, "n_heads": 4, **overrides})
 
     @classmethod
-    def base(cls, **overrides: Any) -> "ModelConfig":
+    def base(cls, **overrides: Any) -> ModelConfig:
         """d 512, 8 layers."""
         return cls(**{"d_model": 512, "n_layers": 8, "n_heads": 4, **overrides})
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         """A preset by name (tiny, small, base) with field overrides."""
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
@@ -112,7 +116,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a dict (a saved config.json); unknown fields or bad values raise InputError.
 
         Missing fields take the dataclass defaults, except those in LEGACY_DEFAULTS, which take the
@@ -131,7 +135,7 @@ class ModelConfig:
         config.validate()
         return config
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Check types and ranges (before any allocation); raise InputError naming the field."""
         for f in fields(self):
             value = getattr(self, f.name)
@@ -159,8 +163,12 @@ class ModelConfig:
         if self.mixer not in MIXERS:
             raise InputError(f"unknown model {self.mixer!r}; choose one of: {', '.join(MIXERS)}")
         bounded = {
-            "gla_gate_rank": 4096, "performer_features": 8192, "infinite_segment": 1 << 16,
-            "infinite_basis": 4096, "infinite_samples": 4096, "sink_tokens": 1 << 16,
+            "gla_gate_rank": 4096,
+            "performer_features": 8192,
+            "infinite_segment": 1 << 16,
+            "infinite_basis": 4096,
+            "infinite_samples": 4096,
+            "sink_tokens": 1 << 16,
         }
         for name, limit in bounded.items():
             if not 0 <= getattr(self, name) <= limit:
@@ -183,13 +191,30 @@ class ModelConfig:
 PRESETS = ("tiny", "small", "base")
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "mixer": (str,), "d_model": (int,), "n_layers": (int,), "n_heads": (int,), "vocab_size": (int,),
-    "tie_embeddings": (bool,), "chunk_size": (int,), "dropout": (int, float), "context": (int, type(None)),
-    "norm_eps": (int, float), "gla_gate_rank": (int,), "gla_gate_normalizer": (int, float), "gla_form": (str,),
-    "short_conv": (int,), "performer_rope": (bool,),
-    "rope_base": (int, float), "sink_tokens": (int,), "performer_features": (int,),
-    "infinite_segment": (int,), "infinite_basis": (int,), "infinite_samples": (int,),
-    "infinite_tau": (int, float), "infinite_ridge": (int, float), "rnn_expansion": (int, float),
+    "mixer": (str,),
+    "d_model": (int,),
+    "n_layers": (int,),
+    "n_heads": (int,),
+    "vocab_size": (int,),
+    "tie_embeddings": (bool,),
+    "chunk_size": (int,),
+    "dropout": (int, float),
+    "context": (int, type(None)),
+    "norm_eps": (int, float),
+    "gla_gate_rank": (int,),
+    "gla_gate_normalizer": (int, float),
+    "gla_form": (str,),
+    "short_conv": (int,),
+    "performer_rope": (bool,),
+    "rope_base": (int, float),
+    "sink_tokens": (int,),
+    "performer_features": (int,),
+    "infinite_segment": (int,),
+    "infinite_basis": (int,),
+    "infinite_samples": (int,),
+    "infinite_tau": (int, float),
+    "infinite_ridge": (int, float),
+    "rnn_expansion": (int, float),
     "extra": (dict,),
 }
 

@@ -19,7 +19,13 @@ from glactl.models.config import ModelConfig
 from glactl.models.layers import Mixer
 from glactl.ops.conv import causal_conv, causal_conv_step, conv_buffer
 from glactl.ops.gla import (
-    INFERENCE_CHUNK_SIZE, gate_log, gla_chunk, gla_chunk_fla, gla_recurrent, gla_step, state_dtype,
+    INFERENCE_CHUNK_SIZE,
+    gate_log,
+    gla_chunk,
+    gla_chunk_fla,
+    gla_recurrent,
+    gla_step,
+    state_dtype,
 )
 
 

@@ -69,7 +69,9 @@ class InfinityFormer(Mixer):
     def _matrices(self, device: torch.device, dtype: torch.dtype) -> MemoryMatrices:
         return memory_matrices_on(self.n_basis, self.n_samples, self.segment, self.tau, self.ridge, device, dtype)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> InfiniteState:
+    def init_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> InfiniteState:
         """Empty short-term cache, an empty (zero) long-term memory, position 0."""
         dtype = dtype or torch.float32
         cache = (batch_size, self.n_heads, 0, self.head_dim)
@@ -89,7 +91,9 @@ class InfinityFormer(Mixer):
         q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
         return tuple(t.reshape(batch, length, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
 
-    def forward(self, x: torch.Tensor, state: InfiniteState | None = None, exchange: dict | None = None) -> tuple[torch.Tensor, InfiniteState]:
+    def forward(
+        self, x: torch.Tensor, state: InfiniteState | None = None, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, InfiniteState]:
         batch, length, _ = x.shape
         q, k, v = self._project(x)
         if state is None:
@@ -106,7 +110,9 @@ class InfinityFormer(Mixer):
             end = min(length, (seg + 1) * self.segment - pos)  # this run stays inside segment `seg`
             k_all = torch.cat((k_cache, k[:, :, start:end]), dim=2)
             v_all = torch.cat((v_cache, v[:, :, start:end]), dim=2)
-            outputs.append(self._attend(q[:, :, start:end], k_all, v_all, position - k_cache.shape[2], seg, mem_k, mem_v, matrices))
+            outputs.append(
+                self._attend(q[:, :, start:end], k_all, v_all, position - k_cache.shape[2], seg, mem_k, mem_v, matrices)
+            )
             k_cache, v_cache = k_all, v_all
             if (pos + end) % self.segment == 0 and seg >= 1:
                 # Segment `seg` is complete: segment seg - 1 leaves the short-term memory.
@@ -145,6 +151,8 @@ class InfinityFormer(Mixer):
             o = o + long_term.to(o.dtype)
         return o
 
-    def step(self, x: torch.Tensor, state: InfiniteState, exchange: dict | None = None) -> tuple[torch.Tensor, InfiniteState]:
+    def step(
+        self, x: torch.Tensor, state: InfiniteState, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, InfiniteState]:
         y, state = self.forward(x[:, None, :], state, exchange)
         return y[:, 0], state

@@ -78,7 +78,9 @@ class LanguageModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
 
-    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+    def init_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> State:
         """A fresh state (one entry per layer) for `batch_size` sequences."""
         device = device or self.device
         dtype = dtype or self.dtype

@@ -41,16 +41,22 @@ class _MinRNN(Mixer):
         """x [..., d] -> log a, log b in the state dtype (float32, or float64 for float64 input)."""
         return self._log_coefficients(self.in_proj(x).to(state_dtype(x.dtype)))
 
-    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def init_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """h = 0: read by the scan as 'no h_0 term', never as log 0."""
         return torch.zeros(batch_size, self.inner_dim, device=device, dtype=state_dtype(dtype or torch.float32))
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, exchange: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         log_a, log_b = self._coefficients(x)
         h, state = scan_parallel(log_a, log_b, state)
         return self.out_proj(h.to(x.dtype)), state
 
-    def step(self, x: torch.Tensor, state: torch.Tensor | None, exchange: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, x: torch.Tensor, state: torch.Tensor | None, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         log_a, log_b = self._coefficients(x)
         h = scan_step(log_a, log_b, state)
         return self.out_proj(h.to(x.dtype)), h

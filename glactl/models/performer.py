@@ -62,7 +62,9 @@ class Performer(Mixer):
             state["pos"] = torch.zeros(batch_size, dtype=torch.long, device=device)
         return state
 
-    def _rotate(self, q: torch.Tensor, k: torch.Tensor, state: dict | None, length: int) -> tuple[torch.Tensor, torch.Tensor, dict | None, torch.Tensor]:
+    def _rotate(
+        self, q: torch.Tensor, k: torch.Tensor, state: dict | None, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict | None, torch.Tensor]:
         """RoPE on q, k [B, H, (T,) D] at the stream's positions, in the state dtype (the features'
         exponents must not be rounded to bfloat16). Returns q, k, the ops' part of the state, the next position."""
         if state is None:
@@ -73,12 +75,16 @@ class Performer(Mixer):
         dtype = state_dtype(q.dtype)
         if q.dim() == 4:
             positions = pos.unsqueeze(-1) + torch.arange(length, device=pos.device)  # [B, T]
-            cos, sin = (t.unsqueeze(1) for t in rope_tables(positions, self.head_dim, self.rope_base, dtype))  # [B, 1, T, D/2]
+            cos, sin = (
+                t.unsqueeze(1) for t in rope_tables(positions, self.head_dim, self.rope_base, dtype)
+            )  # [B, 1, T, D/2]
         else:
             cos, sin = (t.unsqueeze(1) for t in rope_tables(pos, self.head_dim, self.rope_base, dtype))  # [B, 1, D/2]
         return apply_rope(q.to(dtype), cos, sin), apply_rope(k.to(dtype), cos, sin), state, pos + length
 
-    def forward(self, x: torch.Tensor, state: dict | None = None, exchange: dict | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self, x: torch.Tensor, state: dict | None = None, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, dict]:
         q, k, v = (t.transpose(1, 2) for t in self._project(x))  # [B, H, T, D]
         if self.rope:
             q, k, state, pos = self._rotate(q, k, state, x.shape[1])

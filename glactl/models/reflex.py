@@ -49,7 +49,9 @@ class ReflexAttention(CausalSelfAttention):
                 raise ValueError(f"reflex layer {self.layer_idx} needs the keys/values of layer {key[1]} in `exchange`")
             k, v = exchange[key]
             if k.shape[-2] != length:
-                raise ValueError(f"reflex layer {self.layer_idx}: layer {key[1]} published {k.shape[-2]} keys, expected {length}")
+                raise ValueError(
+                    f"reflex layer {self.layer_idx}: layer {key[1]} published {k.shape[-2]} keys, expected {length}"
+                )
             sources.append((k[:, lo:hi], v[:, lo:hi]))
         return torch.cat([s[0] for s in sources], dim=1), torch.cat([s[1] for s in sources], dim=1)
 

@@ -35,7 +35,9 @@ class _TorchRNN(Mixer):
         self.rnn = self.rnn_class(d, d, num_layers=1, batch_first=True)
         self.out_proj = nn.Linear(d, d, bias=False)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RNNState:
+    def init_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> RNNState:
         """Zeros: the state nn.LSTM / nn.GRU start from when given none."""
         dtype = state_dtype(dtype or torch.float32)
         return {name: torch.zeros(batch_size, self.hidden_dim, device=device, dtype=dtype) for name in self.state_names}
@@ -52,10 +54,14 @@ class _TorchRNN(Mixer):
         new_state = {name: value.squeeze(0) for name, value in zip(self.state_names, final)}
         return self.out_proj(hidden.to(x.dtype)), new_state
 
-    def forward(self, x: torch.Tensor, state: RNNState | None = None, exchange: dict | None = None) -> tuple[torch.Tensor, RNNState]:
+    def forward(
+        self, x: torch.Tensor, state: RNNState | None = None, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, RNNState]:
         return self._run(x, state)
 
-    def step(self, x: torch.Tensor, state: RNNState | None, exchange: dict | None = None) -> tuple[torch.Tensor, RNNState]:
+    def step(
+        self, x: torch.Tensor, state: RNNState | None, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, RNNState]:
         y, state = self._run(x.unsqueeze(1), state)
         return y.squeeze(1), state
 

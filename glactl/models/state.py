@@ -6,7 +6,8 @@ on dim 0; 0-d tensors and non-tensors (ints, strings, None) are shared by the wh
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -50,10 +50,12 @@ def rbf_basis(n_basis: int) -> tuple[torch.Tensor, torch.Tensor]:
     narrow = n_basis // 2
     wide = n_basis - narrow
     centers = torch.cat([_spread(narrow), _spread(wide)])
-    widths = torch.cat([
-        torch.full((narrow,), NARROW_WIDTH, dtype=torch.float64, device="cpu"),
-        torch.full((wide,), WIDE_WIDTH, dtype=torch.float64, device="cpu"),
-    ])
+    widths = torch.cat(
+        [
+            torch.full((narrow,), NARROW_WIDTH, dtype=torch.float64, device="cpu"),
+            torch.full((wide,), WIDE_WIDTH, dtype=torch.float64, device="cpu"),
+        ]
+    )
     return centers, widths
 
 
@@ -103,9 +105,7 @@ def memory_matrices_on(
     return MemoryMatrices(*(m.to(device=device, dtype=dtype) for m in matrices))
 
 
-def refit_memory(
-    memory: torch.Tensor, leaving: torch.Tensor, matrices: MemoryMatrices, empty: bool
-) -> torch.Tensor:
+def refit_memory(memory: torch.Tensor, leaving: torch.Tensor, matrices: MemoryMatrices, empty: bool) -> torch.Tensor:
     """New coefficients [..., N, D] from the old ones and the leaving states [..., W_s, D] (detached).
 
     `matrices` must already be in the memory's dtype and device (`memory_matrices_on`).

@@ -17,13 +17,20 @@ import torch
 import torch.nn.functional as F
 
 
-def conv_buffer(batch_size: int, kernel_size: int, channels: int, device: torch.device | None = None,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def conv_buffer(
+    batch_size: int,
+    kernel_size: int,
+    channels: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """The empty buffer [B, W - 1, C] of a fresh stream (zeros: nothing before the first token)."""
     return torch.zeros(batch_size, kernel_size - 1, channels, device=device, dtype=dtype)
 
 
-def causal_conv(x: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_conv(
+    x: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, T, C], w [C, W], buffer [B, W - 1, C] or None -> (y [B, T, C], new buffer [B, W - 1, C] in x's dtype)."""
     batch, _, channels = x.shape
     width = weight.shape[-1]
@@ -31,7 +38,7 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor | No
         buffer = conv_buffer(batch, width, channels, x.device, x.dtype)
     padded = torch.cat([buffer.to(x.dtype), x], dim=1)  # [B, W - 1 + T, C]
     y = F.conv1d(padded.transpose(1, 2), weight.to(x.dtype).unsqueeze(1), groups=channels).transpose(1, 2)
-    return y, padded[:, padded.shape[1] - (width - 1):]
+    return y, padded[:, padded.shape[1] - (width - 1) :]
 
 
 def causal_conv_step(x: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,7 +123,7 @@ def gla_chunk(
     # Intra-chunk scores, one reference row per sub-chunk.
     g_sub = g.reshape(batch, heads, n_chunks, n_sub, sub_chunk, key_dim)
     g_ref = g_sub[..., :1, :]  # [B, H, N, n, 1, K]
-    q_hat = (q.reshape(g_sub.shape) * (g_sub - g_ref).exp().to(q.dtype))
+    q_hat = q.reshape(g_sub.shape) * (g_sub - g_ref).exp().to(q.dtype)
     positions = torch.arange(chunk_size, device=q.device)
     sub_end = (torch.arange(n_sub, device=q.device) + 1) * sub_chunk  # exclusive end of each sub-chunk
     visible = positions.unsqueeze(0) < sub_end.unsqueeze(1)  # [n, C]: key j may be seen from sub-chunk I
@@ -190,8 +190,14 @@ def gla_chunk_fla(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     extra = {"head_first": False} if _fla_has_head_first() else {}
     o, final = chunk_gla(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), log_a.transpose(1, 2).float(), scale=scale,
-        initial_state=None if state is None else state.float(), output_final_state=True, **extra,
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        log_a.transpose(1, 2).float(),
+        scale=scale,
+        initial_state=None if state is None else state.float(),
+        output_final_state=True,
+        **extra,
     )
     return o.transpose(1, 2).to(v.dtype), final
 

@@ -28,8 +28,9 @@ def int8_rows_available(device: torch.device) -> bool:
     return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch.ops.quantized, "linear_prepack")
 
 
-def int8_row_codes(weight: torch.Tensor, limit: int = ROW_WEIGHT_MAX,
-                   row_absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def int8_row_codes(
+    weight: torch.Tensor, limit: int = ROW_WEIGHT_MAX, row_absmax: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A float weight [out, in] as int8 codes |w| <= `limit` with one float32 scale (absmax / limit) per output row.
 
     `row_absmax`: the rows' largest magnitudes where the caller has them already (one pass for two code sets).
@@ -51,8 +52,9 @@ def pack_int8_rows(codes: torch.Tensor, scale: torch.Tensor) -> Any | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantized = torch.quantize_per_channel(codes.float() * scale[:, None], scale.double(), zero_points, 0,
-                                                   torch.qint8)
+            quantized = torch.quantize_per_channel(
+                codes.float() * scale[:, None], scale.double(), zero_points, 0, torch.qint8
+            )
             return torch.ops.quantized.linear_prepack(quantized, None)
     except (RuntimeError, AttributeError, NotImplementedError):
         return None

@@ -52,17 +52,26 @@ def orthogonal_random_features(
 ) -> torch.Tensor:
     """W [H, m, D] on the CPU: orthogonal D x D blocks (Haar, via QR) with chi_D distributed row norms."""
     n_blocks = math.ceil(n_features / head_dim)
-    gaussian = torch.randn(n_heads, n_blocks, head_dim, head_dim, generator=generator, dtype=torch.float64, device="cpu")
+    gaussian = torch.randn(
+        n_heads, n_blocks, head_dim, head_dim, generator=generator, dtype=torch.float64, device="cpu"
+    )
     q, r = torch.linalg.qr(gaussian)
     # Sign fix on diag(R) makes Q Haar-distributed rather than biased by the QR convention.
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
     rows = q.transpose(-1, -2).reshape(n_heads, n_blocks * head_dim, head_dim)[:, :n_features]
-    norms = torch.randn(n_heads, n_features, head_dim, generator=generator, dtype=torch.float64, device="cpu").norm(dim=-1)
+    norms = torch.randn(n_heads, n_features, head_dim, generator=generator, dtype=torch.float64, device="cpu").norm(
+        dim=-1
+    )
     return (rows * norms.unsqueeze(-1)).to(dtype)
 
 
 def init_state(
-    batch_size: int, n_heads: int, n_features: int, value_dim: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    batch_size: int,
+    n_heads: int,
+    n_features: int,
+    value_dim: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> State:
     """An empty state: S = z = 0 and a key maximum of -inf (nothing seen yet)."""
     dtype = state_dtype(dtype)
