@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from common import machine_line, markdown_table
 
-from glactl.devices import cpu_supports_bf16
 from glactl.models import LanguageModel, ModelConfig
+from glactl.runtime.devices import cpu_supports_bf16
 
 SHAPES = {
     "d64x2": dict(d_model=64, n_layers=2, n_heads=2),

@@ -23,7 +23,7 @@ import time
 import torch
 from common import best_time, machine_line, markdown_table
 
-from glactl.evaluation import state_growth
+from glactl.inference.scoring import state_growth
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
 from glactl.models.state import expand_state

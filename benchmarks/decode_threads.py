@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from common import cpu_flags, machine_line, markdown_table
 
-from glactl.api import load
-from glactl.inference import apply_precision, configure, stepper
+from glactl.api.model import load
+from glactl.inference.precision import apply_precision, configure, stepper
 from glactl.models import LanguageModel, ModelConfig
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "gla-enwiki"

@@ -21,8 +21,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from glactl.compare import write_json_atomic
-from glactl.training import TrainOptions, train
+from glactl.compare.runner import write_json_atomic
+from glactl.training.trainer import TrainOptions, train
 
 ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
 

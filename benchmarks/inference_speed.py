@@ -42,13 +42,13 @@ try:
     lm = glactl.load(MODEL, threads=1, **opts)
 except TypeError:  # the old glactl has no precision/compile
     lm = glactl.load(MODEL, threads=1)
-from glactl import sampling
+from glactl.inference import sampling
 model = lm.model
 with torch.inference_mode():
     logits, state = model(torch.tensor([list(b"\nThe history of")]), None)
     token = logits[:, -1].argmax(-1)
     try:
-        from glactl.inference import stepper
+        from glactl.inference.precision import stepper
         step = stepper(model, 1, 10**6)
     except ImportError:
         step = model.step

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from glactl.errors import RunFailure
-from glactl.training import TrainOptions, train
+from glactl.training.trainer import TrainOptions, train
 
 ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
 

@@ -5,7 +5,7 @@ Usage: python benchmarks/perplexity_throughput.py [--megabytes 20] [--preset sma
 
 The file is English text from ../shared/data (enwiki, else any .txt there) repeated to --megabytes, or
 random bytes when no text is found; it is written to a temporary folder. Scoring goes through
-glactl.evaluation.score_file (what `glactl perplexity FILE` calls after loading), with random weights:
+glactl.inference.scoring.score_file (what `glactl perplexity FILE` calls after loading), with random weights:
 speed does not depend on training. --cli-megabytes N > 0 also saves the model as a checkpoint folder and
 runs `python -m glactl perplexity FILE --model DIR --json` end to end on an N MB file (wall time includes
 start-up and loading). Several --windows (bytes per forward call) may be compared side by side.
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from common import machine_line, markdown_table
 
-from glactl.checkpoint import save_model
-from glactl.evaluation import score_file
+from glactl.inference.scoring import score_file
 from glactl.models import LanguageModel, ModelConfig
+from glactl.storage.checkpoint import save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -134,7 +134,7 @@ def main() -> None:
 
     print()
     print(
-        f"Perplexity scoring (glactl.evaluation.score_file), preset {args.preset}, {args.threads} threads, "
+        f"Perplexity scoring (glactl.inference.scoring.score_file), preset {args.preset}, {args.threads} threads, "
         f"file: {origin} repeated to {args.megabytes:g} MB; random weights"
     )
     print()

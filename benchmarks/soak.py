@@ -64,7 +64,7 @@ def verdict(first: float, last: float) -> str:
 
 
 def soak_training(args: argparse.Namespace, data: Path, out: Path) -> Path:
-    from glactl.training import Trainer, TrainOptions, train
+    from glactl.training.trainer import Trainer, TrainOptions, train
 
     report = set(args.train_report)
     rows: list[list[object]] = []
@@ -111,9 +111,9 @@ def soak_training(args: argparse.Namespace, data: Path, out: Path) -> Path:
 
 
 def soak_generation(args: argparse.Namespace, model_path: Path | None) -> None:
-    from glactl.api import Model
-    from glactl.checkpoint import load_model
+    from glactl.api.model import Model
     from glactl.models import LanguageModel, ModelConfig
+    from glactl.storage.checkpoint import load_model
 
     if model_path is not None:
         model, document = load_model(model_path)

@@ -7,7 +7,7 @@ Usage: python benchmarks/train_throughput.py [--preset small] [--models gla,gla-
 Tokens per batch are held constant (batch = tokens / length). "gla-recurrent" is the GLA model with
 gla_form="recurrent" (the token-by-token reference loop); "transformer" attends to the whole sequence
 (context=None). A step is the same as glactl's Trainer step: autocast forward (bfloat16 via
-glactl.devices.select_precision), float32 cross-entropy, backward, clip_grad_norm_, AdamW with the
+glactl.runtime.devices.select_precision), float32 cross-entropy, backward, clip_grad_norm_, AdamW with the
 Trainer's parameter groups. A cell whose estimated time (from the same model's previous, shorter
 length) exceeds --max-seconds prints "skipped" with the estimate. Ratios come from this one run.
 
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from common import machine_line, markdown_table
 
-from glactl.devices import select_precision
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
+from glactl.runtime.devices import select_precision
 
 ALL_MODELS = ["gla", "gla-recurrent", "transformer"] + [m for m in MIXERS if m not in ("gla", "transformer")]
 # How a step's cost grows with the length at constant tokens per batch (exponent of L / L_prev),

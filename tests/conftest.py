@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glactl import checkpoint
-from glactl.cli import main
+from glactl.cli.app import main
+from glactl.storage import checkpoint
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,7 +93,7 @@ def final_error_line(err: str) -> str:
 # A glactl CLI run in a child process that reports its own peak RSS (ru_maxrss of RUSAGE_SELF).
 CHILD = """
 import resource, sys
-from glactl.cli import main
+from glactl.cli.app import main
 code = 0
 try:
     main(sys.argv[1:])

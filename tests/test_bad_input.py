@@ -20,9 +20,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-import glactl.evaluation as evaluation
-from glactl.checkpoint import save_model
+import glactl.inference.scoring as evaluation
 from glactl.models import LanguageModel, ModelConfig
+from glactl.storage.checkpoint import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [

@@ -15,8 +15,8 @@ import torch
 from conftest import final_error_line, run_cli
 from safetensors.torch import load_file
 
-from glactl.checkpoint import load_model
-from glactl.training import Trainer, TrainingInterrupted, TrainOptions, train
+from glactl.storage.checkpoint import load_model
+from glactl.training.trainer import Trainer, TrainingInterrupted, TrainOptions, train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [

@@ -219,7 +219,7 @@ def test_train_writes_logs_to_stderr_and_nothing_to_stdout(
 def test_the_live_bar_keeps_its_eta_at_80_columns_and_lines_stay_above_it(tmp_path: Path, text_file: Path) -> None:
     from rich.console import Console
 
-    from glactl.training import TrainOptions, train
+    from glactl.training.trainer import TrainOptions, train
 
     screen = io.StringIO()
     console = Console(file=screen, width=80, force_terminal=True, color_system=None)
@@ -252,8 +252,8 @@ def test_the_live_bar_keeps_its_eta_at_80_columns_and_lines_stay_above_it(tmp_pa
 def test_compare_table_fits_80_columns_with_whole_numbers() -> None:
     from rich.console import Console
 
-    from glactl.compare import terminal_table
-    from glactl.display import print_table
+    from glactl.compare.runner import terminal_table
+    from glactl.report.display import print_table
 
     entries = [
         {
@@ -361,15 +361,15 @@ def test_help_uses_click_labels_lists_choices_and_fits_80_columns(
 
 
 def test_until_choices_in_help_match_the_library() -> None:
-    from glactl import cli
-    from glactl.sampling import UNTIL_MODES
+    from glactl.cli import app as cli
+    from glactl.inference.sampling import UNTIL_MODES
 
     assert cli._UNTIL == UNTIL_MODES
 
 
 # ---- 13, 14: threads and dtype -----------------------------------------------------------------------------------
 def test_thread_counts_by_kind_and_their_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
-    from glactl import devices
+    from glactl.runtime import devices
 
     assert devices.plural(1, "thread") == "1 thread" and devices.plural(2, "thread") == "2 threads"
     assert devices.default_threads("decoding")[0] == 1
@@ -395,7 +395,7 @@ def test_thread_counts_by_kind_and_their_grammar(monkeypatch: pytest.MonkeyPatch
 
 
 def test_busy_cores_counts_the_ticks_other_work_used_on_our_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from glactl import devices
+    from glactl.runtime import devices
 
     samples = iter(
         [
@@ -420,8 +420,8 @@ def test_busy_cores_counts_the_ticks_other_work_used_on_our_cpus(monkeypatch: py
 def test_auto_dtype_is_measured_once_and_cached(tmp_path: Path) -> None:
     import torch
 
-    from glactl.devices import CALIBRATION_FILE, cpu_dtype_by_measurement
     from glactl.models import LanguageModel, ModelConfig
+    from glactl.runtime.devices import CALIBRATION_FILE, cpu_dtype_by_measurement
 
     model = LanguageModel(ModelConfig(d_model=32, n_layers=1, n_heads=2, context=16))
     before = [p.detach().clone() for p in model.parameters()]
@@ -436,7 +436,7 @@ def test_auto_dtype_is_measured_once_and_cached(tmp_path: Path) -> None:
 def test_perplexity_on_a_hub_dataset_without_network_fails_fast_with_advice_for_scoring(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import glactl.data as data
+    import glactl.data.training_data as data
 
     run = tmp_path / "run"
     trained(run, text_file, capsys, 2)
@@ -453,8 +453,8 @@ def test_perplexity_on_a_hub_dataset_without_network_fails_fast_with_advice_for_
 
 # ---- 16: the small inconsistencies ----------------------------------------------------------------------------
 def test_data_weight_binary_and_sizes(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from glactl.data import SourceSpec, cache_root, prepare_source
-    from glactl.display import human_bytes
+    from glactl.data.training_data import SourceSpec, cache_root, prepare_source
+    from glactl.report.display import human_bytes
 
     with pytest.raises(InputError, match="weight 'x' is not a number"):
         SourceSpec.parse(f"{text_file}@x")

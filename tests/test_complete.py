@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from glactl.checkpoint import save_model
-from glactl.cli import app
+from glactl.cli.app import app
+from glactl.inference.sampling import complete
 from glactl.models import LanguageModel, ModelConfig
-from glactl.sampling import complete
+from glactl.storage.checkpoint import save_model
 
 runner = CliRunner()
 SPACE, PUNCT = b" \t\n\r\x0b\x0c", b'.,;:!?"()[]{}'
@@ -199,7 +199,7 @@ def test_cli_json_and_table(tiny_checkpoint: Path) -> None:
 
 @pytest.mark.parametrize("args", [["--until", "paragraph"], ["--n", "0"], ["--beam", "0"], ["--max-chars", "0"]])
 def test_cli_bad_values_exit_2(tiny_checkpoint: Path, args: list[str], capsys: pytest.CaptureFixture) -> None:
-    from glactl.cli import main
+    from glactl.cli.app import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["complete", "abc", "--model", str(tiny_checkpoint), *args])

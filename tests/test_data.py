@@ -13,7 +13,7 @@ from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glactl.data import (
+from glactl.data.training_data import (
     SourceSpec,
     Stream,
     WindowSampler,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from glactl.api import load
-from glactl.evaluation import score_bytes
-from glactl.sampling import generate
-from glactl.training import Trainer, TrainOptions
+from glactl.api.model import load
+from glactl.inference.sampling import generate
+from glactl.inference.scoring import score_bytes
+from glactl.training.trainer import Trainer, TrainOptions
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import assert_one_line_error, child_result, run_cli, start_child
 
-import glactl.paths as paths
-from glactl.checkpoint import load_model, save_model
+import glactl.storage.model_paths as paths
 from glactl.models import LanguageModel, ModelConfig
+from glactl.storage.checkpoint import load_model, save_model
 
 PROMPT = "The history of"
 

@@ -1,4 +1,4 @@
-"""--precision and --compile (glactl/inference.py): compiled, eager and fallen-back steps agree; every precision runs
+"""--precision and --compile (glactl/inference/precision.py): compiled, eager and fallen-back steps agree; every precision runs
 and stays within its bits-per-byte bound; bad flag values are one line and exit 2."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
 
-from glactl import inference
+from glactl.inference import precision as inference
 from glactl.models import LanguageModel, ModelConfig
 
 TEXT = (
@@ -288,10 +288,10 @@ def test_int8_kernel_gets_aligned_rows_from_any_view() -> None:
             assert (approx - exact).norm() / exact.norm() < 0.05
 
 
-# ---- the CLI process keeps freed memory (glactl/process_memory.py) -----------------------------------------------
+# ---- the CLI process keeps freed memory (glactl/runtime/process_memory.py) -----------------------------------------------
 _FAULTS_SNIPPET = r"""
 import ctypes, resource, sys
-from glactl.process_memory import keep_freed_memory
+from glactl.runtime.process_memory import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     print("unsupported"); raise SystemExit
 libc = ctypes.CDLL(None)
@@ -330,7 +330,8 @@ def test_cli_process_keeps_freed_memory_and_faults_far_less() -> None:
 def test_keep_freed_memory_is_set_by_the_process_entry_point_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from glactl import cli, process_memory
+    from glactl.cli import app as cli
+    from glactl.runtime import process_memory
 
     calls = []
     monkeypatch.setattr(process_memory, "keep_freed_memory", lambda: calls.append(1) or True)

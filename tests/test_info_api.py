@@ -11,10 +11,10 @@ import torch
 from conftest import assert_one_line_error, run_cli
 
 import glactl
-import glactl.paths as paths
-from glactl.checkpoint import load_model, save_model
+import glactl.storage.model_paths as paths
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
+from glactl.storage.checkpoint import load_model, save_model
 
 TRAINING = {"steps": 3, "bits_per_byte": 7.5, "tokens": 4096, "data": ["tiny.txt"]}
 PROMPT = "The history of"

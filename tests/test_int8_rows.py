@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from glactl import inference
+from glactl.inference import precision as inference
 from glactl.models import LanguageModel, ModelConfig
 from glactl.ops.int8_rows import ROW_WEIGHT_MAX, int8_row_codes, int8_rows_available, int8_rows_matmul, pack_int8_rows
 

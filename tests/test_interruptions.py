@@ -22,12 +22,12 @@ import torch
 from conftest import final_error_line, run_cli
 from safetensors.torch import load_file
 
-import glactl.checkpoint as checkpoint
-import glactl.devices as devices
-from glactl.checkpoint import load_model, save_model
+import glactl.runtime.devices as devices
+import glactl.storage.checkpoint as checkpoint
 from glactl.errors import RunFailure
 from glactl.models import LanguageModel, ModelConfig
-from glactl.training import Trainer, TrainOptions, train
+from glactl.storage.checkpoint import load_model, save_model
+from glactl.training.trainer import Trainer, TrainOptions, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import rel_err
 
-from glactl.cli import main
-from glactl.devices import select_kernels, use_kernels
+from glactl.cli.app import main
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.ops import gla as gla_ops
 from glactl.ops.gla import fla_available, gate_log, gla_chunk, gla_chunk_fla
+from glactl.runtime.devices import select_kernels, use_kernels
 
 HAVE_FLA_CUDA = torch.cuda.is_available() and fla_available()
 needs_fla = pytest.mark.skipif(

@@ -10,7 +10,6 @@ from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glactl.checkpoint import expected_tensors, load_model, save_model
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.performer import Performer
@@ -21,6 +20,7 @@ from glactl.ops.performer import (
     performer_recurrent,
     query_features,
 )
+from glactl.storage.checkpoint import expected_tensors, load_model, save_model
 
 
 def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> LanguageModel:

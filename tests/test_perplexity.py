@@ -1,4 +1,4 @@
-"""`glactl perplexity` and glactl.evaluation: exact log-likelihood, metrics, bad input, sliding context, memory."""
+"""`glactl perplexity` and glactl.inference.scoring: exact log-likelihood, metrics, bad input, sliding context, memory."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import child_result, run_cli, start_child
 
-from glactl.checkpoint import load_model, save_model
-from glactl.evaluation import METRIC_KEYS, Score, TextCounter, log_likelihood, score_bytes, score_file
+from glactl.inference.scoring import METRIC_KEYS, Score, TextCounter, log_likelihood, score_bytes, score_file
 from glactl.models import LanguageModel, ModelConfig
+from glactl.storage.checkpoint import load_model, save_model
 
 LN2 = math.log(2.0)
 TEXT = (

@@ -10,10 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from glactl.errors import InputError
-from glactl.models import LanguageModel, ModelConfig
-from glactl.models.registry import MIXERS
-from glactl.models.state import expand_state, select_state
-from glactl.sampling import (
+from glactl.inference.sampling import (
     Generation,
     SamplingParams,
     StopMatcher,
@@ -23,6 +20,9 @@ from glactl.sampling import (
     generate,
     next_tokens,
 )
+from glactl.models import LanguageModel, ModelConfig
+from glactl.models.registry import MIXERS
+from glactl.models.state import expand_state, select_state
 
 
 def tiny_model(dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> LanguageModel:

@@ -22,12 +22,12 @@ from conftest import assert_one_line_error, child_env, rel_err, run_cli
 from safetensors.torch import save_file
 
 import glactl
-import glactl.cli as cli
-from glactl.checkpoint import save_model
+import glactl.cli.app as cli
 from glactl.errors import InputError
+from glactl.inference.sampling import model_context
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
-from glactl.sampling import model_context
+from glactl.storage.checkpoint import save_model
 
 LN2 = math.log(2.0)
 TEXT_A = "The history of the world is long.\n Caf\u00e9 na\u00efve \u4e2d\u6587 and more words to read "

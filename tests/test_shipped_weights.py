@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT, shared_file
 
 import glactl
-from glactl.paths import DEFAULT_WEIGHTS, resolve_model
+from glactl.storage.model_paths import DEFAULT_WEIGHTS, resolve_model
 
 SHIPPED = ("gla-enwiki", "transformer-enwiki")
 WEIGHTS = REPO_ROOT / "weights"
@@ -78,7 +78,7 @@ def test_regular_install_ships_the_weights(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         assert f"glactl/weights/{DEFAULT_WEIGHTS}/model.safetensors" in archive.namelist()
         archive.extractall(site)
-    probe = "import glactl.paths as p; print(p.resolve_model(None))"
+    probe = "import glactl.storage.model_paths as p; print(p.resolve_model(None))"
     run = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,

@@ -13,12 +13,12 @@ from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glactl.checkpoint import load_model, save_model
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.config import LEGACY_DEFAULTS, NEW_MODEL_DEFAULTS
 from glactl.models.gla import GatedLinearAttention
 from glactl.ops.conv import causal_conv, causal_conv_step, conv_buffer
+from glactl.storage.checkpoint import load_model, save_model
 
 KERNEL = 4
 

@@ -1,4 +1,4 @@
-"""Synthetic probe tasks (glactl.tasks): answers where the task defines them, disjoint test set, masked scoring."""
+"""Synthetic probe tasks (glactl.data.tasks): answers where the task defines them, disjoint test set, masked scoring."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from glactl import tasks
+from glactl.data import tasks
+from glactl.data.tasks import TaskBatches, TaskScore, make_task, masked_cross_entropy
 from glactl.errors import InputError
-from glactl.tasks import TaskBatches, TaskScore, make_task, masked_cross_entropy
 
 
 def sequences(

@@ -13,9 +13,9 @@ from conftest import run_cli, shared_file
 from rich.console import Console
 from safetensors.torch import load_file
 
-from glactl.checkpoint import load_model
 from glactl.errors import InputError, RunFailure
-from glactl.training import Schedule, Trainer, TrainOptions, default_warmup, parse_duration, train
+from glactl.storage.checkpoint import load_model
+from glactl.training.trainer import Schedule, Trainer, TrainOptions, default_warmup, parse_duration, train
 
 FAST = [
     "--preset",
@@ -396,7 +396,7 @@ def test_short_conv_and_performer_rope_flags(
 
 def test_model_options_reach_a_new_model_and_are_validated() -> None:
     """TrainOptions.model_options (ablations such as benchmarks/gla_levers.py) set ModelConfig fields of a new model."""
-    from glactl.training import new_model_config
+    from glactl.training.trainer import new_model_config
 
     config = new_model_config(
         TrainOptions(

@@ -19,10 +19,10 @@ from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import glactl.checkpoint as checkpoint
-from glactl.checkpoint import load_model, save_model
+import glactl.storage.checkpoint as checkpoint
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
+from glactl.storage.checkpoint import load_model, save_model
 
 TINY = ModelConfig.tiny(d_model=32, n_layers=1, n_heads=2)
 

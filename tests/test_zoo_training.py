@@ -9,7 +9,7 @@ import pytest
 from conftest import shared_file
 
 from glactl.models.registry import MIXERS
-from glactl.training import TrainOptions, train
+from glactl.training.trainer import TrainOptions, train
 
 ZOO = ("gla", "transformer", "performer", "infinite", "reflex", "mingru", "minlstm", "lstm", "gru")
 STEPS = 150

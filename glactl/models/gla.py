@@ -48,7 +48,7 @@ class GatedLinearAttention(Mixer):
         self.out_proj = nn.Linear(self.value_dim, d, bias=False)
         self.chunk_size = config.chunk_size
         self.form = config.gla_form
-        self.kernels = "torch"  # or "fla": set at run time by glactl.devices.use_kernels, never saved
+        self.kernels = "torch"  # or "fla": set at run time by glactl.runtime.devices.use_kernels, never saved
         # Short causal depthwise convolution on q, k, v (one filter per channel, no bias, then SiLU).
         self.short_conv = config.short_conv
         self.qkv_dim = 2 * self.key_dim + self.value_dim

@@ -81,7 +81,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        from glactl.devices import cpu_supports_bf16
+        from glactl.runtime.devices import cpu_supports_bf16
 
         return cpu_supports_bf16()
     return False
@@ -213,7 +213,9 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     float32 (a lookup reads one row per token); a head tied to it gets its own copy.
     """
     dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:  # a float64 reference model (tests, glactl.checkpoint loaders) keeps its exact weights
+    if (
+        dtype != torch.float32
+    ):  # a float64 reference model (tests, glactl.storage.checkpoint loaders) keeps its exact weights
         model.precision = str(dtype).replace("torch.", "")
         return model
     model.precision = precision
@@ -352,7 +354,7 @@ def package_path(model: nn.Module, batch: int) -> Path:
     import json
 
     from glactl import __version__
-    from glactl.data import cache_root
+    from glactl.data.training_data import cache_root
 
     # inductor writes the thread count into every parallel loop it generates: a package built for 1 thread
     # never uses a second one, and one built for 2 would run 2 under --threads 1, so the count is in the key
@@ -385,7 +387,7 @@ def weights_digest(model: nn.Module) -> str:
 
 def build_package(model: nn.Module, batch: int, path: Path) -> None:
     """Export the step for `batch` rows and compile it into `path` (written whole or not at all)."""
-    from glactl.data import cache_root
+    from glactl.data.training_data import cache_root
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     import torch._inductor

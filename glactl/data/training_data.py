@@ -707,6 +707,6 @@ class TextBatches:
 
 def _human(n: int) -> str:
     """Sizes in glactl's one convention (KiB, MiB: powers of 1024)."""
-    from glactl.display import human_bytes
+    from glactl.report.display import human_bytes
 
     return human_bytes(n)

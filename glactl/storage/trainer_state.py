@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from glactl.checkpoint import OPTIMIZER_FILE, TRAINER_FILE, read_json, read_safetensors_header, write_json
 from glactl.errors import InputError
+from glactl.storage.checkpoint import OPTIMIZER_FILE, TRAINER_FILE, read_json, read_safetensors_header, write_json
 
 TRAINER_FORMAT = 1
 

@@ -6,7 +6,7 @@ A rerun skips folders whose settings match, resumes an interrupted training, re-
 the measurement settings changed, and redoes everything with `--force`. The comparison itself goes
 to `OUT/results.json`, `OUT/results.md`, `OUT/loss.png` and `OUT/scaling.png`.
 
-With `--task mqar|selective-copy|sort` the runs train on a synthetic probe (glactl.tasks) instead
+With `--task mqar|selective-copy|sort` the runs train on a synthetic probe (glactl.data.tasks) instead
 of text and are scored by accuracy on the task's fixed test set: `results.json`, `results.md` and
 `OUT/accuracy.png`, with no bits per byte, generation speed or sample. Every run's settings (and
 results.json) hold the full resolved ModelConfig and the task settings, so a run made with other
@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from glactl.display import human_bytes  # noqa: F401 - one size convention (KiB, MiB) for every command
 from glactl.errors import InputError, RunFailure
 from glactl.models.config import OPTION_MIXERS
+from glactl.report.display import human_bytes  # noqa: F401 - one size convention (KiB, MiB) for every command
 
 DEFAULT_DATA = "wikitext-103"
 DEFAULT_CONTEXTS = (1024, 8192, 32768)
@@ -105,7 +105,7 @@ class CompareOptions:
     device: str = "auto"
     dtype: str | None = None
     command_line: list[str] | None = None
-    task: str = "lm"  # lm (text from --data) or a probe of glactl.tasks
+    task: str = "lm"  # lm (text from --data) or a probe of glactl.data.tasks
     pairs: int | None = None  # mqar
     sort_count: int | None = None  # sort
     sort_range: int | None = None  # sort
@@ -185,7 +185,7 @@ def default_out(options: CompareOptions) -> Path:
 
 def resolve_task(options: CompareOptions) -> Any:
     """The probe task (None for lm) with its settings checked; fills in the sequence length it implies."""
-    from glactl.tasks import TASKS, make_task
+    from glactl.data.tasks import TASKS, make_task
 
     if options.task not in TASKS:
         raise InputError(f"--task {options.task!r}: choose one of {', '.join(TASKS)}")
@@ -207,8 +207,8 @@ def resolve_task(options: CompareOptions) -> Any:
 
 def check_options(options: CompareOptions) -> None:
     """Reject bad settings before any training starts (one InputError line); lower-cases the choice flags."""
-    from glactl.inference import COMPILE_CHOICES, PRECISION_CHOICES, check_choice
-    from glactl.training import new_model_config
+    from glactl.inference.precision import COMPILE_CHOICES, PRECISION_CHOICES, check_choice
+    from glactl.training.trainer import new_model_config
 
     options.precision = check_choice("--precision", options.precision, PRECISION_CHOICES)
     options.compile = check_choice("--compile", options.compile, COMPILE_CHOICES)
@@ -240,9 +240,9 @@ def check_options(options: CompareOptions) -> None:
 # ---- the comparison ------------------------------------------------------------------------------
 def run_compare(options: CompareOptions, console: Any | None = None) -> list[dict[str, Any]]:
     """Train (or reuse) every model and seed, measure them, write the four result files; returns the entries."""
-    from glactl.data import load_training_data
-    from glactl.devices import set_threads
-    from glactl.training import Reporter
+    from glactl.data.training_data import load_training_data
+    from glactl.runtime.devices import set_threads
+    from glactl.training.trainer import Reporter
 
     task = resolve_task(options)
     defaulted = task is None and not options.data
@@ -258,7 +258,7 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
     set_threads(options.threads)
     text, prompt = b"", b""  # a task has no text to measure generation on and no sample
     if task is None:
-        from glactl.data import DatasetUnavailable
+        from glactl.data.training_data import DatasetUnavailable
 
         try:
             data = load_training_data(options.data, options.valid, options.seq_len, say.prepare)
@@ -319,10 +319,10 @@ def comparison_dtype(options: CompareOptions, say: Any) -> str | None:
     """
     if (options.dtype or "auto") != "auto":
         return options.dtype
-    from glactl.data import cache_root
-    from glactl.devices import cpu_dtype_by_measurement, select_device, select_precision
+    from glactl.data.training_data import cache_root
     from glactl.models import LanguageModel
-    from glactl.training import new_model_config
+    from glactl.runtime.devices import cpu_dtype_by_measurement, select_device, select_precision
+    from glactl.training.trainer import new_model_config
 
     device = select_device(options.device)
     if device.type != "cpu" or select_precision("auto", device).name != "bfloat16":
@@ -339,7 +339,7 @@ def comparison_dtype(options: CompareOptions, say: Any) -> str | None:
 def training_settings(options: CompareOptions, model: str, seed: int) -> dict[str, Any]:
     """What a run was trained with: a change here means the run has to be redone."""
     from glactl.models.registry import default_lr
-    from glactl.training import new_model_config
+    from glactl.training.trainer import new_model_config
 
     return {
         "model": model,
@@ -363,7 +363,7 @@ def training_settings(options: CompareOptions, model: str, seed: int) -> dict[st
 
 def task_settings(options: CompareOptions) -> dict[str, Any]:
     """The task's defining settings ({"task": "lm"} for text)."""
-    from glactl.tasks import make_task
+    from glactl.data.tasks import make_task
 
     if not options.is_task:
         return {"task": "lm"}
@@ -437,7 +437,7 @@ def run_one(
 
 def train_run(options: CompareOptions, model: str, seed: int, folder: Path, resume: bool, console: Any) -> None:
     """One ordinary training run through the training library (same loop as `glactl train`)."""
-    from glactl.training import TrainingInterrupted, train
+    from glactl.training.trainer import TrainingInterrupted, train
 
     try:
         train(train_options(options, model, seed, folder, resume), console)
@@ -452,7 +452,7 @@ def train_options(
     options: CompareOptions, model: str, seed: int, folder: Path | None = None, resume: bool = False
 ) -> Any:
     """The TrainOptions of one run (also what its resolved ModelConfig is derived from)."""
-    from glactl.training import TrainOptions
+    from glactl.training.trainer import TrainOptions
 
     return TrainOptions(
         data=list(options.data),
@@ -505,7 +505,7 @@ def write_json_atomic(path: Path, document: Any) -> None:
 
 
 def _holds_run(folder: Path) -> bool:
-    from glactl.training import RUN_ENTRIES
+    from glactl.training.trainer import RUN_ENTRIES
 
     return folder.is_dir() and any((folder / name).exists() for name in RUN_ENTRIES)
 
@@ -517,9 +517,9 @@ def _has_checkpoint(folder: Path) -> bool:
 # ---- measurements -----------------------------------------------------------------------------------
 def measure_run(folder: Path, options: CompareOptions, text: bytes, prompt: bytes, seed: int) -> dict[str, Any]:
     """Parameters, training speed, validation curve (metrics.jsonl); generation speed, state, sample (checkpoint)."""
-    from glactl.checkpoint import load_model
-    from glactl.devices import select_device
-    from glactl.inference import apply_precision, configure, resolve_precision
+    from glactl.inference.precision import apply_precision, configure, resolve_precision
+    from glactl.runtime.devices import select_device
+    from glactl.storage.checkpoint import load_model
 
     device = select_device(options.device)
     model, _ = load_model(folder, device)
@@ -547,9 +547,9 @@ def measure_run(folder: Path, options: CompareOptions, text: bytes, prompt: byte
 
 def measure_task_run(folder: Path, options: CompareOptions, task: Any) -> dict[str, Any]:
     """Parameters, training speed, test-set curve and last accuracy (metrics.jsonl); state after one task sequence."""
-    from glactl.checkpoint import load_model
-    from glactl.devices import select_device
-    from glactl.tasks import TaskBatches
+    from glactl.data.tasks import TaskBatches
+    from glactl.runtime.devices import select_device
+    from glactl.storage.checkpoint import load_model
 
     model, _ = load_model(folder, select_device(options.device))
     records = read_metrics(folder)
@@ -575,7 +575,7 @@ def measure_task_run(folder: Path, options: CompareOptions, task: Any) -> dict[s
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl, in file order (unreadable lines are left out)."""
-    from glactl.training import METRICS_FILE
+    from glactl.training.trainer import METRICS_FILE
 
     records = []
     try:
@@ -661,9 +661,9 @@ def measure_generation(
     The context is read with the parallel form in pieces carrying the state; at each length
     the state's size is taken, then `decode_steps` greedy steps are timed on a copy of the state,
     so the reading goes on from exactly that many bytes. The step is the one `glactl generate`
-    runs (`glactl.inference.stepper`: compiled where the model's --compile choice says so).
+    runs (`glactl.inference.precision.stepper`: compiled where the model's --compile choice says so).
     """
-    from glactl.inference import stepper
+    from glactl.inference.precision import stepper
     from glactl.models.state import expand_state
 
     speeds: dict[str, float] = {}
@@ -705,7 +705,7 @@ def _synchronize(device: torch.device) -> None:
 
 def draw_sample(model: Any, prompt: bytes, length: int, seed: int) -> str:
     """`length` bytes sampled after the prompt (temperature 0.8, the run's seed): the same draw for every model."""
-    from glactl.sampling import SamplingParams, generate
+    from glactl.inference.sampling import SamplingParams, generate
 
     stats = generate(
         model, prompt, max_new_tokens=length, params=SamplingParams(temperature=SAMPLE_TEMPERATURE), seed=seed
@@ -829,7 +829,7 @@ def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str]
     always stay. Returns
     the header, the rows and the names of the columns left out.
     """
-    from glactl.display import fit_columns
+    from glactl.report.display import fit_columns
 
     header, rows = table(entries)
     short = [h.replace("gen tok/s", "gen/s") for h in header]
@@ -923,7 +923,7 @@ def describe_budget(options: CompareOptions) -> str:
 
 def describe_task(options: CompareOptions) -> str:
     """One sentence on what a --task comparison's sequences are."""
-    from glactl import tasks
+    from glactl.data import tasks
 
     settings = task_settings(options)
     if options.task == "mqar":
@@ -945,7 +945,7 @@ def describe_task(options: CompareOptions) -> str:
 
 def task_markdown(entries: list[dict[str, Any]], options: CompareOptions) -> str:
     """results.md of a --task comparison: the task, the settings, the table and the accuracy plot."""
-    from glactl import tasks
+    from glactl.data import tasks
 
     lr = f"{options.lr:g} for all" if options.lr is not None else "each architecture's default"
     seeds = ", ".join(str(s) for s in options.seeds)
@@ -1014,7 +1014,7 @@ def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, pro
 
 def write_results(out: Path, entries: list[dict[str, Any]], options: CompareOptions, prompt: bytes) -> None:
     """results.json, results.md, loss.png and scaling.png in `out` (for a task: accuracy.png instead of the two plots)."""
-    from glactl.plots import plot_accuracy, plot_loss, plot_scaling
+    from glactl.report.plots import plot_accuracy, plot_loss, plot_scaling
 
     write_json_atomic(out / RESULTS_JSON, entries)
     (out / RESULTS_MD).write_text(results_markdown(entries, options, prompt), encoding="utf-8")

@@ -1,7 +1,7 @@
 """Reading a text into a model: the state after "\\n" + text (or after an earlier reading) and the next-byte logits.
 
 Every command reads a text after exactly one START byte (DESIGN.md 2), so a `Reading` means the
-same thing to generate, complete and perplexity, and can be saved to a file (glactl/saved_state.py).
+same thing to generate, complete and perplexity, and can be saved to a file (glactl/storage/state_file.py).
 Texts are read with the parallel form in pieces of `window` bytes, the state carried, so a long
 text costs memory of one piece. A reading is never changed in place: whoever continues from one
 gets a copy of its state (`clone_state`), whatever a mixer or a compiled step does with it.

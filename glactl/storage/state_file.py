@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from glactl import __version__
-from glactl.checkpoint import read_safetensors_header
 from glactl.errors import InputError, RunFailure
-from glactl.reading import TAIL_BYTES, Reading
+from glactl.inference.reading import TAIL_BYTES, Reading
+from glactl.storage.checkpoint import read_safetensors_header
 
 FORMAT_VERSION = 1
 METADATA_KEY = "glactl_state"
@@ -72,7 +72,7 @@ def file_sha256(path: Path) -> str:
 
 def owner_of(model: torch.nn.Module, folder: str | os.PathLike, precision: str) -> StateOwner:
     """The owner record of a model loaded from checkpoint `folder` (hashes its config.json and model.safetensors)."""
-    from glactl.checkpoint import CONFIG_FILE, MODEL_FILE
+    from glactl.storage.checkpoint import CONFIG_FILE, MODEL_FILE
 
     folder = Path(folder)
     try:

@@ -21,9 +21,9 @@ from typing import BinaryIO
 import torch
 
 from glactl.errors import InputError
+from glactl.inference.reading import START, Reading, extend_tail, read
+from glactl.inference.sampling import check_positive
 from glactl.models.state import clone_state
-from glactl.reading import START, Reading, extend_tail, read
-from glactl.sampling import check_positive
 
 DEFAULT_WINDOW = 4096
 METRIC_KEYS = (
@@ -85,7 +85,7 @@ class Score:
     seconds: float = 0.0
     valid_utf8: bool = True
     notes: list[str] = field(default_factory=list)
-    final: Reading | None = None  # the reading after the whole text (keep_state=True; a State through glactl.api)
+    final: Reading | None = None  # the reading after the whole text (keep_state=True; a State through glactl.api.model)
 
     def __add__(self, other: Score) -> Score:
         return Score(
@@ -281,7 +281,7 @@ def score_split(
     keep_state: bool = False,
 ) -> Score:
     """Score a split of a `--data` source (encoded once into the cache, then streamed from its memmap)."""
-    from glactl.data import (  # local import: the data layer loads only when asked
+    from glactl.data.training_data import (  # local import: the data layer loads only when asked
         SPLITS,
         DatasetUnavailable,
         prepare_source,

@@ -30,9 +30,13 @@ except ImportError:  # Windows: the pid file alone
     _fcntl = None  # type: ignore[assignment]
 
 from glactl import __version__
-from glactl.checkpoint import load_model, resolve_checkpoint_dir, save_model
-from glactl.data import TextBatches, TrainingData, load_training_data
-from glactl.devices import (
+from glactl.data.tasks import TEST_SEQUENCES, Task, TaskBatches, TaskScore, make_task, masked_cross_entropy
+from glactl.data.training_data import TextBatches, TrainingData, load_training_data
+from glactl.errors import GlactlError, InputError, RunFailure
+from glactl.models import LanguageModel, ModelConfig
+from glactl.models.registry import default_lr
+from glactl.report.display import clock
+from glactl.runtime.devices import (
     Precision,
     plural,
     select_device,
@@ -42,13 +46,9 @@ from glactl.devices import (
     thread_line,
     use_kernels,
 )
-from glactl.display import clock
-from glactl.distributed import Distributed
-from glactl.errors import GlactlError, InputError, RunFailure
-from glactl.models import LanguageModel, ModelConfig
-from glactl.models.registry import default_lr
-from glactl.tasks import TEST_SEQUENCES, Task, TaskBatches, TaskScore, make_task, masked_cross_entropy
-from glactl.train_state import load_optimizer, read_trainer, restore_rng, write_trainer_files
+from glactl.runtime.distributed import Distributed
+from glactl.storage.checkpoint import load_model, resolve_checkpoint_dir, save_model
+from glactl.storage.trainer_state import load_optimizer, read_trainer, restore_rng, write_trainer_files
 
 LOCK_FILE = "train.lock"
 METRICS_FILE = "metrics.jsonl"
@@ -100,7 +100,7 @@ class TrainOptions:
     kernels: str | None = None  # torch | fla (GLA chunk form through flash-linear-attention, CUDA only)
     allow_binary: bool | None = None
     command_line: list[str] | None = None
-    task: str | None = None  # None or "lm": text from --data; else a probe of glactl.tasks (DESIGN.md 3.9)
+    task: str | None = None  # None or "lm": text from --data; else a probe of glactl.data.tasks (DESIGN.md 3.9)
     task_options: dict[str, int] | None = None  # the task's settings given: pairs, sort_count, sort_range
     short_conv: int | None = None  # ModelConfig.short_conv for a new model (None: the architecture's default)
     performer_rope: bool | None = None  # ModelConfig.performer_rope for a new model (None: the default)
@@ -779,8 +779,8 @@ class Trainer:
         o = self.options
         if (o.dtype or "auto") != "auto" or self.device.type != "cpu" or self.precision.name != "bfloat16":
             return
-        from glactl.data import cache_root
-        from glactl.devices import cpu_dtype_by_measurement
+        from glactl.data.training_data import cache_root
+        from glactl.runtime.devices import cpu_dtype_by_measurement
 
         _, speedup, cached = cpu_dtype_by_measurement(self.model, o.seq_len, o.batch_size, cache_root())
         speedup = self.dist.from_main(speedup)  # every rank trains in rank 0's choice

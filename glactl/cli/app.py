@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 import typer
 
-from glactl.display import clock, human_bytes
 from glactl.errors import GlactlError
+from glactl.report.display import clock, human_bytes
 
 app = typer.Typer(
     name="glactl",
@@ -146,8 +146,8 @@ _NO_ARGS_IS_HELP = getattr(_typer_click, "NoArgsIsHelpError", ())
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn every failure into one line + exit code."""
     _process["on"] = argv is None
-    if _process["on"]:  # our own process: keep freed memory for the next window (glactl/process_memory.py)
-        from glactl.process_memory import keep_freed_memory
+    if _process["on"]:  # our own process: keep freed memory for the next window (glactl/runtime/process_memory.py)
+        from glactl.runtime.process_memory import keep_freed_memory
 
         keep_freed_memory()
     try:
@@ -212,7 +212,7 @@ _THREADS_HELP = (
 _TRAIN_THREADS_HELP = _THREADS_HELP
 _KERNEL_CHOICES = choices("torch", "fla")
 _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, needs the fla package) (default torch)."
-_UNTIL = ("word", "line", "sentence")  # glactl.sampling.UNTIL_MODES (a test keeps them equal)
+_UNTIL = ("word", "line", "sentence")  # glactl.inference.sampling.UNTIL_MODES (a test keeps them equal)
 _CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
 _PRECISION_CHOICES = choices("auto", "float32", "bfloat16", "int8")
 _PRECISION_HELP = (
@@ -314,8 +314,8 @@ def train(
     """Train a model on local text or a Hugging Face dataset; Ctrl-C saves and stops."""
     from rich.console import Console
 
-    from glactl.training import TrainOptions, parse_duration
-    from glactl.training import train as run_training
+    from glactl.training.trainer import TrainOptions, parse_duration
+    from glactl.training.trainer import train as run_training
 
     options = TrainOptions(
         data=list(data),
@@ -390,7 +390,7 @@ def _load_model(
     """Load through the Python API, so the CLI and `glactl.load` behave alike (the CLI defaults to auto precision/compile)."""
     import time
 
-    from glactl.api import load
+    from glactl.api.model import load
 
     start = time.perf_counter()
     lm = load(
@@ -409,7 +409,7 @@ def _load_model(
 
 def _note_still_training(path: str, document: dict) -> None:
     """A run that is still training: say on stderr which step's checkpoint was loaded (it will change)."""
-    from glactl.paths import training_pid
+    from glactl.storage.model_paths import training_pid
 
     folder = Path(path)
     run = folder.parent if folder.name.removesuffix(".old") in ("checkpoint", "best") else folder
@@ -456,7 +456,7 @@ _SAVE_STATE_HELP = {
 def _check_save_state(path: str | None) -> None:
     """Refuse an unwritable --save-state FILE before any work is done."""
     if path is not None:
-        from glactl.saved_state import check_writable
+        from glactl.storage.state_file import check_writable
 
         check_writable(path)
 
@@ -522,8 +522,8 @@ def generate(
     save_state: str | None = typer.Option(None, "--save-state", metavar="FILE", help=_SAVE_STATE_HELP["generate"]),
 ) -> None:
     """Generate text after a prompt, streamed as it is produced (constant memory for recurrent models)."""
-    from glactl.api import read_prompt
-    from glactl.sampling import SamplingParams, check_positive
+    from glactl.api.model import read_prompt
+    from glactl.inference.sampling import SamplingParams, check_positive
 
     SamplingParams(temperature, top_k, top_p, repetition_penalty).validate()
     check_positive("--max-new-tokens", max_new_tokens)
@@ -534,7 +534,7 @@ def generate(
 
         raise InputError("--save-state needs --num-samples 1 (it saves one text to continue)")
     prompt_bytes = read_prompt(prompt)
-    from glactl.devices import thread_line
+    from glactl.runtime.devices import thread_line
 
     threads = thread_line("decoding", threads)[0]  # 1 unless --threads: byte steps are too small to share
     lm = _load_model(model, device, threads, context, kernels, precision, compile)
@@ -599,7 +599,7 @@ def _print_generation(
             _write(out, shown + text + ("" if plain.endswith("\n") else "\n"))
     if tty:
         stats = run.stats
-        from glactl.devices import plural
+        from glactl.runtime.devices import plural
 
         sys.stderr.write(
             f"load {getattr(lm, 'load_seconds', 0.0):.2f} s ({lm.precision}); "
@@ -641,9 +641,9 @@ def complete(
     import json
     import time
 
-    from glactl.api import read_prompt
+    from glactl.api.model import read_prompt
     from glactl.errors import InputError
-    from glactl.sampling import UNTIL_MODES, check_positive
+    from glactl.inference.sampling import UNTIL_MODES, check_positive
 
     check_positive("--n", n, 1000)
     if beam is not None:
@@ -655,7 +655,7 @@ def complete(
     prefix_bytes = read_prompt(prefix)
     if prefix == "-" and prefix_bytes.endswith(b"\n"):  # `echo text | glactl complete -`: echo's newline is not typed
         prefix_bytes = prefix_bytes[:-2] if prefix_bytes.endswith(b"\r\n") else prefix_bytes[:-1]
-    from glactl.devices import thread_line
+    from glactl.runtime.devices import thread_line
 
     lm = _load_model(model, device, thread_line("decoding", threads)[0], precision=precision, compile=compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
@@ -733,8 +733,8 @@ def perplexity(
     import math
 
     from glactl.errors import InputError
-    from glactl.evaluation import Score, check_file, score_file, score_split, state_growth
-    from glactl.sampling import check_positive
+    from glactl.inference.sampling import check_positive
+    from glactl.inference.scoring import Score, check_file, score_file, score_split, state_growth
 
     check_positive("--window", window)
     paths = list(dict.fromkeys(files or []))
@@ -746,12 +746,12 @@ def perplexity(
     _check_save_state(save_state)
     if save_state is not None and len(paths) + (data is not None) != 1:
         raise InputError("--save-state needs exactly one FILE or --data (it saves the state after that text)")
-    from glactl.devices import thread_line
+    from glactl.runtime.devices import thread_line
 
     threads, thread_note = thread_line("scoring", threads)
     lm = _load_model(model, device, threads, context, kernels, precision, compile)
     if (compile or "auto").lower() == "on":
-        from glactl.inference import note
+        from glactl.inference.precision import note
 
         note("--compile on: perplexity reads whole windows, whose time is matrix products; it runs eager")
     start_state = lm.load_state(state_file) if state_file is not None else None
@@ -807,7 +807,7 @@ def perplexity(
                 lm.model, data, split, window, advance(task, time.monotonic()), **continuation
             )
     if save_state is not None:
-        from glactl.saved_state import State
+        from glactl.storage.state_file import State
 
         final = State(next(iter(scores.values())).final, lm.state_owner())
         final.save(save_state)
@@ -832,7 +832,7 @@ def perplexity(
         }
         _write(sys.stdout, json.dumps(document) + "\n")
         return
-    from glactl.display import fit_columns, print_table, run_name
+    from glactl.report.display import fit_columns, print_table, run_name
 
     # One row per file (names fold, numbers never do); four decimals on every score; counts and speed as integers.
     def score_text(value: float) -> str:  # four decimals, in e-notation once a perplexity passes a million
@@ -891,7 +891,7 @@ def info(
     table = Table(title=f"{described['model']}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    from glactl.devices import plural
+    from glactl.runtime.devices import plural
 
     table.add_row(
         "architecture",
@@ -920,7 +920,7 @@ def info(
 
 def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
     """The training summary of config.json as one fact per row, numbers rounded (info's text view)."""
-    from glactl.paths import training_pid
+    from glactl.storage.model_paths import training_pid
 
     if not training:
         return [("training", "no training summary in config.json")]
@@ -984,7 +984,7 @@ def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
     if training.get("seed") is not None:
         rows.append(("seed", str(training["seed"])))
     if training.get("device"):
-        from glactl.devices import plural
+        from glactl.runtime.devices import plural
 
         threads = f", {plural(training['threads'], 'thread')}" if isinstance(training.get("threads"), int) else ""
         rows.append(("trained on", f"{training['device']}, {training.get('dtype', '?')}{threads}"))
@@ -1003,7 +1003,7 @@ def _names_state_file(target: str | None) -> bool:
     """A file that is not a checkpoint's own file nor a pickle: `info` describes it as a saved state (or says why not)."""
     if not target or not Path(target).is_file():
         return False
-    from glactl.saved_state import is_state_file
+    from glactl.storage.state_file import is_state_file
 
     name = Path(target).name
     return is_state_file(target) or (
@@ -1016,7 +1016,7 @@ def _describe_state_file(path: str, json_out: bool) -> None:
     """`glactl info STATE_FILE`: what the file holds and which model it belongs to, read from its header."""
     import json
 
-    from glactl.saved_state import describe
+    from glactl.storage.state_file import describe
 
     described = describe(path)
     if json_out:
@@ -1144,10 +1144,17 @@ def compare(
     """Train several architectures on the same data and budget, then compare speed, memory and bits per byte."""
     from rich.console import Console
 
-    from glactl.api import read_prompt
-    from glactl.compare import CompareOptions, markdown_table, parse_contexts, parse_models, parse_seeds, run_compare
+    from glactl.api.model import read_prompt
+    from glactl.compare.runner import (
+        CompareOptions,
+        markdown_table,
+        parse_contexts,
+        parse_models,
+        parse_seeds,
+        run_compare,
+    )
     from glactl.errors import InputError
-    from glactl.training import parse_duration
+    from glactl.training.trainer import parse_duration
 
     if seed is not None and seeds is not None:
         raise InputError("give --seed or --seeds, not both")
@@ -1189,8 +1196,8 @@ def compare(
 
         _write(sys.stdout, json.dumps(entries) + "\n")
     elif screen.is_terminal:
-        from glactl.compare import terminal_table
-        from glactl.display import print_table
+        from glactl.compare.runner import terminal_table
+        from glactl.report.display import print_table
 
         header, rows, dropped = terminal_table(entries, screen.width)
         print_table(screen, "glactl compare", header, rows)

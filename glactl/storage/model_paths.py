@@ -7,7 +7,7 @@ from pathlib import Path
 from glactl.errors import InputError
 
 DEFAULT_WEIGHTS = "gla-enwiki"
-LOCK_FILE = "train.lock"  # held by `glactl train` while it runs (glactl.training.RunLock)
+LOCK_FILE = "train.lock"  # held by `glactl train` while it runs (glactl.training.trainer.RunLock)
 NO_WEIGHTS_MESSAGE = "no shipped weights found; pass --model RUN_OR_CHECKPOINT_FOLDER"
 
 
@@ -22,7 +22,7 @@ def weights_dirs() -> list[Path]:
             dirs.append(Path(str(package)))
     except (ModuleNotFoundError, TypeError, OSError):
         pass
-    repo_weights = Path(__file__).resolve().parents[1] / "weights"
+    repo_weights = Path(__file__).resolve().parents[2] / "weights"
     if repo_weights.is_dir() and repo_weights not in dirs:
         dirs.append(repo_weights)
     return dirs

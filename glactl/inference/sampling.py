@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from glactl.errors import InputError
-from glactl.inference import stepper
+from glactl.inference.precision import stepper
+from glactl.inference.reading import START, Reading, extend_tail, next_logits, read
 from glactl.models.state import expand_state, select_state
-from glactl.reading import START, Reading, extend_tail, next_logits, read
 from glactl.tokenizer import StreamDecoder
 
 REPETITION_WINDOW = 64  # bytes of context the repetition penalty looks at (llama.cpp's repeat_last_n)

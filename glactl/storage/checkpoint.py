@@ -66,7 +66,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
             f"{path}: holds only pickle-based weights ({', '.join(pickles[:3])}), which glactl refuses to load; "
             f"it loads only safetensors checkpoint folders ({CONFIG_FILE} + {MODEL_FILE})"
         )
-    from glactl.paths import training_pid
+    from glactl.storage.model_paths import training_pid
 
     pid = training_pid(path) if path.is_dir() else None
     if pid is not None:

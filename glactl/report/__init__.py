@@ -1,0 +1,1 @@
+"""What people read: numbers and tables for the terminal, progress lines, plots."""
