@@ -1,4 +1,4 @@
-"""Measurements behind the CPU defaults of `--dtype auto` and the thread counts (issue 16, points 13-14).
+"""Measurements behind the CPU defaults of `--dtype auto` and the thread counts.
 
 Trains the default shape (seq 512 x batch 16, AdamW) in float32 and in bfloat16 autocast for a few
 model sizes, and times training, scoring (4096-byte windows) and byte-by-byte decoding with 1 and

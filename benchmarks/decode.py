@@ -148,7 +148,7 @@ def main() -> None:
     print()
     print(markdown_table(["params", "floor ms (mv pass)"], [[f"{n / 1e6:.2f}M", f * 1e3] for n, f in floors.items()]))
 
-    # Ratios the targets of issue 7 name.
+    # The ratios the decoding targets name.
     def tps(name: str, context: int, batch: int) -> float | None:
         sec = results.get((name, context, batch))
         return batch / sec if sec else None

@@ -1,10 +1,10 @@
-"""Byte-by-byte decoding with 1 and with 2 threads: the measurement behind the decoding thread rule (issue 14).
+"""Byte-by-byte decoding with 1 and with 2 threads: the measurement behind the decoding thread rule.
 
 For the shipped gla-enwiki and two random GLA shapes, in float32 and int8 weights, eager and compiled
 (the AOTInductor step `generate` runs), times batch-1 decode steps with 1 and 2 torch threads. The two
 thread counts alternate within each cell, so a neighbour's load hits both alike; each time is the best of
 --repeats runs of --steps steps. The load average is printed before and after: a second thread only pays
-on an idle core (issue 16 measured 2-14x slower decoding with a second thread on a busy core).
+on an idle core (measured 2-14x slower decoding with a second thread on a busy core).
 
     cd benchmarks && python decode_threads.py --steps 200 --repeats 4
 """

@@ -1,4 +1,4 @@
-"""Issue 14's targets side by side in one run: glactl as it was (an old environment) against this tree.
+"""The inference speed targets side by side in one run: glactl as it was (an old environment) against this tree.
 
 Usage: python benchmarks/inference_speed.py --old-python /tmp/venv-old/bin/python [--new-python .venv/bin/python]
            [--steps 300] [--repeats 3] [--perplexity-bytes 300000] [--skip-commands | --skip-decode]

@@ -1,4 +1,4 @@
-"""Long-run soak (issue 8): does a long training leak memory, and does a 1,000,000-byte generation stay flat?
+"""Long-run soak: does a long training leak memory, and does a 1,000,000-byte generation stay flat?
 
 Usage: python benchmarks/soak.py [--data FILE] [--preset tiny] [--model gla] [--train-steps 10000]
            [--train-report 1000,10000] [--gen-bytes 1000000] [--gen-report 10000,100000,1000000]

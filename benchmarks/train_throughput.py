@@ -11,7 +11,7 @@ glactl.runtime.devices.select_precision), float32 cross-entropy, backward, clip_
 Trainer's parameter groups. A cell whose estimated time (from the same model's previous, shorter
 length) exceeds --max-seconds prints "skipped" with the estimate. Ratios come from this one run.
 
-minGRU / minLSTM against the classical GRU / LSTM (issue 13; Feng et al. 2024 report their speedups at
+minGRU / minLSTM against the classical GRU / LSTM (Feng et al. 2024 report their speedups at
 T = 512 and 4096) in one run, float32, one thread:
 
     python benchmarks/train_throughput.py --models mingru,minlstm,gru,lstm --lengths 512,1024,2048,4096 \
@@ -182,7 +182,7 @@ def main() -> None:
             rows.append(row)
     print(markdown_table(headers, rows))
 
-    # Ratios the targets of issue 7 name.
+    # The ratios the throughput targets name.
     rows = []
     for dtype in dtypes:
         for n in lengths if "gla" in models else []:

@@ -25,7 +25,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """DESIGN.md 3.1: max|a - b| / max|b| over the whole tensor (b is the reference)."""
+    """docs/design.md §3.1: max|a - b| / max|b| over the whole tensor (b is the reference)."""
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 

@@ -1,6 +1,6 @@
 """The softmax Transformer mixer: RoPE, the sink + sliding-window KV cache, and the mixer contract.
 
-Equivalence (DESIGN.md 3.1) holds with the same windowing in both forms: with a window W, the
+Equivalence (docs/design.md §3.1) holds with the same windowing in both forms: with a window W, the
 parallel form applies the same sink + sliding-window visibility that the bounded cache gives to
 step-by-step decoding (the first `sink_tokens` positions plus the last W - sink), so one call over
 T > W tokens == pieces with the state carried == token by token. Without a window it is full

@@ -1,4 +1,4 @@
-"""Bad text input and bad flag values (issue 8): a defined result or one line on stderr and exit 2.
+"""Bad text input and bad flag values: a defined result or one line on stderr and exit 2.
 
 Text input reaches glactl three ways: `train --data`, `perplexity FILE` and `generate @FILE` / `-`.
 Each is fed empty, missing, directory, unreadable, NUL-bearing, invalid UTF-8, one-long-line, CRLF

@@ -1,4 +1,4 @@
-"""The command line as users expect it (issue 16): closed pipes, resume with other data, stderr/stdout, tables, help."""
+"""The command line as users expect it: closed pipes, resume with other data, stderr/stdout, tables, help."""
 
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def test_info_table(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]
     flat = re.sub(r"\s+", " ", re.sub(r"[│┃║|]", " ", out))
     assert "gla" in flat and f"{params:,}" in flat
     assert "constant" in flat
-    assert "3 steps" in flat and "data tiny.txt" in flat  # one fact per row (issue 16); a bare source name is shown too
+    assert "3 steps" in flat and "data tiny.txt" in flat  # one fact per row; a bare source name is shown too
     assert "config.json" in flat and "model.safetensors" in flat
     code, out, err = run_cli(["info", "--model", str(folders["windowed"]), "--threads", "1"], capsys)
     assert code == 0, err

@@ -1,4 +1,4 @@
-"""Interrupted work (issue 8): Ctrl-C and kill -9 at random moments, a full disk, racing runs, NaN, bfloat16.
+"""Interrupted work: Ctrl-C and kill -9 at random moments, a full disk, racing runs, NaN, bfloat16.
 
 After any interruption the run folder holds a loadable checkpoint and `--resume` continues from it.
 The single Ctrl-C with a live lock is covered in test_checkpoint_resume.py and the stale lock in

@@ -1,4 +1,4 @@
-"""minGRU / minLSTM: the log-space scan against a plain loop, and the mixer contract (DESIGN.md 3.1, 3.7)."""
+"""minGRU / minLSTM: the log-space scan against a plain loop, and the mixer contract (docs/design.md §3.1, 3.7)."""
 
 from __future__ import annotations
 

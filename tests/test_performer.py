@@ -233,7 +233,7 @@ def test_zero_features_is_an_input_error() -> None:
         Performer(ModelConfig.tiny(mixer="performer", performer_features=0), 0)
 
 
-# ---- rotary positions (performer_rope, DESIGN.md 3.4) -------------------------------------------
+# ---- rotary positions (performer_rope, docs/design.md §3.4) -------------------------------------------
 def rope_mixer(dtype: torch.dtype = torch.float64, seed: int = 0, rope: bool = True) -> Performer:
     """A lone mixer like tiny_mixer, with or without rotary positions."""
     torch.manual_seed(seed)

@@ -195,7 +195,7 @@ def test_text_counter_matches_whole_text_split_in_any_pieces(piece: int) -> None
 def test_table_output_lists_every_metric(
     gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a wide terminal the table has every column (issue 16's labels), the --json scores to 4 decimals, no note."""
+    """On a wide terminal the table has every column, the --json scores to 4 decimals, no note."""
     monkeypatch.setenv("COLUMNS", "200")  # at 80 columns some are left out with a note (tests/test_cli_output.py)
     path = tmp_path / "t.txt"
     path.write_text("hello world\n")

@@ -1,6 +1,6 @@
 """Reflex attention: cross-layer K/V reuse through the exchange dict, and the mixer contract.
 
-Equivalence (DESIGN.md 3.1) holds with the same windowing in both forms: Reflex uses the
+Equivalence (docs/design.md §3.1) holds with the same windowing in both forms: Reflex uses the
 Transformer's sink + sliding-window visibility in the parallel form and the same bounded cache in
 step-by-step decoding, and every layer publishes the K/V of the full attended range (cache
 included), so one call == pieces with the state carried == token by token, with and without a window.

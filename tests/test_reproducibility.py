@@ -1,4 +1,4 @@
-"""Reproducibility (issue 8): same seed, same flags, same machine, --threads 1 -> identical weights and text.
+"""Reproducibility: same seed, same flags, same machine, --threads 1 -> identical weights and text.
 
 What is and is not promised across machines and thread counts is in README.md, "Reproducibility".
 """

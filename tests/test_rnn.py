@@ -1,4 +1,4 @@
-"""LSTM and GRU mixers (DESIGN.md 3.8): the equations written out, the mixer contract, float32 states
+"""LSTM and GRU mixers (docs/design.md §3.8): the equations written out, the mixer contract, float32 states
 outside autocast, constant state size, registry entries."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Saved states and the start rule (issue 14): exact continuation for every architecture, hostile files, the API.
+"""Saved states and the start rule: exact continuation for every architecture, hostile files, the API.
 
 Every exactness check goes through a file written and read back: continuing from a state equals
 reading the whole text (float64 logits within 1e-10, the same sampled text, log-likelihoods that

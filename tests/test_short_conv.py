@@ -1,6 +1,6 @@
-"""GLA's short causal convolution (DESIGN.md 3.2): the op against a plain loop, the mixer contract with
+"""GLA's short causal convolution (docs/design.md §3.2): the op against a plain loop, the mixer contract with
 a carried buffer (pieces of any length, even shorter than the kernel), per-architecture defaults for
-new models and legacy defaults for older checkpoints (DESIGN.md 3.1, issue 13)."""
+new models and legacy defaults for older checkpoints (docs/design.md §3.1)."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def test_transformer_refuses_short_conv_with_a_clear_message() -> None:
 
 # ---- older checkpoints (item 4) --------------------------------------------------------------
 def _save_in_todays_format(model: LanguageModel, folder: Path) -> None:
-    """Save, then drop the fields that checkpoints written before issue 13 do not have."""
+    """Save, then drop the fields that checkpoints written without the short convolution do not have."""
     save_model(folder, model)
     path = folder / "config.json"
     document = json.loads(path.read_text())

@@ -1,4 +1,4 @@
-"""Untrusted weights (issue 8): only safetensors + JSON are read, and every bad file is one line, exit 2.
+"""Untrusted weights: only safetensors + JSON are read, and every bad file is one line, exit 2.
 
 Pickle files are refused without being opened as pickles; crafted config.json files are rejected
 before any real allocation; corrupt or lying safetensors files are rejected; and a hypothesis fuzz

@@ -1,5 +1,5 @@
 """Every architecture of the zoo learns: 150 tiny training steps on Tiny Shakespeare lower its
-validation bits per byte by at least 0.8 (issue 6), through the same training library as `glactl train`."""
+validation bits per byte by at least 0.8, through the same training library as `glactl train`."""
 
 from __future__ import annotations
 

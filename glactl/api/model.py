@@ -9,7 +9,7 @@ The command-line tool is a thin layer over this module, so both behave alike:
         print(c.text, c.probability)
     print(model.perplexity(Path("wiki.test.raw"))["bits_per_byte"])
 
-A long prompt is read once and reused (DESIGN.md 5): `state = model.read(book)`, `state.save("book.state")`,
+A long prompt is read once and reused (docs/design.md §5): `state = model.read(book)`, `state.save("book.state")`,
 `model.load_state("book.state")`, and `state=` on generate, stream, complete and perplexity; a call
 never changes the caller's state.
 """

@@ -227,7 +227,7 @@ _COMPILE_HELP = (
 )
 
 
-# ---- train (issue 3) ---------------------------------------------------------------------
+# ---- train ---------------------------------------------------------------------
 _SHORT_CONV_HELP = (
     "Kernel size of GLA's short causal convolution on q, k, v for a new model: 0 = off, or 2..64 "
     "(default: the architecture's; models without one refuse a value above 0)."
@@ -375,7 +375,7 @@ def _train_command_line(ctx: typer.Context) -> list[str]:
     return words
 
 
-# ---- inference: generate, complete, perplexity, info (issue 4) -------------------------------
+# ---- inference: generate, complete, perplexity, info -------------------------------
 
 
 def _load_model(
@@ -1051,7 +1051,7 @@ def _describe_state_file(path: str, json_out: bool) -> None:
     Console().print(table)
 
 
-# ---- compare (issue 6) ---------------------------------------------------------------------
+# ---- compare ---------------------------------------------------------------------
 @app.command()
 def compare(
     models: str = typer.Option(

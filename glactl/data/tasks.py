@@ -1,4 +1,4 @@
-"""Synthetic probe tasks (DESIGN.md 3.9): multi-query associative recall, selective copying, sorting.
+"""Synthetic probe tasks (docs/design.md §3.9): multi-query associative recall, selective copying, sorting.
 
 A task draws byte sequences as (inputs x, targets y, answer mask), each [seq_len]: the model
 reads x and is scored at the answer positions only, where y holds the answer. Training batches

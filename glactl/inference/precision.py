@@ -5,7 +5,7 @@ Both leave the checkpoint alone: precision swaps a model's nn.Linear layers for 
 Recurrent states and the residual stream stay float32 in every precision.
 
 Rules measured on the 2-core AMD EPYC (AVX512-BF16, no AMX), shipped gla-enwiki, 1 thread
-(benchmarks/RESULTS.md, section "Inference speed (issue 14)"):
+(benchmarks/RESULTS.md, section "Inference speed"):
 - int8: weights int8 with one absmax scale per output row, applied by torch's int8 weight-only matmul
   (`aten._weight_int8pack_mm`, the CPU kernel torchao and gpt-fast use) with bfloat16 activations for
   up to INT8PACK_MAX_ROWS rows. Larger inputs (perplexity windows, prompts) dequantize to bfloat16 and

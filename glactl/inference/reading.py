@@ -1,6 +1,6 @@
 """Reading a text into a model: the state after "\\n" + text (or after an earlier reading) and the next-byte logits.
 
-Every command reads a text after exactly one START byte (DESIGN.md 2), so a `Reading` means the
+Every command reads a text after exactly one START byte (docs/design.md §2), so a `Reading` means the
 same thing to generate, complete and perplexity, and can be saved to a file (glactl/storage/state_file.py).
 Texts are read with the parallel form in pieces of `window` bytes, the state carried, so a long
 text costs memory of one piece. A reading is never changed in place: whoever continues from one

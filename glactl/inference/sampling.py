@@ -208,7 +208,7 @@ class StopMatcher:
 
 # ---- generation ----------------------------------------------------------------------------
 def model_context(prompt: bytes) -> bytes:
-    """The bytes a model reads for a prompt: exactly one START first, whatever the prompt's first byte (DESIGN.md 2)."""
+    """The bytes a model reads for a prompt: exactly one START first, whatever the prompt's first byte (docs/design.md §2)."""
     return START + prompt
 
 
@@ -449,7 +449,7 @@ def complete(
     threads: int | None = 1,
     start: Reading | None = None,
 ) -> list[Completion]:
-    """The n most probable distinct continuations of `prefix`, by beam search over bytes (DESIGN.md 6).
+    """The n most probable distinct continuations of `prefix`, by beam search over bytes (docs/design.md §6).
 
     A continuation ends at the `until` boundary (that byte's probability counted, the byte not
     shown) or at `max_chars` characters. Ranking is by total probability, no length

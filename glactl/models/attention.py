@@ -1,4 +1,4 @@
-"""The softmax Transformer mixer (DESIGN.md 3.3): multi-head causal attention with RoPE and a KV cache.
+"""The softmax Transformer mixer (docs/design.md §3.3): multi-head causal attention with RoPE and a KV cache.
 
 The state is a plain dict {"k": [B, H, L, Dh], "v": [B, H, L, Dh], "pos": int}: cached keys (already
 rotated by their absolute positions) and values, and the number of tokens seen. With a window W

@@ -13,7 +13,7 @@ _LIMITS = {"d_model": 16384, "n_layers": 256, "n_heads": 256, "vocab_size": 1 <<
 
 # Defaults for NEW models, per field and architecture, applied when a field is not given (None).
 # An architecture missing from a field's table gets the field's off value (LEGACY_DEFAULTS).
-# Flip a default here after measuring (issue 13); checkpoints are unaffected, see LEGACY_DEFAULTS.
+# Flip a default here after measuring; checkpoints are unaffected, see LEGACY_DEFAULTS.
 NEW_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "short_conv": {"gla": 4},
     "performer_rope": {"performer": True},
@@ -21,7 +21,7 @@ NEW_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Fields added after checkpoints were first written, and the value that reproduces the models
 # written before them (also the off value): a config.json without the field loads with this,
-# never with the new-model default above (DESIGN.md 3.1).
+# never with the new-model default above (docs/design.md §3.1).
 LEGACY_DEFAULTS: dict[str, Any] = {
     "short_conv": 0,
     "performer_rope": False,
@@ -49,7 +49,7 @@ class ModelConfig:
     dropout: float = 0.0
     context: int | None = None  # attention window W in tokens; None = unlimited
     norm_eps: float = 1e-5
-    # GLA (DESIGN.md 3.2)
+    # GLA (docs/design.md §3.2)
     gla_gate_rank: int = 16
     gla_gate_normalizer: float = 16.0
     gla_form: str = "chunk"  # "chunk" or "recurrent" (the reference loop; benchmarks only)

@@ -1,4 +1,4 @@
-"""The Gated Linear Attention mixer (DESIGN.md 3.2): projections, low-rank forget gate, output gate.
+"""The Gated Linear Attention mixer (docs/design.md §3.2): projections, low-rank forget gate, output gate.
 
 The math of the three forms lives in glactl/ops/gla.py and that of the optional short
 convolution in glactl/ops/conv.py; this module only shapes tensors. The state is the K x V

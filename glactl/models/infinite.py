@@ -1,4 +1,4 @@
-"""The infinity-former mixer (DESIGN.md 3.5): segment-wise softmax attention plus a continuous long-term memory.
+"""The infinity-former mixer (docs/design.md §3.5): segment-wise softmax attention plus a continuous long-term memory.
 
 Tokens are grouped in segments of W_s tokens by absolute position (segment = position // W_s;
 the position counter lives in the state), so one call, pieces and single steps see the same

@@ -46,7 +46,7 @@ def tensor_nbytes(tree: Any) -> int:
 
 
 class Mixer(nn.Module):
-    """The contract every architecture obeys (DESIGN.md 3.1).
+    """The contract every architecture obeys (docs/design.md §3.1).
 
     state = init_state(batch_size, device, dtype)
     y, state = forward(x [B, T, d], state or None, exchange)   any T >= 1, continues from state

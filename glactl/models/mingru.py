@@ -1,4 +1,4 @@
-"""minGRU and minLSTM mixers (Feng et al. 2024, "Were RNNs all we needed?"; DESIGN.md 3.7).
+"""minGRU and minLSTM mixers (Feng et al. 2024, "Were RNNs all we needed?"; docs/design.md §3.7).
 
 Both are the positive recurrence h_t = a_t h_{t-1} + b_t over an inner width of about
 1.5 d, with gates that depend on x_t only, so training runs the log-space parallel scan of

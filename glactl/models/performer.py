@@ -1,4 +1,4 @@
-"""The Performer mixer (DESIGN.md 3.4): FAVOR+ causal linear attention with a saved random projection.
+"""The Performer mixer (docs/design.md §3.4): FAVOR+ causal linear attention with a saved random projection.
 
 The math lives in glactl/ops/performer.py; this module owns the projections and the buffer.
 The random projection W [H, m, D] is drawn once at construction from torch's global CPU
@@ -6,7 +6,7 @@ generator (so `torch.manual_seed` decides it like every other initial weight), k
 persistent buffer (saved in the checkpoint, restored on load) and never redrawn: training
 and evaluation see the same features. Under `torch.device("meta")` nothing is drawn.
 
-With `performer_rope` (DESIGN.md 3.4) q and k are rotated by their absolute positions (RoPE,
+With `performer_rope` (docs/design.md §3.4) q and k are rotated by their absolute positions (RoPE,
 angles in float64, glactl/ops/rope.py) before the feature map, as performer-pytorch's PerformerLM
 does; the position then travels in the state as "pos", a long tensor [B], so a stream of any
 length continues exactly and beams reorder with the rest of the state. Without it the state is

@@ -1,4 +1,4 @@
-"""Reflex attention (DESIGN.md 3.6): a Transformer whose later layers reuse earlier layers' keys/values.
+"""Reflex attention (docs/design.md §3.6): a Transformer whose later layers reuse earlier layers' keys/values.
 
 From the third layer on (layer_idx >= 2), of H heads: [0, H/2) use the layer's own K/V, [H/2, 3H/4)
 reuse the K/V that the same head indices used in the previous layer, [3H/4, H) those of the layer

@@ -31,7 +31,7 @@ DEFAULT_LR: dict[str, float] = {
     "reflex": 1e-3,
     "performer": 1e-3,
     "infinite": 1e-3,
-    # lstm/gru: benchmarks/lr_sweep.py --models lstm,gru --steps 80 --batch-size 4 --seq-len 256 (issue 13)
+    # lstm/gru: benchmarks/lr_sweep.py --models lstm,gru --steps 80 --batch-size 4 --seq-len 256
     "lstm": 1e-3,
     "gru": 1e-3,
 }

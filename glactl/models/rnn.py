@@ -1,4 +1,4 @@
-"""LSTM and GRU mixers (DESIGN.md 3.8): the classical baselines of the minGRU/minLSTM paper.
+"""LSTM and GRU mixers (docs/design.md §3.8): the classical baselines of the minGRU/minLSTM paper.
 
 One `torch.nn.LSTM` / `torch.nn.GRU` layer of width d per block, then an output projection
 `out_proj` (d -> d, the residual init) as in minGRU. They are sequential by nature: forward

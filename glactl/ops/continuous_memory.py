@@ -1,4 +1,4 @@
-"""The continuous long-term memory of the infinity-former (DESIGN.md 3.5) as pure tensor functions.
+"""The continuous long-term memory of the infinity-former (docs/design.md §3.5) as pure tensor functions.
 
 A memory is a signal x(t) on [0, 1] written as N Gaussian radial basis functions,
 x(t) = sum_j B_j psi_j(t), with psi_j(t) = N(t; mu_j, sigma_j^2) (half of the basis with

@@ -1,4 +1,4 @@
-"""FAVOR+ causal linear attention (Performer, DESIGN.md 3.4) as pure tensor functions.
+"""FAVOR+ causal linear attention (Performer, docs/design.md §3.4) as pure tensor functions.
 
 Layout is head-first: q, k are [B, H, T, D], v is [B, H, T, V], the random projection W is
 [H, m, D] (m features per head). With q, k scaled by D^-1/4 the positive random features

@@ -1,7 +1,7 @@
 """Log-space scan for the positive linear recurrence h_t = a_t h_{t-1} + b_t (minGRU, minLSTM).
 
 Inputs are `log_a`, `log_b` of shape [..., T, D] (time on dim -2), with a_t, b_t > 0 given
-only through their logs, so h stays positive and every form works on log h. DESIGN.md 3.7:
+only through their logs, so h stays positive and every form works on log h. docs/design.md §3.7:
 
     A = cumsum(log a),        log h = A + logcumsumexp(log b - A)
 

@@ -1,4 +1,4 @@
-"""Device, precision and thread selection shared by every command that runs a model (DESIGN.md 8)."""
+"""Device, precision and thread selection shared by every command that runs a model (docs/design.md §8)."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def select_precision(name: str, device: torch.device) -> Precision:
 # ---- --dtype auto on a CPU with native bfloat16: decided by measuring this model here -------------------
 # benchmarks/cpu_defaults.py on the 2-core AMD EPYC (AVX512-BF16, no AMX), 1 thread, seq 512 x batch 16:
 # bfloat16 autocast trained 1.24x (d64 x 2 layers), 1.61x (tiny), 1.57x (d128 x 4) and 1.97x (small) faster
-# than float32, while on a CPU with AMX float32 measured faster for d128 x 4 (issue 16: 17 s against 24 s).
+# than float32, while on a CPU with AMX float32 measured faster for d128 x 4 (17 s against 24 s).
 # No size rule holds on both, so auto times a few forward + backward passes of the run's own model in
 # each and keeps the faster; the answer is cached per CPU, torch, threads and model shape.
 CALIBRATION_FILE = "dtype-calibration.json"
@@ -199,7 +199,7 @@ def _cpu_name() -> str:
 # ---- thread counts by kind of work ---------------------------------------------------------------
 # benchmarks/cpu_defaults.py on the 2-core EPYC while other jobs kept it busy (load average 7): 2 threads
 # against 1 took 6.7x as long to train (d64 x 2), 3.9x to score and 7.1x to decode, the oversubscription
-# issue 16 saw (perplexity 4.6x slower without --threads 1). Byte-by-byte decoding stays on one thread:
+# was measured (perplexity 4.6x slower without --threads 1). Byte-by-byte decoding stays on one thread:
 # on the idle AVX2 machine a second thread gave 0.84-1.23x for eager and compiled steps of three GLA
 # sizes in float32 and int8 (benchmarks/decode_threads.py, RESULTS.md section 8d). Reading, scoring and
 # training get the cores that are idle now: measured over BUSY_SAMPLE_SECONDS from /proc/stat, since the

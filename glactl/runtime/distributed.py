@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (DESIGN.md 8): process group, rank helpers, all-reduce helpers.
+"""Data-parallel training under torchrun (docs/design.md §8): process group, rank helpers, all-reduce helpers.
 
 `torchrun --nproc-per-node N -m glactl train ...` starts N copies of glactl with RANK, WORLD_SIZE
 and LOCAL_RANK set. Each copy joins one process group (gloo on CPU, nccl on CUDA with device

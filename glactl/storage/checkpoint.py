@@ -1,6 +1,6 @@
 """Checkpoints: a folder of safetensors + JSON, saved by swapping whole folders, loaded with checks.
 
-Layout (DESIGN.md 5): `model.safetensors` (weights only), `config.json` (format version,
+Layout (docs/design.md §5): `model.safetensors` (weights only), `config.json` (format version,
 architecture, tokenizer, training summary), and for resuming `optimizer.safetensors` +
 `trainer.json`. Nothing is ever unpickled. A save writes a complete new folder beside the
 old one and swaps them with renames, so an interruption at any moment leaves a whole one.

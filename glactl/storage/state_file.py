@@ -1,4 +1,4 @@
-"""Saved states (DESIGN.md 5): the model state after a text and the next-byte logits, in one safetensors file.
+"""Saved states (docs/design.md §5): the model state after a text and the next-byte logits, in one safetensors file.
 
 A file holds one tensor per tensor of the nested model state (named `state.<layer>.<key>...`), the
 logits for the next byte (`logits`, as llama.cpp's session files keep the last logits) and the last

@@ -100,7 +100,7 @@ class TrainOptions:
     kernels: str | None = None  # torch | fla (GLA chunk form through flash-linear-attention, CUDA only)
     allow_binary: bool | None = None
     command_line: list[str] | None = None
-    task: str | None = None  # None or "lm": text from --data; else a probe of glactl.data.tasks (DESIGN.md 3.9)
+    task: str | None = None  # None or "lm": text from --data; else a probe of glactl.data.tasks (docs/design.md §3.9)
     task_options: dict[str, int] | None = None  # the task's settings given: pairs, sort_count, sort_range
     short_conv: int | None = None  # ModelConfig.short_conv for a new model (None: the architecture's default)
     performer_rope: bool | None = None  # ModelConfig.performer_rope for a new model (None: the default)
@@ -249,7 +249,7 @@ def new_model_config(options: TrainOptions) -> ModelConfig:
         if v is not None
     }
     overrides.update(o.model_options or {})
-    # The training window becomes the attention window W (DESIGN.md 3.3); recurrent mixers ignore it.
+    # The training window becomes the attention window W (docs/design.md §3.3); recurrent mixers ignore it.
     config = ModelConfig.preset(
         o.preset or MODEL_DEFAULTS["preset"],
         mixer=o.model or MODEL_DEFAULTS["model"],
