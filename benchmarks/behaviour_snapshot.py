@@ -36,6 +36,8 @@ MASKS = [
     (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)?"), "<date>"),
     (re.compile(r"\d+(\.\d+)?\s*(GiB|MiB|GB|MB) (peak|rss|resident)"), "<memory>"),
     (re.compile(r"pid \d+"), "pid <n>"),
+    (re.compile(r"\b\d+:\d\d:\d\d\b"), "<clock>"),
+    (re.compile(r"/[^\s\"']*/weights/"), "<checkout>/weights/"),
     (re.compile(r"(\.txt)-[0-9a-f]{16}"), r"\1-<hash>"),
     (re.compile(r"\d+(\.\d+)?x\b"), "<ratio>"),
 ]
@@ -226,7 +228,8 @@ def mask(text: str, scratch: Path) -> str:
     text = mask_tables(text.replace(str(scratch), "<scratch>"))
     for pattern, placeholder in MASKS:
         text = pattern.sub(placeholder, text)
-    return text
+    # A centred title holding the checkout's path is padded by that path's length.
+    return "\n".join(" ".join(line.split()) if "<checkout>" in line else line for line in text.split("\n"))
 
 
 def mask_tables(text: str) -> str:

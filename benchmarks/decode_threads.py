@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from common import cpu_flags, machine_line, markdown_table
 
-from glactl.api.model import load
-from glactl.inference.precision import apply_precision, configure, stepper
+from glactl.api.loading import load
+from glactl.inference.compiled_step import configure, stepper
+from glactl.inference.precision import apply_precision
 from glactl.models import LanguageModel, ModelConfig
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "gla-enwiki"

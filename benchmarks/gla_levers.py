@@ -21,8 +21,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from glactl.compare.runner import write_json_atomic
-from glactl.training.trainer import TrainOptions, train
+from glactl.storage.atomic import write_json_atomic
+from glactl.training.options import TrainOptions
+from glactl.training.trainer import train
 
 ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
 

@@ -48,7 +48,7 @@ with torch.inference_mode():
     logits, state = model(torch.tensor([list(b"\nThe history of")]), None)
     token = logits[:, -1].argmax(-1)
     try:
-        from glactl.inference.precision import stepper
+        from glactl.inference.compiled_step import stepper
         step = stepper(model, 1, 10**6)
     except ImportError:
         step = model.step

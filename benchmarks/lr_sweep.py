@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 
 from glactl.errors import RunFailure
-from glactl.training.trainer import TrainOptions, train
+from glactl.training.options import TrainOptions
+from glactl.training.trainer import train
 
 ENWIKI = "../shared/data/enwiki/enwiki-2015-*.txt"
 

@@ -64,19 +64,27 @@ def verdict(first: float, last: float) -> str:
 
 
 def soak_training(args: argparse.Namespace, data: Path, out: Path) -> Path:
-    from glactl.training.trainer import Trainer, TrainOptions, train
+    from glactl.training.options import TrainOptions
+    from glactl.training.trainer import Trainer, train
 
     report = set(args.train_report)
     rows: list[list[object]] = []
     start = time.perf_counter()
 
     def on_step(trainer: Trainer) -> None:
-        if trainer.step in report:
+        if trainer.progress.step in report:
             rows.append(
-                [f"{trainer.step:,}", f"{rss_mb():.1f}", f"{peak_mb():.1f}", f"{time.perf_counter() - start:.0f}"]
+                [
+                    f"{trainer.progress.step:,}",
+                    f"{rss_mb():.1f}",
+                    f"{peak_mb():.1f}",
+                    f"{time.perf_counter() - start:.0f}",
+                ]
             )
             print(
-                f"  step {trainer.step:,}: RSS {rss_mb():.1f} MB, peak {peak_mb():.1f} MB", file=sys.stderr, flush=True
+                f"  step {trainer.progress.step:,}: RSS {rss_mb():.1f} MB, peak {peak_mb():.1f} MB",
+                file=sys.stderr,
+                flush=True,
             )
 
     every = max(1, args.train_steps // 10)

@@ -9,7 +9,7 @@ __all__ = ["load", "__version__"]
 def __getattr__(name: str) -> Any:
     """`glactl.load` is imported on first use, so `import glactl` stays fast (no torch)."""
     if name == "load":
-        from glactl.api.model import load
+        from glactl.api.loading import load
 
         return load
     raise AttributeError(f"module 'glactl' has no attribute {name!r}")

@@ -16,7 +16,8 @@ from conftest import final_error_line, run_cli
 from safetensors.torch import load_file
 
 from glactl.storage.checkpoint import load_model
-from glactl.training.trainer import Trainer, TrainingInterrupted, TrainOptions, train
+from glactl.training.options import TrainOptions
+from glactl.training.trainer import Trainer, TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -99,7 +100,7 @@ def test_interrupted_cosine_run_resumes_bit_identical(tmp_path: Path, text_file:
     train(options(tmp_path / "one"))
 
     def stop_at_20(trainer: Trainer) -> None:
-        if trainer.step == 20:
+        if trainer.progress.step == 20:
             trainer.request_stop()
 
     with pytest.raises(TrainingInterrupted, match="--resume") as info:

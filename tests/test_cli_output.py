@@ -219,7 +219,8 @@ def test_train_writes_logs_to_stderr_and_nothing_to_stdout(
 def test_the_live_bar_keeps_its_eta_at_80_columns_and_lines_stay_above_it(tmp_path: Path, text_file: Path) -> None:
     from rich.console import Console
 
-    from glactl.training.trainer import TrainOptions, train
+    from glactl.training.options import TrainOptions
+    from glactl.training.trainer import train
 
     screen = io.StringIO()
     console = Console(file=screen, width=80, force_terminal=True, color_system=None)
@@ -252,7 +253,7 @@ def test_the_live_bar_keeps_its_eta_at_80_columns_and_lines_stay_above_it(tmp_pa
 def test_compare_table_fits_80_columns_with_whole_numbers() -> None:
     from rich.console import Console
 
-    from glactl.compare.runner import terminal_table
+    from glactl.compare.report import terminal_table
     from glactl.report.display import print_table
 
     entries = [
@@ -361,41 +362,41 @@ def test_help_uses_click_labels_lists_choices_and_fits_80_columns(
 
 
 def test_until_choices_in_help_match_the_library() -> None:
-    from glactl.cli import app as cli
-    from glactl.inference.sampling import UNTIL_MODES
+    from glactl.cli.complete import _UNTIL
+    from glactl.inference.completion import UNTIL_MODES
 
-    assert cli._UNTIL == UNTIL_MODES
+    assert _UNTIL == UNTIL_MODES
 
 
 # ---- 13, 14: threads and dtype -----------------------------------------------------------------------------------
 def test_thread_counts_by_kind_and_their_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
-    from glactl.runtime import devices
+    from glactl.runtime import threads
 
-    assert devices.plural(1, "thread") == "1 thread" and devices.plural(2, "thread") == "2 threads"
-    assert devices.default_threads("decoding")[0] == 1
+    assert threads.plural(1, "thread") == "1 thread" and threads.plural(2, "thread") == "2 threads"
+    assert threads.default_threads("decoding")[0] == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    monkeypatch.setattr(devices, "busy_cores", lambda cpus: 3.7)  # what other work keeps busy right now
-    assert devices.default_threads("scoring") == (4, "4 idle cores of 8, 3.7 busy over the last 0.1 s")
-    assert devices.default_threads("training")[0] == 4
-    monkeypatch.setattr(devices, "busy_cores", lambda cpus: 9.0)
-    count, line = devices.thread_line("scoring", None)
+    monkeypatch.setattr(threads, "busy_cores", lambda cpus: 3.7)  # what other work keeps busy right now
+    assert threads.default_threads("scoring") == (4, "4 idle cores of 8, 3.7 busy over the last 0.1 s")
+    assert threads.default_threads("training")[0] == 4
+    monkeypatch.setattr(threads, "busy_cores", lambda cpus: 9.0)
+    count, line = threads.thread_line("scoring", None)
     assert count == 1 and line.startswith("threads: 1 thread for scoring")
-    assert devices.thread_line("scoring", 3) == (3, "")
-    monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "3")  # OMP_NUM_THREADS as the user started glactl
-    assert devices.thread_line("scoring", None) == (
+    assert threads.thread_line("scoring", 3) == (3, "")
+    monkeypatch.setattr(threads, "_ENVIRONMENT_THREADS", "3")  # OMP_NUM_THREADS as the user started glactl
+    assert threads.thread_line("scoring", None) == (
         3,
         "threads: 3 threads for scoring: OMP_NUM_THREADS=3 (--threads N to choose)",
     )
-    assert devices.thread_line("decoding", 2) == (2, "")
-    monkeypatch.setattr(devices, "_ENVIRONMENT_THREADS", "many")  # not a count: the rule decides
-    assert devices.thread_line("decoding", None)[0] == 1
-    monkeypatch.setattr(devices, "busy_cores", lambda cpus: None)  # no /proc/stat: the 1-minute load average
+    assert threads.thread_line("decoding", 2) == (2, "")
+    monkeypatch.setattr(threads, "_ENVIRONMENT_THREADS", "many")  # not a count: the rule decides
+    assert threads.thread_line("decoding", None)[0] == 1
+    monkeypatch.setattr(threads, "busy_cores", lambda cpus: None)  # no /proc/stat: the 1-minute load average
     monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
-    assert devices.default_threads("scoring") == (2, "2 idle cores of 8, load average 5.6")
+    assert threads.default_threads("scoring") == (2, "2 idle cores of 8, load average 5.6")
 
 
 def test_busy_cores_counts_the_ticks_other_work_used_on_our_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from glactl.runtime import devices
+    from glactl.runtime import threads
 
     samples = iter(
         [
@@ -403,17 +404,17 @@ def test_busy_cores_counts_the_ticks_other_work_used_on_our_cpus(monkeypatch: py
             {0: (1100, 1000), 1: (1100, 125), 2: (50, 50)},
         ]
     )  # cpu 0 idle, cpu 1 3/4 busy, cpu 2 no ticks
-    monkeypatch.setattr(devices, "cpu_times", lambda cpus: next(samples))
-    assert devices.busy_cores({0, 1, 2}, seconds=0) == pytest.approx(0.75)
+    monkeypatch.setattr(threads, "cpu_times", lambda cpus: next(samples))
+    assert threads.busy_cores({0, 1, 2}, seconds=0) == pytest.approx(0.75)
 
     def missing(cpus: set[int]) -> dict:
         raise OSError("no /proc/stat")
 
-    monkeypatch.setattr(devices, "cpu_times", missing)
-    assert devices.busy_cores({0}, seconds=0) is None
+    monkeypatch.setattr(threads, "cpu_times", missing)
+    assert threads.busy_cores({0}, seconds=0) is None
     if os.path.exists("/proc/stat"):
         monkeypatch.undo()
-        times = devices.cpu_times({0})
+        times = threads.cpu_times({0})
         assert set(times) == {0} and times[0][0] >= times[0][1] >= 0
 
 
@@ -436,7 +437,7 @@ def test_auto_dtype_is_measured_once_and_cached(tmp_path: Path) -> None:
 def test_perplexity_on_a_hub_dataset_without_network_fails_fast_with_advice_for_scoring(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import glactl.data.training_data as data
+    import glactl.data.hub as data
 
     run = tmp_path / "run"
     trained(run, text_file, capsys, 2)
@@ -453,8 +454,9 @@ def test_perplexity_on_a_hub_dataset_without_network_fails_fast_with_advice_for_
 
 # ---- 16: the small inconsistencies ----------------------------------------------------------------------------
 def test_data_weight_binary_and_sizes(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from glactl.data.training_data import SourceSpec, cache_root, prepare_source
+    from glactl.data.sources import SourceSpec, prepare_source
     from glactl.report.display import human_bytes
+    from glactl.runtime.cache import cache_root
 
     with pytest.raises(InputError, match="weight 'x' is not a number"):
         SourceSpec.parse(f"{text_file}@x")

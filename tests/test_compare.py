@@ -9,16 +9,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from glactl.compare.runner import (
-    RESULT_KEYS,
-    SPREAD_KEYS,
-    parse_contexts,
-    parse_models,
-    parse_seeds,
-    summarize,
-    training_speed,
-    validation_curve,
-)
+from glactl.compare.measure import training_speed, validation_curve
+from glactl.compare.options import parse_contexts, parse_models, parse_seeds
+from glactl.compare.summary import RESULT_KEYS, SPREAD_KEYS, summarize
 from glactl.errors import InputError
 from glactl.inference.precision import resolve_precision
 from glactl.models import LanguageModel
@@ -270,7 +263,7 @@ def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(
 ) -> None:
     """A tiny --task run: rows with task, accuracy (sequence accuracy for sort and selective-copy), the full config."""
     from glactl import load
-    from glactl.compare.runner import TASK_RESULT_KEYS
+    from glactl.compare.summary import TASK_RESULT_KEYS
 
     out = tmp_path / task
     code, stdout, stderr = run_cli(task_args(out, task, "gla,transformer"), capsys)
@@ -350,7 +343,7 @@ def test_compare_task_flags_bad_input_is_one_line(
 
 
 def test_summarize_task_means_and_spread_over_seeds() -> None:
-    from glactl.compare.runner import TASK_RESULT_KEYS, TASK_SPREAD_KEYS, summarize_task
+    from glactl.compare.summary import TASK_RESULT_KEYS, TASK_SPREAD_KEYS, summarize_task
     from glactl.data.tasks import make_task
 
     task = make_task("sort", 12, sort_count=6)
@@ -387,8 +380,8 @@ def test_summarize_task_means_and_spread_over_seeds() -> None:
 
 def test_architecture_option_reaches_only_the_models_that_have_it() -> None:
     """--short-conv 0 with gla,transformer: GLA without the convolution beside an unchanged Transformer."""
-    from glactl.compare.runner import CompareOptions, check_options, train_options
-    from glactl.training.trainer import new_model_config
+    from glactl.compare.options import CompareOptions, check_options, train_options
+    from glactl.training.setup import new_model_config
 
     options = CompareOptions(models=["gla", "transformer"], steps=1, preset="tiny", seq_len=64, short_conv=0)
     check_options(options)
@@ -400,9 +393,10 @@ def test_architecture_option_reaches_only_the_models_that_have_it() -> None:
 
 def test_auto_dtype_is_decided_once_for_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """--dtype auto on a bfloat16 CPU: the first model's measurement decides for all runs; a given dtype passes through."""
-    from glactl.compare.runner import CompareOptions, comparison_dtype
+    from glactl.compare.options import CompareOptions
+    from glactl.compare.runner import comparison_dtype
+    from glactl.report.progress import Reporter
     from glactl.runtime import devices
-    from glactl.training.trainer import Reporter
 
     measured: list[str] = []
 
@@ -420,7 +414,8 @@ def test_auto_dtype_is_decided_once_for_every_model(monkeypatch: pytest.MonkeyPa
 
 def test_compile_for_the_speed_columns_follows_the_training_time() -> None:
     """--compile auto compiles the measured step only after a run long enough to pay for it; on/off as given."""
-    from glactl.compare.runner import COMPILE_MIN_TRAINING_SECONDS, CompareOptions, check_options, measurement_compile
+    from glactl.compare.measure import COMPILE_MIN_TRAINING_SECONDS, measurement_compile
+    from glactl.compare.options import CompareOptions, check_options
 
     short = [{"kind": "train", "step": 10, "wall_time": COMPILE_MIN_TRAINING_SECONDS - 1.0}]
     long = [*short, {"kind": "eval", "step": 20, "wall_time": COMPILE_MIN_TRAINING_SECONDS + 5.0}]
@@ -432,24 +427,24 @@ def test_compile_for_the_speed_columns_follows_the_training_time() -> None:
 
 def test_speed_columns_time_the_compiled_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """With compile on, every timed step goes through the compiled step (here a counting stand-in for the package)."""
-    from glactl.compare.runner import measure_generation
-    from glactl.inference import precision as inference
+    from glactl.compare.measure import measure_generation
+    from glactl.inference import compiled_step
 
     model = LanguageModel(ModelConfig(mixer="gla", d_model=32, n_layers=1, n_heads=2)).eval()
     calls = []
 
-    def stand_in(self: inference.CompiledStep) -> object:
+    def stand_in(self: compiled_step.CompiledStep) -> object:
         def run(tokens: torch.Tensor, state: object) -> object:
             calls.append(tokens.shape[0])
             return self.model.step(tokens, state)
 
         return run
 
-    monkeypatch.setattr(inference.CompiledStep, "_build", stand_in)
-    inference.configure(model, "on")
+    monkeypatch.setattr(compiled_step.CompiledStep, "_build", stand_in)
+    compiled_step.configure(model, "on")
     speeds, sizes, compiled = measure_generation(model, bytes(range(65, 91)) * 4, [16, 64], decode_steps=5)
     assert compiled and set(speeds) == {"16", "64"} and all(v > 0 for v in speeds.values())
     assert calls == [1] * 2 * (5 + 2)  # two contexts x (timed + warm-up steps), batch 1
-    inference.configure(model, "off")
+    compiled_step.configure(model, "off")
     calls.clear()
     assert measure_generation(model, bytes(range(65, 91)) * 4, [16], decode_steps=5)[2] is False and not calls

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from glactl.cli.app import app
-from glactl.inference.sampling import complete
+from glactl.inference.completion import complete
 from glactl.models import LanguageModel, ModelConfig
 from glactl.storage.checkpoint import save_model
 

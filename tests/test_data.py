@@ -13,16 +13,10 @@ from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glactl.data.training_data import (
-    SourceSpec,
-    Stream,
-    WindowSampler,
-    fixed_windows,
-    join_rows,
-    load_training_data,
-    prepare_source,
-    split_bytes,
-)
+from glactl.data.hub import join_rows
+from glactl.data.sources import SourceSpec, prepare_source, split_bytes
+from glactl.data.training_data import load_training_data
+from glactl.data.windows import Stream, WindowSampler, fixed_windows
 from glactl.errors import InputError
 
 

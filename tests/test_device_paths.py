@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from glactl.api.model import load
-from glactl.inference.sampling import generate
+from glactl.api.loading import load
+from glactl.inference.generation import generate
 from glactl.inference.scoring import score_bytes
-from glactl.training.trainer import Trainer, TrainOptions
+from glactl.training.options import TrainOptions
+from glactl.training.trainer import Trainer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -42,11 +43,11 @@ def test_training_and_inference_on_an_explicit_device(tmp_path: Path, device: st
     )
     trainer = Trainer(options)
     trainer.setup()
-    assert trainer.device.type == device
-    assert {p.device.type for p in trainer.model.parameters()} == {device}
+    assert trainer.parts.device.type == device
+    assert {p.device.type for p in trainer.parts.model.parameters()} == {device}
     loss = trainer.train_step()  # the step the loop runs, on this device
     assert math.isfinite(loss)
-    trainer.step = 1
+    trainer.progress.step = 1
     summary = trainer.run()
     assert summary["device"] == device and summary["steps"] == 3
 

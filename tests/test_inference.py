@@ -1,5 +1,5 @@
-"""--precision and --compile (glactl/inference/precision.py): compiled, eager and fallen-back steps agree; every precision runs
-and stays within its bits-per-byte bound; bad flag values are one line and exit 2."""
+"""--precision and --compile (glactl/inference/precision.py, compiled_step.py): compiled, eager and fallen-back
+steps agree; every precision runs and stays within its bits-per-byte bound; bad flag values are one line and exit 2."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
 
+from glactl.inference import compiled_step
 from glactl.inference import precision as inference
 from glactl.models import LanguageModel, ModelConfig
 
@@ -44,9 +45,9 @@ def test_compiled_step_matches_eager_pads_smaller_batches_and_is_cached(monkeypa
     model = tiny_gla()
     tokens = torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(1))
     eager = run_steps(model, model.step, tokens)
-    inference.configure(model, "on")
-    step = inference.stepper(model, 3, 4)
-    assert isinstance(step, inference.CompiledStep)
+    compiled_step.configure(model, "on")
+    step = compiled_step.stepper(model, 3, 4)
+    assert isinstance(step, compiled_step.CompiledStep)
     compiled = run_steps(model, step, tokens)
     if getattr(model, "_compile_failed", False):
         pytest.skip("AOTInductor does not run on this machine (fallback covered below)")
@@ -59,37 +60,37 @@ def test_compiled_step_matches_eager_pads_smaller_batches_and_is_cached(monkeypa
     def no_compiler(*args: object) -> None:
         raise AssertionError("the cached package should have been loaded, not rebuilt")
 
-    monkeypatch.setattr(inference, "build_package", no_compiler)
+    monkeypatch.setattr(compiled_step, "build_package", no_compiler)
     again = tiny_gla()  # same config and weights: the package on disk answers
-    inference.configure(again, "on")
-    for a, b in zip(eager, run_steps(again, inference.stepper(again, 3, 4), tokens)):
+    compiled_step.configure(again, "on")
+    for a, b in zip(eager, run_steps(again, compiled_step.stepper(again, 3, 4), tokens)):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     assert not getattr(again, "_compile_failed", False)
     other = tiny_gla()
     with torch.no_grad():
         other.head.weight.mul_(2)  # other weights: another package (here: a build, which fails, so eager)
-    inference.configure(other, "on")
-    assert inference.package_path(other, 3) != inference.package_path(again, 3)
-    assert inference.package_path(again, 2) != inference.package_path(again, 3)
-    threads, one = torch.get_num_threads(), inference.package_path(again, 3)
+    compiled_step.configure(other, "on")
+    assert compiled_step.package_path(other, 3) != compiled_step.package_path(again, 3)
+    assert compiled_step.package_path(again, 2) != compiled_step.package_path(again, 3)
+    threads, one = torch.get_num_threads(), compiled_step.package_path(again, 3)
     try:  # inductor writes the thread count into its loops: another count, another package
         torch.set_num_threads(threads + 1)
-        more = inference.package_path(again, 3)
-        assert more == inference.package_path(again, 3) != one
+        more = compiled_step.package_path(again, 3)
+        assert more == compiled_step.package_path(again, 3) != one
     finally:
         torch.set_num_threads(threads)
-    assert inference.package_path(again, 3) == one
+    assert compiled_step.package_path(again, 3) == one
 
 
 @pytest.mark.slow  # one AOTInductor compile per mixer
-@pytest.mark.parametrize("mixer", [m for m in inference.COMPILED_MIXERS if m != "gla"])
+@pytest.mark.parametrize("mixer", [m for m in compiled_step.COMPILED_MIXERS if m != "gla"])
 def test_compiled_step_matches_eager_for_every_compiled_mixer(mixer: str) -> None:
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig.tiny(mixer=mixer, d_model=32, n_layers=1, n_heads=2)).eval()
     tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
     eager = run_steps(model, model.step, tokens)
-    inference.configure(model, "on")
-    compiled = run_steps(model, inference.stepper(model, 2, 4), tokens)
+    compiled_step.configure(model, "on")
+    compiled = run_steps(model, compiled_step.stepper(model, 2, 4), tokens)
     if getattr(model, "_compile_failed", False):
         pytest.skip("AOTInductor does not run on this machine (fallback covered below)")
     for a, b in zip(eager, compiled):
@@ -108,20 +109,20 @@ def test_failing_compile_falls_back_to_eager_with_one_note(
 
     monkeypatch.setattr(torch.export, "export", broken)  # the first step of a build
     monkeypatch.setattr(inference, "_notes_given", set())
-    inference.configure(model, "on")
-    fallen = run_steps(model, inference.stepper(model, 1, 4), tokens)
+    compiled_step.configure(model, "on")
+    fallen = run_steps(model, compiled_step.stepper(model, 1, 4), tokens)
     for a, b in zip(eager, fallen):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compiling the decode step failed" in err[0] and "no C++ compiler" in err[0], err
-    assert inference.stepper(model, 1, 4) == model.step  # later runs go straight to eager
+    assert compiled_step.stepper(model, 1, 4) == model.step  # later runs go straight to eager
 
 
 def test_damaged_cached_package_is_removed_and_rebuilt(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = tiny_gla(gla_gate_rank=6)  # a config no other test compiles
-    path = inference.package_path(model, 1)
+    path = compiled_step.package_path(model, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"PK\x03\x04 not a package")
     built = []
@@ -130,12 +131,12 @@ def test_damaged_cached_package_is_removed_and_rebuilt(
         built.append(target)
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(inference, "build_package", no_compiler)
+    monkeypatch.setattr(compiled_step, "build_package", no_compiler)
     monkeypatch.setattr(inference, "_notes_given", set())
-    inference.configure(model, "on")
+    compiled_step.configure(model, "on")
     tokens = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(3))
     eager = run_steps(model, model.step, tokens)
-    for a, b in zip(eager, run_steps(model, inference.stepper(model, 1, 4), tokens)):
+    for a, b in zip(eager, run_steps(model, compiled_step.stepper(model, 1, 4), tokens)):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     assert built == [path] and not path.exists()  # the damaged file is gone; the rebuild was tried once
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -143,19 +144,20 @@ def test_damaged_cached_package_is_removed_and_rebuilt(
 
 def test_compile_rule(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     model = tiny_gla(gla_gate_rank=5)  # a config no other test compiles: nothing cached
-    inference.configure(model, "off")
-    assert inference.stepper(model, 1, 10**6) == model.step
-    inference.configure(model, "auto")
-    assert inference.stepper(model, 1, inference.COMPILE_MIN_STEPS - 1) == model.step  # short runs never build one
-    assert isinstance(inference.stepper(model, 1, inference.COMPILE_MIN_STEPS), inference.CompiledStep)
+    compiled_step.configure(model, "off")
+    assert compiled_step.stepper(model, 1, 10**6) == model.step
+    compiled_step.configure(model, "auto")
+    # short runs never build one
+    assert compiled_step.stepper(model, 1, compiled_step.COMPILE_MIN_STEPS - 1) == model.step
+    assert isinstance(compiled_step.stepper(model, 1, compiled_step.COMPILE_MIN_STEPS), compiled_step.CompiledStep)
     cached = tmp_path / "step.pt2"
     cached.write_bytes(b"")
-    monkeypatch.setattr(inference, "package_path", lambda model, batch: cached)  # a package already built
-    assert isinstance(inference.stepper(model, 2, inference.CACHED_MIN_STEPS), inference.CompiledStep)
-    assert inference.stepper(model, 2, inference.CACHED_MIN_STEPS - 1) == model.step
+    monkeypatch.setattr(compiled_step, "package_path", lambda model, batch: cached)  # a package already built
+    assert isinstance(compiled_step.stepper(model, 2, compiled_step.CACHED_MIN_STEPS), compiled_step.CompiledStep)
+    assert compiled_step.stepper(model, 2, compiled_step.CACHED_MIN_STEPS - 1) == model.step
     attention = LanguageModel(ModelConfig.tiny(mixer="transformer", d_model=32, n_layers=1, n_heads=2)).eval()
-    inference.configure(attention, "auto")
-    assert inference.stepper(attention, 1, 10**6) == attention.step  # a Python int in its state: stays eager
+    compiled_step.configure(attention, "auto")
+    assert compiled_step.stepper(attention, 1, 10**6) == attention.step  # a Python int in its state: stays eager
 
 
 def test_precision_layers_match_float32_closely() -> None:
@@ -328,10 +330,12 @@ def test_cli_process_keeps_freed_memory_and_faults_far_less() -> None:
 
 
 def test_keep_freed_memory_is_set_by_the_process_entry_point_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
     import sys
 
-    from glactl.cli import app as cli
     from glactl.runtime import process_memory
+
+    cli = importlib.import_module("glactl.cli.app")  # the module (glactl.cli's `app` attribute is the Typer app)
 
     calls = []
     monkeypatch.setattr(process_memory, "keep_freed_memory", lambda: calls.append(1) or True)

@@ -27,7 +27,8 @@ import glactl.storage.checkpoint as checkpoint
 from glactl.errors import RunFailure
 from glactl.models import LanguageModel, ModelConfig
 from glactl.storage.checkpoint import load_model, save_model
-from glactl.training.trainer import Trainer, TrainOptions, train
+from glactl.training.options import TrainOptions
+from glactl.training.trainer import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -288,9 +289,9 @@ def test_inf_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Pa
     run = tmp_path / "run"
 
     def spike(trainer: Trainer) -> None:
-        if trainer.step == 4:
+        if trainer.progress.step == 4:
             with torch.no_grad():
-                trainer.model.embed.weight.fill_(float("inf"))
+                trainer.parts.model.embed.weight.fill_(float("inf"))
 
     options = TrainOptions(
         data=[str(text_file)],

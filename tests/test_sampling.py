@@ -10,16 +10,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from glactl.errors import InputError
+from glactl.inference.generation import Generation, generate
 from glactl.inference.sampling import (
-    Generation,
     SamplingParams,
-    StopMatcher,
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
-    generate,
     next_tokens,
 )
+from glactl.inference.stops import StopMatcher
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
 from glactl.models.state import expand_state, select_state

@@ -22,9 +22,9 @@ from conftest import assert_one_line_error, child_env, rel_err, run_cli
 from safetensors.torch import save_file
 
 import glactl
-import glactl.cli.app as cli
+import glactl.cli.generate as generate_cli
 from glactl.errors import InputError
-from glactl.inference.sampling import model_context
+from glactl.inference.generation import model_context
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
 from glactl.storage.checkpoint import save_model
@@ -298,7 +298,7 @@ def test_interrupted_generation_saves_what_was_generated(
     model = glactl.load(folder, threads=1)
     prompt = "Once upon"
     writes = {"n": 0}
-    original = cli._write
+    original = generate_cli.write
 
     def failing_write(stream, text: str) -> None:  # noqa: ANN001
         writes["n"] += 1
@@ -306,7 +306,7 @@ def test_interrupted_generation_saves_what_was_generated(
             raise failure()
         original(stream, text)
 
-    monkeypatch.setattr(cli, "_write", failing_write)
+    monkeypatch.setattr(generate_cli, "write", failing_write)
     target = tmp_path / "story.state"
     exit_code, _, err = run_cli(
         [

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 
 from glactl.errors import InputError, RunFailure
 from glactl.storage.checkpoint import load_model
-from glactl.training.trainer import Schedule, Trainer, TrainOptions, default_warmup, parse_duration, train
+from glactl.training.options import TrainOptions, default_warmup, parse_duration
+from glactl.training.schedule import Schedule
+from glactl.training.trainer import Trainer, train
 
 FAST = [
     "--preset",
@@ -120,9 +122,9 @@ def test_nan_loss_stops_and_saves_nothing_new(tmp_path: Path, text_file: Path) -
     run = tmp_path / "run"
 
     def poison(trainer: Trainer) -> None:
-        if trainer.step == 3:
+        if trainer.progress.step == 3:
             with torch.no_grad():
-                trainer.model.embed.weight.fill_(float("nan"))
+                trainer.parts.model.embed.weight.fill_(float("nan"))
 
     options = TrainOptions(
         data=[str(text_file)],
@@ -396,7 +398,7 @@ def test_short_conv_and_performer_rope_flags(
 
 def test_model_options_reach_a_new_model_and_are_validated() -> None:
     """TrainOptions.model_options (ablations such as benchmarks/gla_levers.py) set ModelConfig fields of a new model."""
-    from glactl.training.trainer import new_model_config
+    from glactl.training.setup import new_model_config
 
     config = new_model_config(
         TrainOptions(

@@ -9,7 +9,8 @@ import pytest
 from conftest import shared_file
 
 from glactl.models.registry import MIXERS
-from glactl.training.trainer import TrainOptions, train
+from glactl.training.options import TrainOptions
+from glactl.training.trainer import train
 
 ZOO = ("gla", "transformer", "performer", "infinite", "reflex", "mingru", "minlstm", "lstm", "gru")
 STEPS = 150

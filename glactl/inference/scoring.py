@@ -281,11 +281,8 @@ def score_split(
     keep_state: bool = False,
 ) -> Score:
     """Score a split of a `--data` source (encoded once into the cache, then streamed from its memmap)."""
-    from glactl.data.training_data import (  # local import: the data layer loads only when asked
-        SPLITS,
-        DatasetUnavailable,
-        prepare_source,
-    )
+    from glactl.data.hub import SPLITS, DatasetUnavailable  # local imports: the data layer loads only when asked
+    from glactl.data.sources import prepare_source
 
     check_positive("--window", window)
     if split not in SPLITS:

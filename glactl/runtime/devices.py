@@ -1,4 +1,7 @@
-"""Device, precision and thread selection shared by every command that runs a model (docs/design.md §8)."""
+"""Device, dtype and kernel selection shared by every command that runs a model (docs/design.md §8).
+
+Thread counts have their own module, runtime/threads.py.
+"""
 
 from __future__ import annotations
 
@@ -194,108 +197,6 @@ def _cpu_name() -> str:
     import platform
 
     return platform.processor() or platform.machine()
-
-
-# ---- thread counts by kind of work ---------------------------------------------------------------
-# benchmarks/cpu_defaults.py on the 2-core EPYC while other jobs kept it busy (load average 7): 2 threads
-# against 1 took 6.7x as long to train (d64 x 2), 3.9x to score and 7.1x to decode, the oversubscription
-# was measured (perplexity 4.6x slower without --threads 1). Byte-by-byte decoding stays on one thread:
-# on the idle AVX2 machine a second thread gave 0.84-1.23x for eager and compiled steps of three GLA
-# sizes in float32 and int8 (benchmarks/decode_threads.py, RESULTS.md section 8d). Reading, scoring and
-# training get the cores that are idle now: measured over BUSY_SAMPLE_SECONDS from /proc/stat, since the
-# 1-minute load average still counts a command that has just ended (a second perplexity right after a
-# first got one thread of two and ran 1.5x slower); the load average where /proc/stat is missing.
-THREAD_KINDS = ("training", "scoring", "decoding")
-BUSY_SAMPLE_SECONDS = 0.1
-
-
-def plural(count: int, word: str) -> str:
-    """'1 thread', '2 threads'."""
-    return f"{count} {word}" + ("" if count == 1 else "s")
-
-
-def cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]]:
-    """(all ticks, idle ticks) since boot of each CPU in `cpus`, from /proc/stat (OSError where it is missing)."""
-    times = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *fields = line.split()
-            cpu = int(name[3:]) if name.startswith("cpu") and name[3:].isdigit() else None
-            if cpu in cpus:
-                ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
-                times[cpu] = (sum(ticks), ticks[3] + ticks[4])
-    return times
-
-
-def busy_cores(cpus: set[int], seconds: float = BUSY_SAMPLE_SECONDS) -> float | None:
-    """How many of `cpus` other work keeps busy right now (this process sleeps while it looks); None if unknown."""
-    try:
-        before = cpu_times(cpus)
-        time.sleep(seconds)
-        after = cpu_times(cpus)
-    except (OSError, ValueError):
-        return None
-    busy, seen = 0.0, 0
-    for cpu, (total, idle) in after.items():
-        if cpu in before and total > before[cpu][0]:
-            busy += 1.0 - (idle - before[cpu][1]) / (total - before[cpu][0])
-            seen += 1
-    return busy if seen else None
-
-
-def default_threads(kind: str) -> tuple[int, str]:
-    """(threads, why) for a kind of work when --threads is not given."""
-    if kind not in THREAD_KINDS:
-        raise ValueError(f"kind of work must be one of {THREAD_KINDS}, got {kind!r}")
-    if kind == "decoding":
-        return 1, "byte-by-byte decoding is too small to share between threads"
-    try:
-        cpus = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        cpus = set(range(os.cpu_count() or 1))
-    cores, busy = len(cpus), busy_cores(cpus)
-    if busy is not None:
-        source = f"{busy:.1f} busy over the last {BUSY_SAMPLE_SECONDS:g} s"
-    else:
-        try:
-            busy = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            busy = 0.0
-        source = f"load average {busy:.1f}"
-    idle = max(1, min(cores, int(cores - busy + 0.5)))
-    return idle, f"{plural(idle, 'idle core')} of {cores}, {source}"
-
-
-# OMP_NUM_THREADS as it was when glactl started (set_threads writes it later for child processes)
-_ENVIRONMENT_THREADS = os.environ.get("OMP_NUM_THREADS", "")
-
-
-def environment_threads() -> int | None:
-    """The thread count the user gave in OMP_NUM_THREADS before glactl started (a positive integer), else None."""
-    value = _ENVIRONMENT_THREADS.strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
-
-
-def thread_line(kind: str, threads: int | None) -> tuple[int, str]:
-    """The count to use for `kind` and the line that says how it was chosen ("" when --threads gave it)."""
-    if threads is not None:
-        return threads, ""
-    count = environment_threads()
-    if count is not None:
-        why = f"OMP_NUM_THREADS={count}"
-    else:
-        count, why = default_threads(kind)
-    return count, f"threads: {plural(count, 'thread')} for {kind}: {why} (--threads N to choose)"
-
-
-def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (None = leave torch's default); returns the count in use."""
-    if threads is not None:
-        if threads < 1:
-            raise InputError(f"--threads {threads}: must be at least 1")
-        torch.set_num_threads(threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    return torch.get_num_threads()
 
 
 KERNEL_CHOICES = ("torch", "fla")

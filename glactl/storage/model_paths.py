@@ -7,7 +7,7 @@ from pathlib import Path
 from glactl.errors import InputError
 
 DEFAULT_WEIGHTS = "gla-enwiki"
-LOCK_FILE = "train.lock"  # held by `glactl train` while it runs (glactl.training.trainer.RunLock)
+LOCK_FILE = "train.lock"  # held by `glactl train` while it runs (glactl.training.run_folder.RunLock)
 NO_WEIGHTS_MESSAGE = "no shipped weights found; pass --model RUN_OR_CHECKPOINT_FOLDER"
 
 

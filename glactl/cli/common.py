@@ -1,0 +1,74 @@
+"""Helpers several commands share: loading a model through the Python API, writing output, --save-state checks and notes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def load_model(
+    model: str | None,
+    device: str | None,
+    threads: int | None,
+    context: int | None = None,
+    kernels: str | None = None,
+    precision: str | None = None,
+    compile: str | None = None,
+):  # noqa: ANN202
+    """Load through the Python API, so the CLI and `glactl.load` behave alike (the CLI defaults to auto precision/compile)."""
+    import time
+
+    from glactl.api.loading import load
+
+    start = time.perf_counter()
+    lm = load(
+        model,
+        device=device or "auto",
+        threads=threads,
+        context=context,
+        kernels=kernels,
+        precision=precision or "auto",
+        compile=compile or "auto",
+    )
+    lm.load_seconds = time.perf_counter() - start
+    _note_still_training(lm.path, lm.document)
+    return lm
+
+
+def _note_still_training(path: str, document: dict) -> None:
+    """A run that is still training: say on stderr which step's checkpoint was loaded (it will change)."""
+    from glactl.storage.model_paths import training_pid
+
+    folder = Path(path)
+    run = folder.parent if folder.name.removesuffix(".old") in ("checkpoint", "best") else folder
+    pid = training_pid(run)
+    if pid is not None:
+        step = (document.get("training") or {}).get("steps")
+        sys.stderr.write(
+            f"note: {run} is still training (pid {pid}, train.lock); loaded {folder.name}/ "
+            f"from step {step if step is not None else '?'}\n"
+        )
+
+
+def write(stream, text: str) -> None:  # noqa: ANN001
+    """Write text and flush, falling back to UTF-8 bytes where the terminal encoding cannot hold it."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        stream.flush()
+        stream.buffer.write(text.encode("utf-8", errors="replace"))
+    stream.flush()
+
+
+def check_save_state(path: str | None) -> None:
+    """Refuse an unwritable --save-state FILE before any work is done."""
+    if path is not None:
+        from glactl.storage.state_file import check_writable
+
+        check_writable(path)
+
+
+def saved_state_note(path: str, state) -> None:  # noqa: ANN001
+    """One line on stderr (terminals only) saying where the state went."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"state after {state.bytes_read:,} bytes saved to {path}\n")
