@@ -2,7 +2,10 @@
 
 from typing import Any
 
-__version__ = "0.1.0"
+from glactl import _moved
+from glactl.version import __version__
+
+_moved.install()
 __all__ = ["load", "__version__"]
 
 

@@ -13,9 +13,19 @@ from typing import Any
 
 # Each old flat module, and each old module that is now a package, with the modules that hold its names now.
 MOVED: dict[str, tuple[str, ...]] = {
-    "glactl.api": ("glactl.api.model", "glactl.api.loading", "glactl.api.prompts"),
-    "glactl.checkpoint": ("glactl.storage.checkpoint",),
-    "glactl.cli": ("glactl.cli.app",),
+    "glactl.api": ("glactl.api.model", "glactl.api.loading", "glactl.api.prompts", "glactl.api.describe"),
+    "glactl.checkpoint": ("glactl.storage.checkpoint", "glactl.storage.safe_read", "glactl.storage.atomic"),
+    "glactl.cli": (
+        "glactl.cli.app",
+        "glactl.cli.options",
+        "glactl.cli.common",
+        "glactl.cli.train",
+        "glactl.cli.generate",
+        "glactl.cli.complete",
+        "glactl.cli.perplexity",
+        "glactl.cli.info",
+        "glactl.cli.compare",
+    ),
     "glactl.compare": (
         "glactl.compare.options",
         "glactl.compare.runner",
@@ -47,7 +57,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         "glactl.inference.completion",
         "glactl.runtime.threads",
     ),
-    "glactl.saved_state": ("glactl.storage.state_file",),
+    "glactl.saved_state": ("glactl.storage.state_file", "glactl.storage.state_format"),
     "glactl.tasks": ("glactl.data.tasks",),
     "glactl.train_state": ("glactl.storage.trainer_state",),
     "glactl.training": (
@@ -56,6 +66,8 @@ MOVED: dict[str, tuple[str, ...]] = {
         "glactl.training.run_folder",
         "glactl.training.setup",
         "glactl.training.run_log",
+        "glactl.training.state",
+        "glactl.training.checkpoints",
         "glactl.training.trainer",
         "glactl.report.progress",
     ),
@@ -71,6 +83,13 @@ def moved_attribute(old_module: str, name: str) -> Any:
     raise AttributeError(
         f"module {old_module!r} has no attribute {name!r} (its code lives in {', '.join(MOVED[old_module])})"
     )
+
+
+def package_attribute(package: str, name: str) -> Any:
+    """A package's `__getattr__`: the names of the module it replaced; its own submodules load as usual."""
+    if name.startswith("__") or importlib.util.find_spec(f"{package}.{name}") is not None:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return moved_attribute(package, name)
 
 
 class _Alias(types.ModuleType):

@@ -330,12 +330,10 @@ def test_cli_process_keeps_freed_memory_and_faults_far_less() -> None:
 
 
 def test_keep_freed_memory_is_set_by_the_process_entry_point_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
     import sys
 
+    import glactl.cli.app as cli
     from glactl.runtime import process_memory
-
-    cli = importlib.import_module("glactl.cli.app")  # the module (glactl.cli's `app` attribute is the Typer app)
 
     calls = []
     monkeypatch.setattr(process_memory, "keep_freed_memory", lambda: calls.append(1) or True)

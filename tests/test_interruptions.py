@@ -23,6 +23,7 @@ from conftest import final_error_line, run_cli
 from safetensors.torch import load_file
 
 import glactl.runtime.devices as devices
+import glactl.storage.atomic as atomic
 import glactl.storage.checkpoint as checkpoint
 from glactl.errors import RunFailure
 from glactl.models import LanguageModel, ModelConfig
@@ -255,7 +256,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(
     elif where == "config":
         _enospc_after(monkeypatch, checkpoint, "write_json", 0)
     else:
-        _enospc_after(monkeypatch, checkpoint.os, "fsync", 0)
+        _enospc_after(monkeypatch, atomic.os, "fsync", 0)
     with pytest.raises(RunFailure) as info:
         save_model(folder, model)
     assert info.value.exit_code == 1 and "no space left" in str(info.value).lower() and "\n" not in str(info.value)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import glactl.storage.checkpoint as checkpoint
+import glactl.storage.safe_read as safe_read
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
 from glactl.storage.checkpoint import load_model, save_model
@@ -193,8 +194,8 @@ def test_ten_megabyte_config_is_rejected_unparsed(
     document["training"] = {"padding": "x" * (10 << 20)}
     (folder / "config.json").write_text(json.dumps(document))
     parsed: list[int] = []
-    real_loads = checkpoint.json.loads
-    monkeypatch.setattr(checkpoint.json, "loads", lambda s, *a, **k: parsed.append(len(s)) or real_loads(s, *a, **k))
+    real_loads = safe_read.json.loads
+    monkeypatch.setattr(safe_read.json, "loads", lambda s, *a, **k: parsed.append(len(s)) or real_loads(s, *a, **k))
     code, _, err = run_cli(["info", str(folder)], capsys)
     assert_one_line(code, err, "config.json", "larger")
     assert not any(n > 1 << 20 for n in parsed)

@@ -1,5 +1,14 @@
 """The command line: one module per command, the shared options declared once."""
 
-from glactl.cli.app import app, main
+from typing import Any
 
-__all__ = ["app", "main"]
+from glactl.cli.app import main
+
+__all__ = ["main"]
+
+
+def __getattr__(name: str) -> Any:
+    """Names of the module this package replaced resolve to the modules that hold them now."""
+    from glactl._moved import package_attribute
+
+    return package_attribute(__name__, name)

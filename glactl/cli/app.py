@@ -87,7 +87,7 @@ except (ImportError, AttributeError):  # another typer: its own labels, nothing 
 def _print_version(value: bool) -> None:
     """--version: eager, so it answers before click asks for a command."""
     if value:
-        from glactl import __version__
+        from glactl.version import __version__
 
         typer.echo(__version__)
         raise typer.Exit(0)

@@ -146,8 +146,8 @@ def package_path(model: nn.Module, batch: int) -> Path:
     import hashlib
     import json
 
-    from glactl import __version__
     from glactl.runtime.cache import cache_root
+    from glactl.version import __version__
 
     # inductor writes the thread count into every parallel loop it generates: a package built for 1 thread
     # never uses a second one, and one built for 2 would run 2 under --threads 1, so the count is in the key

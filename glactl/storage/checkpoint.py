@@ -9,11 +9,6 @@ old one and swaps them with renames, so an interruption at any moment leaves a w
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
-import shutil
-import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,19 +17,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from glactl import __version__
-from glactl.errors import InputError, RunFailure
+from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
+from glactl.storage.atomic import swap_in_folder, write_json
+from glactl.storage.safe_read import DTYPES, read_json, read_safetensors_header
 from glactl.tokenizer import TOKENIZER_NAME
+from glactl.version import __version__
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
-MAX_JSON_BYTES = 1 << 20  # a config.json larger than 1 MB is not one of ours
-MAX_HEADER_BYTES = 100 << 20
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
@@ -103,77 +97,6 @@ def model_tensors(model: LanguageModel, dtype: torch.dtype = torch.float32) -> d
     }
 
 
-def write_json(path: Path, document: Any) -> None:
-    """Write JSON and fsync it (used inside a folder that is swapped in afterwards)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def swap_in_folder(target: Path, write_contents: Callable[[Path], None]) -> None:
-    """Write a complete folder beside `target`, then swap it in: target -> .old, new -> target, drop .old."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f"{target.name}.new-{os.getpid()}")
-    old = target.with_name(target.name + ".old")
-    if staging.exists():
-        shutil.rmtree(staging)
-    _remove_stale_staging(target)
-    try:
-        staging.mkdir()
-        write_contents(staging)
-        _fsync_dir(staging)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, OSError):  # disk full, quota, read-only file system: the old folder was never touched
-            kept = "the previous one is intact" if (target / CONFIG_FILE).is_file() else "nothing was saved"
-            raise RunFailure(f"could not save {target}: {e.strerror or e}; {kept}") from None
-        raise
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    elif old.exists() and not (old / CONFIG_FILE).is_file():
-        shutil.rmtree(old)
-    os.replace(staging, target)
-    _fsync_dir(target.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _remove_stale_staging(target: Path) -> None:
-    """Drop `NAME.new-PID` folders left by a saving process that was killed (kill -9, power loss)."""
-    for folder in target.parent.glob(f"{target.name}.new-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_model(
     target: str | Path,
     model: LanguageModel,
@@ -192,24 +115,8 @@ def save_model(
         if extra_files is not None:
             extra_files(folder)
 
-    swap_in_folder(Path(target), write)
+    swap_in_folder(Path(target), write, marker=CONFIG_FILE)
     return Path(target)
-
-
-# ---- loading -----------------------------------------------------------------------------
-def read_json(path: Path, what: str) -> Any:
-    """Parse a small JSON file; InputError (one line) if missing, too large or malformed."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise InputError(f"{path}: {what} is {size} bytes, larger than any glactl {what}")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise InputError(f"{path}: unreadable {what} ({type(e).__name__})") from None
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -235,66 +142,6 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise InputError(f"{folder / CONFIG_FILE}: 'training' must be an object")
     document["architecture"] = config
     return document
-
-
-def read_safetensors_header(
-    path: Path, dtypes: dict[str, torch.dtype] = _DTYPES, max_header: int = MAX_HEADER_BYTES
-) -> dict[str, Any]:
-    """Parse and check a safetensors header against the file size before reading any tensor.
-
-    Every entry needs a dtype from `dtypes`, a shape whose size matches its span, and a span inside
-    the file that overlaps no other; `__metadata__` is kept as it is for the caller to read.
-    """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputError(f"{path}: truncated safetensors file ({size} bytes)")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(max_header, size - 8):
-                raise InputError(f"{path}: safetensors header claims {header_len} bytes, more than the file holds")
-            header = json.loads(f.read(header_len).decode("utf-8"))
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise InputError(f"{path}: not a safetensors file ({type(e).__name__})") from None
-    if not isinstance(header, dict):
-        raise InputError(f"{path}: not a safetensors file (header is not an object)")
-    data_size = size - 8 - header_len
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if (
-            not isinstance(info, dict)
-            or not isinstance(info.get("data_offsets"), list)
-            or len(info["data_offsets"]) != 2
-        ):
-            raise InputError(f"{path}: malformed entry for tensor {name!r}")
-        begin, end = info["data_offsets"]
-        if (
-            not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end))
-            or not 0 <= begin <= end <= data_size
-        ):
-            raise InputError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
-        if not isinstance(info.get("dtype"), str) or info["dtype"] not in dtypes:
-            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-        shape = info.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape
-        ):
-            raise InputError(f"{path}: tensor {name!r} has a malformed shape")
-        nbytes = math.prod(shape) * dtypes[info["dtype"]].itemsize
-        if nbytes != end - begin:
-            raise InputError(f"{path}: tensor {name!r} claims {nbytes} bytes but spans {end - begin}")
-        spans.append((begin, end))
-    spans.sort()
-    if any(b < a_end for (_, a_end), (b, _) in zip(spans, spans[1:])):
-        raise InputError(f"{path}: tensors overlap (corrupt file)")
-    return header
 
 
 # torch.nn.init functions skipped while building a model whose weights a checkpoint overwrites (as transformers'
@@ -355,7 +202,7 @@ def check_tensors(path: Path, header: dict[str, Any], config: ModelConfig, weigh
     wrong = sorted(n for n in set(expected) & set(found) if expected[n] != found[n])
     problems = []
     if weights_dtype is not None:
-        code = {v: k for k, v in _DTYPES.items()}[_DTYPE_NAMES[weights_dtype]]
+        code = {v: k for k, v in DTYPES.items()}[_DTYPE_NAMES[weights_dtype]]
         off = sorted(n for n in set(expected) & set(found) if header[n]["dtype"] != code)
         if off:
             problems.append(f"wrong dtype {_names(off)} ({header[off[0]]['dtype']}, config.json says {weights_dtype})")

@@ -22,29 +22,20 @@ from typing import Any
 
 import torch
 
-from glactl import __version__
 from glactl.errors import InputError, RunFailure
 from glactl.inference.reading import TAIL_BYTES, Reading
-from glactl.storage.checkpoint import read_safetensors_header
-
-FORMAT_VERSION = 1
-METADATA_KEY = "glactl_state"
-MAX_HEADER_BYTES = 16 << 20  # the header of a state of 256 layers is a few hundred KB
-MAX_INT = 1 << 62
-_CODES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_NAMES = {dtype: code for code, dtype in _CODES.items()}
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save's zip archive
+from glactl.storage.state_format import (
+    DTYPE_CODES,
+    FORMAT_VERSION,
+    MAX_HEADER_BYTES,
+    METADATA_KEY,
+    TensorPlan,
+    build_state,
+    check_owner,
+    read_header,
+    tensor_name,
+)
+from glactl.version import __version__
 
 
 # ---- what a state belongs to ---------------------------------------------------------------------
@@ -128,7 +119,7 @@ class State:
 def _flatten(state: Any, path: tuple, tensors: dict[str, torch.Tensor]) -> Any:
     """The JSON structure of a nested state; its tensors go to `tensors` under their path names."""
     if isinstance(state, torch.Tensor):
-        name = _tensor_name(path)
+        name = tensor_name(path)
         if name in tensors:
             raise RunFailure(f"state holds two tensors named {name!r}; cannot save it")
         tensors[name] = state
@@ -147,10 +138,6 @@ def _flatten(state: Any, path: tuple, tensors: dict[str, torch.Tensor]) -> Any:
         kind = "tuple" if isinstance(state, tuple) else "list"
         return {kind: [_flatten(value, path + (i,), tensors) for i, value in enumerate(state)]}
     raise RunFailure(f"cannot save a state holding a {type(state).__name__}")
-
-
-def _tensor_name(path: tuple) -> str:
-    return ".".join(["state", *(str(p) for p in path)])
 
 
 # ---- saving --------------------------------------------------------------------------------------
@@ -207,205 +194,16 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
-# ---- reading the header --------------------------------------------------------------------------
-def _check_file(path: Path) -> int:
-    """The file's size; InputError for a missing file, a folder, an empty file or a pickle."""
-    if not path.exists():
-        raise InputError(f"{path}: no such state file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a state file")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read state file ({e.strerror or type(e).__name__})") from None
-    if size == 0:
-        raise InputError(f"{path}: empty file, not a state file")
-    if head.startswith(_PICKLE_MAGIC):
-        raise InputError(f"{path}: a pickle or torch.save file; glactl reads only its own safetensors state files")
-    return size
-
-
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tensor entries, metadata document) of a state file, checked against the file size; nothing else is read."""
-    path = Path(path)
-    _check_file(path)
-    header = read_safetensors_header(path, _CODES, MAX_HEADER_BYTES)
-    metadata = header.pop("__metadata__", None)
-    if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
-        raise InputError(f"{path}: a safetensors file but not a glactl state file (no {METADATA_KEY} metadata)")
-    try:
-        document = json.loads(metadata[METADATA_KEY])
-    except (ValueError, RecursionError) as e:
-        raise InputError(f"{path}: unreadable state metadata ({type(e).__name__})") from None
-    _check_document(path, document)
-    return header, document
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_document(path: Path, document: Any) -> None:
-    """The metadata document has every field, with the right types."""
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: state metadata is not an object")
-    version = document.get("format_version")
-    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
-        raise InputError(
-            f"{path}: unsupported state format_version {version!r} (this glactl reads 1..{FORMAT_VERSION})"
-        )
-    model = document.get("model")
-    if not isinstance(model, dict) or not all(
-        isinstance(model.get(k), str) for k in ("config_sha256", "weights_sha256", "mixer")
-    ):
-        raise InputError(f"{path}: state metadata lacks the model's hashes")
-    checks = {
-        "bytes_read": _is_int(document.get("bytes_read")) and 0 <= document["bytes_read"] <= MAX_INT,
-        "context": document.get("context") is None or _is_int(document.get("context")),
-        "sink_tokens": document.get("sink_tokens") is None or _is_int(document.get("sink_tokens")),
-        "windowed": isinstance(document.get("windowed"), bool),
-        "precision": isinstance(document.get("precision"), str),
-        "structure": isinstance(document.get("structure"), dict),
-        "glactl_version": isinstance(document.get("glactl_version"), str),
-    }
-    bad = [key for key, ok in checks.items() if not ok]
-    if bad:
-        raise InputError(f"{path}: state metadata has a missing or malformed {', '.join(bad)}")
-
-
-# ---- checking against the loading model ----------------------------------------------------------
-def _check_owner(path: Path, document: dict[str, Any], owner: StateOwner) -> None:
-    """The state was read by this checkpoint, with this window: one line saying what differs."""
-    model = document["model"]
-    if model["config_sha256"] != owner.config_sha256 or model["mixer"] != owner.mixer:
-        raise InputError(
-            f"{path}: state was saved with another model ({model['mixer']}, config.json sha256 "
-            f"{model['config_sha256'][:12]}; this model: {owner.mixer}, {owner.config_sha256[:12]})"
-        )
-    if model["weights_sha256"] != owner.weights_sha256:
-        raise InputError(
-            f"{path}: state was saved with other weights (model.safetensors sha256 "
-            f"{model['weights_sha256'][:12]}; this model's: {owner.weights_sha256[:12]})"
-        )
-    if owner.windowed and (document["context"], document["sink_tokens"]) != (owner.context, owner.sink_tokens):
-        raise InputError(
-            f"{path}: state was read with attention window {_window(document['context'], document['sink_tokens'])}; "
-            f"this model runs with {_window(owner.context, owner.sink_tokens)} (use --context {document['context']})"
-            if document["context"] is not None
-            else f"{path}: state was read with no attention window; this model runs with "
-            f"{_window(owner.context, owner.sink_tokens)} (load it without --context)"
-        )
-
-
-def _window(context: int | None, sinks: int | None) -> str:
-    return "unlimited" if context is None else f"{context} tokens ({sinks} sinks)"
-
-
-class _Plan:
-    """What the stored structure must hold, derived from the model's init_state: tensors expected, values read."""
-
-    def __init__(self, path: Path, header: dict[str, Any], tokens_read: int) -> None:
-        self.path, self.header, self.tokens_read = path, header, tokens_read
-        self.expected: dict[str, torch.dtype] = {}
-
-    def fail(self, where: tuple, what: str) -> None:
-        raise InputError(f"{self.path}: state does not fit this model at {_tensor_name(where)}: {what}")
-
-    def walk(self, template: Any, node: Any, where: tuple) -> None:
-        """Check `node` (stored structure) against `template` (the model's fresh state) and the tensor entries."""
-        if not isinstance(node, dict) or len(node) != 1:
-            self.fail(where, "malformed structure")
-        kind, value = next(iter(node.items()))
-        if isinstance(template, torch.Tensor):
-            if kind != "tensor" or value != _tensor_name(where):
-                self.fail(where, f"expected tensor {_tensor_name(where)!r}")
-            self._check_tensor(value, template, where)
-        elif isinstance(template, bool):
-            if kind != "bool" or not isinstance(value, bool):
-                self.fail(where, "expected a bool")
-        elif isinstance(template, int):
-            if kind != "int" or not _is_int(value) or not 0 <= value <= self.tokens_read:
-                self.fail(where, f"expected a count between 0 and {self.tokens_read}")
-        elif isinstance(template, float):
-            if kind != "float" or not isinstance(value, str):
-                self.fail(where, "expected a float")
-            try:
-                float.fromhex(value)
-            except (ValueError, OverflowError):
-                self.fail(where, "malformed float")
-        elif template is None:
-            if kind != "none":
-                self.fail(where, "expected None")
-        elif isinstance(template, dict):
-            if (
-                kind != "dict"
-                or not isinstance(value, list)
-                or not all(isinstance(p, list) and len(p) == 2 for p in value)
-            ):
-                self.fail(where, "expected a dict")
-            stored = {key: child for key, child in value}
-            if len(stored) != len(value) or set(stored) != {str(k) for k in template}:
-                self.fail(where, f"expected keys {sorted(str(k) for k in template)}")
-            for key, child in template.items():
-                self.walk(child, stored[str(key)], where + (key,))
-        elif isinstance(template, (list, tuple)):
-            want = "tuple" if isinstance(template, tuple) else "list"
-            if kind != want or not isinstance(value, list) or len(value) != len(template):
-                self.fail(where, f"expected a {want} of {len(template)}")
-            for i, (child, stored_child) in enumerate(zip(template, value)):
-                self.walk(child, stored_child, where + (i,))
-        else:
-            self.fail(where, f"this model's state holds a {type(template).__name__}")
-
-    def _check_tensor(self, name: str, template: torch.Tensor, where: tuple) -> None:
-        info = self.header.get(name)
-        if info is None:
-            self.fail(where, "tensor missing from the file")
-        stored = _CODES[info["dtype"]]
-        if template.is_floating_point() != stored.is_floating_point or (
-            not stored.is_floating_point and stored != template.dtype
-        ):
-            self.fail(where, f"dtype {info['dtype']}, expected {_NAMES.get(template.dtype, template.dtype)}")
-        shape, want = info["shape"], list(template.shape)
-        fits = len(shape) == len(want) and all(s == w if w else s <= self.tokens_read for s, w in zip(shape, want))
-        if not fits:
-            wanted = ", ".join(f"<={self.tokens_read}" if w == 0 else str(w) for w in want)
-            self.fail(where, f"shape {shape}, expected [{wanted}]")
-        self.expected[name] = template.dtype
-
-
-def _build(template: Any, node: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
-    """The state rebuilt with the template's container types, stored values and loaded tensors."""
-    kind, value = next(iter(node.items()))
-    if isinstance(template, torch.Tensor):
-        return tensors[value]
-    if kind == "float":
-        return float.fromhex(value)
-    if kind in ("int", "bool"):
-        return value
-    if kind == "none":
-        return None
-    if isinstance(template, dict):
-        stored = {key: child for key, child in value}
-        return {key: _build(child, stored[str(key)], tensors) for key, child in template.items()}
-    items = [_build(child, stored_child, tensors) for child, stored_child in zip(template, value)]
-    if isinstance(template, tuple):
-        return type(template)(*items) if hasattr(template, "_fields") else tuple(items)
-    return items
-
-
 def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwner) -> State:
     """Read a state file for `model` (whose checkpoint is described by `owner`); InputError (one line) when it does not fit."""
     from safetensors import safe_open
 
     path = Path(path)
     header, document = read_header(path)
-    _check_owner(path, document, owner)
+    check_owner(path, document, owner)
     tokens_read = document["bytes_read"] + 1
     template = model.init_state(1, torch.device("cpu"), model.dtype)
-    plan = _Plan(path, header, tokens_read)
+    plan = TensorPlan(path, header, tokens_read)
     plan.walk(template, document["structure"], ())
     vocab = model.config.vocab_size
     extras = {"logits": ([vocab], True), "tail": ([min(TAIL_BYTES, tokens_read)], False)}
@@ -414,7 +212,7 @@ def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwne
         if (
             info is None
             or info["shape"] != shape
-            or _CODES[info["dtype"]].is_floating_point != floating
+            or DTYPE_CODES[info["dtype"]].is_floating_point != floating
             or (not floating and info["dtype"] != "U8")
         ):
             raise InputError(f"{path}: state file has a missing or malformed {name!r} tensor")
@@ -440,7 +238,7 @@ def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwne
     if not torch.isfinite(logits).all():
         raise InputError(f"{path}: the stored logits are not finite")
     reading = Reading(
-        _build(template, document["structure"], state_tensors),
+        build_state(template, document["structure"], state_tensors),
         logits,
         document["bytes_read"],
         bytes(tensors["tail"].tolist()),

@@ -16,7 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from glactl.errors import InputError
-from glactl.storage.checkpoint import OPTIMIZER_FILE, TRAINER_FILE, read_json, read_safetensors_header, write_json
+from glactl.storage.atomic import write_json
+from glactl.storage.checkpoint import OPTIMIZER_FILE, TRAINER_FILE
+from glactl.storage.safe_read import read_json, read_safetensors_header
 
 TRAINER_FORMAT = 1
 

@@ -1,1 +1,10 @@
 """Training: options, schedule, run folder and lock, set-up and the trainer loop behind `glactl train`."""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """Names of the module this package replaced resolve to the modules that hold them now."""
+    from glactl._moved import package_attribute
+
+    return package_attribute(__name__, name)

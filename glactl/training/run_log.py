@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glactl import __version__
 from glactl.report.display import clock
 from glactl.report.progress import Reporter
 from glactl.runtime.distributed import Distributed
@@ -19,6 +18,7 @@ from glactl.training.options import TrainOptions
 from glactl.training.run_folder import METRICS_FILE
 from glactl.training.setup import RunParts
 from glactl.training.state import Progress
+from glactl.version import __version__
 
 LN2 = math.log(2.0)
 
