@@ -145,25 +145,23 @@ def resolve_task(options: CompareOptions) -> Any:
 
 
 def check_options(options: CompareOptions) -> None:
-    """Reject bad settings before any training starts (one InputError line); lower-cases the choice flags."""
+    """Reject bad settings before any training starts (one InputError line); lower-cases the choice flags.
+
+    Each run's training settings go through the same `resolve` as `glactl train`; what is checked here is
+    compare's own: the budget, the measurement and the options that must reach some model.
+    """
     from glactl.inference.compiled_step import COMPILE_CHOICES
     from glactl.inference.precision import PRECISION_CHOICES, check_choice
+    from glactl.training.options import resolve
     from glactl.training.setup import new_model_config
 
     options.precision = check_choice("--precision", options.precision, PRECISION_CHOICES)
     options.compile = check_choice("--compile", options.compile, COMPILE_CHOICES)
     if options.steps is None and options.time_budget is None:
         raise InputError("give a budget: --steps N or --time DURATION (per model, e.g. --time 10m)")
-    if options.steps is not None and options.steps < 1:
-        raise InputError("--steps must be at least 1")
-    for name in ("seq_len", "batch_size", "decode_steps", "sample_bytes"):
+    for name in ("decode_steps", "sample_bytes"):
         if int(getattr(options, name)) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("eval_every", "eval_windows"):
-        if getattr(options, name) is not None and getattr(options, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    if options.lr is not None and not (0 < options.lr < 10):
-        raise InputError(f"--lr {options.lr}: must be in (0, 10)")
     if not options.contexts:
         raise InputError("--contexts: give at least one context length")
     if not options.seeds:
@@ -174,7 +172,9 @@ def check_options(options: CompareOptions) -> None:
                 f"{flag} applies to {', '.join(OPTION_MIXERS[name])} only, and --models names none of them"
             )
     for model in options.models:
-        new_model_config(train_options(options, model, options.seeds[0]))
+        run = train_options(options, model, options.seeds[0])
+        resolve(run)
+        new_model_config(run)
 
 
 def train_options(
