@@ -44,6 +44,28 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("GLACTL_CACHE", str(tmp_path_factory.getbasetemp() / "glactl-cache"))
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-step tiny GLA run folder, trained once for the whole session: copy it before changing it."""
+    from glactl.training.options import TrainOptions
+    from glactl.training.trainer import train
+
+    text = tmp_path_factory.mktemp("tiny-run-text") / "text.txt"
+    text.write_text("".join(f"line {i}: the rain in spain stays mainly in the plain.\n" for i in range(300)))
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    options = TrainOptions(
+        data=[str(text)], preset="tiny", d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=2,
+        steps=2, eval_windows=2, out=str(run), threads=1, dtype="float32",
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch, open(os.devnull, "w") as quiet:
+        patch.setenv("GLACTL_CACHE", str(tmp_path_factory.getbasetemp() / "glactl-cache"))
+        patch.setattr(sys, "stderr", quiet)
+        train(options)
+    torch.set_num_threads(threads)
+    return run
+
+
 @pytest.fixture(autouse=True)
 def _keep_threads() -> Iterator[None]:
     """Commands set torch's thread count; put it back for the other tests."""

@@ -7,6 +7,7 @@ import pytest
 from conftest import REPO_ROOT
 
 
+@pytest.mark.subprocess
 def test_import_contracts_hold() -> None:
     """lint-imports keeps every package to the packages below it (docs/design.md §1)."""
     if shutil.which("lint-imports") is None:

@@ -157,6 +157,7 @@ def test_perplexity_scores_nul_latin1_and_crlf_as_bytes(
     assert crlf["bytes"] == lf["bytes"] + 60 and crlf["words"] == lf["words"]  # CR kept as a byte, not a word
 
 
+@pytest.mark.slow
 def test_perplexity_streams_one_long_line(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,6 +181,8 @@ def test_perplexity_streams_one_long_line(
     assert len(pieces) == 8 and max(pieces) == 65536
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_perplexity_reads_a_fifo_and_stdin(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -293,6 +296,7 @@ def test_train_data_fifo_is_refused_with_a_reason(tmp_path: Path, capsys: pytest
     assert_one_line(code, err, "not a regular file")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, flags", [("latin1", []), ("crlf", []), ("nul", []), ("binary", ["--allow-binary"])])
 def test_train_data_trains_on_bytes(
     files: dict[str, Path], tmp_path: Path, name: str, flags: list[str], capsys: pytest.CaptureFixture[str]

@@ -111,6 +111,8 @@ def test_interrupted_cosine_run_resumes_bit_identical(tmp_path: Path, text_file:
     assert_identical(tmp_path / "one", tmp_path / "two")
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_ctrl_c_saves_a_loadable_checkpoint_and_the_lock_refuses_a_second_run(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -61,6 +61,8 @@ def checkpoint_step(run: Path) -> int:
 
 
 # ---- 1: a closed pipe never loses the run -----------------------------------------------------------------
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_training_survives_its_reader_closing_the_pipe(tmp_path: Path, text_file: Path) -> None:
     """`glactl train 2>&1 | head -1`: the reader goes after one line; the run trains to the end and saves."""
     run = tmp_path / "piped"
@@ -89,6 +91,8 @@ def test_training_survives_its_reader_closing_the_pipe(tmp_path: Path, text_file
     assert checkpoint_step(run) == 60
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_training_with_the_read_end_closed_from_the_start(tmp_path: Path, text_file: Path) -> None:
     """Both streams into a pipe nobody reads (a `less` quit at once): exit 0 and every step saved."""
     run = tmp_path / "closed"
@@ -179,6 +183,7 @@ def test_resume_of_a_finished_run_says_nothing_was_trained_and_keeps_the_command
 
 
 # ---- 3: a run still training ------------------------------------------------------------------------------
+@pytest.mark.subprocess
 def test_info_and_generate_on_a_run_that_is_still_training(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -434,13 +439,13 @@ def test_auto_dtype_is_measured_once_and_cached(tmp_path: Path) -> None:
 
 
 # ---- 15: offline -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_perplexity_on_a_hub_dataset_without_network_fails_fast_with_advice_for_scoring(
-    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import glactl.data.hub as data
 
-    run = tmp_path / "run"
-    trained(run, text_file, capsys, 2)
+    run = tiny_run
     for name in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
@@ -476,10 +481,9 @@ def test_data_weight_binary_and_sizes(tmp_path: Path, text_file: Path, capsys: p
 
 
 def test_complete_from_stdin_drops_echos_newline(
-    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tiny_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = tmp_path / "run"
-    trained(run, text_file, capsys, 2)
+    run = tiny_run
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"the rain in sp\n")))
     code, out, err = run_cli(["complete", "-", "-m", str(run), "-n", "2", "--json"], capsys)
     assert code == 0, err

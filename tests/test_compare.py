@@ -68,6 +68,7 @@ def tiny_args(corpus: Path, out: Path, models: str, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_compare_writes_results_then_skips_finished_runs(
     corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -124,6 +125,7 @@ def test_compare_writes_results_then_skips_finished_runs(
     assert [e["model"] for e in json.loads((out / "results.json").read_text())] == ["gla"]
 
 
+@pytest.mark.slow
 def test_compare_seeds_report_mean_and_spread(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--seeds 0,1: one entry per model with the spread keys; each seed is its own run folder."""
     out = tmp_path / "seeds"
@@ -425,6 +427,7 @@ def test_compile_for_the_speed_columns_follows_the_training_time() -> None:
         check_options(CompareOptions(models=["gla"], steps=1, compile="sometimes"))
 
 
+@pytest.mark.compile
 def test_speed_columns_time_the_compiled_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """With compile on, every timed step goes through the compiled step (here a counting stand-in for the package)."""
     from glactl.compare.measure import measure_generation

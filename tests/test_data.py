@@ -160,6 +160,7 @@ def test_join_rows_reads_empty_rows_as_blank_lines() -> None:
     )
 
 
+@pytest.mark.shared_data
 def test_hf_layout_matches_wikitext_raw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = shared_file("wikitext-103-raw/wiki.test.raw")
     folder = shared_file("hf-wikitext")

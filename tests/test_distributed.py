@@ -130,6 +130,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path
     return run
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(
     tmp_path: Path, text_file: Path, reference: Path
 ) -> None:
@@ -157,6 +159,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
     assert not any(k.startswith("module.") for k in weights(run))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_two_process_run_resumes_on_one_process(tmp_path: Path, text_file: Path, reference: Path) -> None:
     run = tmp_path / "run"
     result = torchrun(["--data", str(text_file), *ARGS, "--steps", "10", "--out", str(run)])
@@ -166,6 +170,8 @@ def test_a_two_process_run_resumes_on_one_process(tmp_path: Path, text_file: Pat
     assert max_difference(weights(run), weights(reference)) < 1e-5
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_one_process_run_resumes_on_two_processes(tmp_path: Path, text_file: Path, reference: Path) -> None:
     run = tmp_path / "run"
     assert one_process(["--data", str(text_file), *ARGS, "--steps", "10", "--out", str(run)])[0] == 0

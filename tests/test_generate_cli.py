@@ -330,6 +330,7 @@ def test_default_model_is_found_among_shipped_weights(
 
 
 # ---- memory: unlimited generation in constant memory -------------------------------------------------
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_100k_new_bytes_peak_less_than_10mb_above_1k(tmp_path: Path) -> None:
     torch.manual_seed(6)

@@ -40,6 +40,7 @@ def run_steps(model: LanguageModel, step, tokens: torch.Tensor, n: int = 4) -> l
     return out
 
 
+@pytest.mark.compile
 @pytest.mark.slow  # one AOTInductor compile of a 1-layer model: tens of seconds on a 2-core machine
 def test_compiled_step_matches_eager_pads_smaller_batches_and_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_gla()
@@ -118,6 +119,7 @@ def test_failing_compile_falls_back_to_eager_with_one_note(
     assert compiled_step.stepper(model, 1, 4) == model.step  # later runs go straight to eager
 
 
+@pytest.mark.compile
 def test_damaged_cached_package_is_removed_and_rebuilt(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,6 +144,7 @@ def test_damaged_cached_package_is_removed_and_rebuilt(
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.compile
 def test_compile_rule(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     model = tiny_gla(gla_gate_rank=5)  # a config no other test compiles: nothing cached
     compiled_step.configure(model, "off")
@@ -313,6 +316,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 """
 
 
+@pytest.mark.subprocess
 def test_cli_process_keeps_freed_memory_and_faults_far_less() -> None:
     import subprocess
     import sys

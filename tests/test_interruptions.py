@@ -134,6 +134,8 @@ TRIALS = [
 ]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_random_interruptions_leave_a_loadable_checkpoint_that_resumes(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -178,6 +180,8 @@ def test_random_interruptions_leave_a_loadable_checkpoint_that_resumes(
     assert len(outcomes) == len(TRIALS)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_runs_started_together_one_refuses(tmp_path: Path, text_file: Path) -> None:
     """Two `glactl train --out SAME` launched at the same moment: exactly one trains, the other exits 2 naming it."""
     run = tmp_path / "run"
@@ -206,6 +210,7 @@ def test_two_runs_started_together_one_refuses(tmp_path: Path, text_file: Path) 
     load_model(run)
 
 
+@pytest.mark.slow
 def test_a_lock_being_written_is_not_stolen(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -70,6 +70,7 @@ def test_float32_model_matches_float64_reference() -> None:
     assert rel_err(run_steps(model, idx), ref) < 1e-5
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=25)
 @given(
     batch=st.integers(1, 3),

@@ -344,6 +344,7 @@ def test_recurrent_model_has_no_sliding_note(
 
 
 # ---- memory: the file is streamed ----------------------------------------------------------------
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_scoring_20mb_peaks_less_than_30mb_above_1mb(tmp_path: Path) -> None:
     torch.manual_seed(5)

@@ -141,6 +141,7 @@ def test_first_two_layers_are_a_plain_transformer() -> None:
     assert torch.equal(reflex(idx)[0], transformer(idx)[0])
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=8)
 @given(
     window=st.sampled_from([None, 16]),

@@ -45,6 +45,8 @@ TRAIN = [
 ]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_same_seed_same_flags_same_weights_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "text.txt"
     data.write_text("".join(f"{i} green bottles hanging on the wall\n" for i in range(200)))

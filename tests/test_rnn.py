@@ -96,6 +96,7 @@ def test_mixer_one_call_pieces_steps_agree_float64_and_float32(kind: str) -> Non
     assert rel_err(steps(mixer32, x.float(), mixer32.init_state(2))[0], full) < 1e-5
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=10)
 @given(length=st.integers(1, 100), cuts=st.lists(st.integers(1, 99), max_size=5), seed=st.integers(0, 2**16))
 @torch.no_grad()

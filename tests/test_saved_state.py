@@ -516,6 +516,7 @@ def test_info_table_for_a_state_file(good_state: Path, capsys: pytest.CaptureFix
         assert word in out, out
 
 
+@pytest.mark.subprocess
 def test_import_glactl_stays_light() -> None:
     code = "import sys, glactl; glactl.__version__; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env())

@@ -31,6 +31,8 @@ def test_default_model_is_the_shipped_gla() -> None:
     assert glactl.load(device="cpu").config.mixer == "gla"
 
 
+@pytest.mark.shared_data
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_generates_and_scores_wikitext(name: str) -> None:
     """Sanity bound from the issue: the first 50 KB of wiki.test.raw under 2.1 bits per byte."""
@@ -51,6 +53,8 @@ def test_model_cards_name_data_and_results() -> None:
             assert needle in card, (name, needle)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_regular_install_ships_the_weights(tmp_path: Path) -> None:
     """A wheel (what `pip install .` installs) carries weights/ as glactl/weights/ and finds the default."""
     _require(DEFAULT_WEIGHTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ def test_arbitrary_bytes_round_trip(data: bytes) -> None:
     assert bytes(tokens) == data
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=200)
 @given(st.text(max_size=200))
 def test_text_round_trip(text: str) -> None:

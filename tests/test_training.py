@@ -50,6 +50,8 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.shared_data
+@pytest.mark.slow
 def test_200_steps_on_tinyshakespeare_lower_bits_per_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = shared_file("prose/tinyshakespeare.txt")
     run = tmp_path / "run"
@@ -151,6 +153,7 @@ def test_nan_loss_stops_and_saves_nothing_new(tmp_path: Path, text_file: Path) -
     assert not (run / "train.lock").exists()
 
 
+@pytest.mark.slow
 def test_time_budget_counts_across_resumes(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     code, _, err = run_cli(["train", "--data", str(text_file), *FAST, "--time", "2s", "--out", str(run)], capsys)

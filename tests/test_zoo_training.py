@@ -25,6 +25,8 @@ def test_zoo_names_are_all_registered() -> None:
     assert set(ZOO) == set(MIXERS)
 
 
+@pytest.mark.shared_data
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer", ZOO)
 def test_mixer_learns_tiny_shakespeare(mixer: str, tmp_path: Path) -> None:
     """Tiny preset (d 128, 2 layers; Reflex 3), seq 64 x batch 4, the architecture's default learning rate, one thread."""
