@@ -18,6 +18,7 @@ from glactl.cli.complete import complete
 from glactl.cli.generate import generate
 from glactl.cli.info import info
 from glactl.cli.perplexity import PERPLEXITY_HELP, perplexity
+from glactl.cli.serve import serve
 from glactl.cli.train import train
 from glactl.errors import GlactlError
 
@@ -194,3 +195,4 @@ app.command()(complete)
 app.command(help=PERPLEXITY_HELP)(perplexity)
 app.command()(info)
 app.command()(compare)
+app.command()(serve)

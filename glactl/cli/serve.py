@@ -1,0 +1,208 @@
+"""`glactl serve`: an OpenAI-compatible local HTTP server whose sessions are saved model states (needs the serve extra)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from glactl.cli.common import load_model
+from glactl.cli.options import (
+    CompileOption,
+    ContextOption,
+    DeviceOption,
+    ModelOption,
+    PrecisionOption,
+    ThreadsOption,
+)
+
+EXTRA_MISSING = "glactl serve needs the serve extra: pip install 'glactl[serve]'"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def check_flags(
+    host: str, port: int, max_batch: int, max_sessions: int, api_key: str | None, context: int | None
+) -> None:
+    """One-line InputError for values no server starts with."""
+    from glactl.errors import InputError
+    from glactl.inference.sampling import check_positive
+
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be 0..65535 (0: any free port), got {port}")
+    check_positive("--max-batch", max_batch, 1024)
+    check_positive("--max-sessions", max_sessions, 1 << 20)
+    if context is not None:
+        check_positive("--context", context, 1 << 24)
+    if api_key is not None and not api_key.strip():
+        raise InputError("--api-key must not be empty")
+    if api_key is None and not is_loopback(host):
+        raise InputError(f"--host {host} lets other machines connect: give --api-key KEY (or GLACTL_API_KEY) as well")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound and listening on host:port, so a taken port fails here in one line, before anything loads."""
+    from glactl.errors import RunFailure
+
+    try:
+        family = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    except OSError as e:
+        raise RunFailure(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def serve(
+    model: ModelOption = None,
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (default 127.0.0.1; any other needs --api-key)."
+    ),
+    port: int = typer.Option(8000, "--port", help="Port to listen on; 0 picks a free one (default 8000)."),
+    max_batch: int = typer.Option(16, "--max-batch", help="Requests decoded together as one batch (default 16)."),
+    sessions: str | None = typer.Option(
+        None,
+        "--sessions",
+        metavar="DIR",
+        help="Folder of the sessions' state files (default: the glactl cache, sessions/<the weights' sha256, 12 hex>).",
+    ),
+    max_sessions: int = typer.Option(
+        64, "--max-sessions", help="Sessions kept in memory; the others are read back from DIR on use (default 64)."
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="GLACTL_API_KEY",
+        metavar="KEY",
+        help="Require 'Authorization: Bearer KEY' on every route but /health and / (default: none).",
+    ),
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+    precision: PrecisionOption = None,
+    compile: CompileOption = None,
+    context: ContextOption = None,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) with sessions."""
+    check_flags(host, port, max_batch, max_sessions, api_key, context)
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        from glactl.errors import InputError
+
+        raise InputError(EXTRA_MISSING) from None
+    from glactl.inference.compiled_step import COMPILE_CHOICES
+    from glactl.inference.precision import PRECISION_CHOICES, check_choice
+    from glactl.report.display import run_name
+    from glactl.runtime.devices import select_device
+    from glactl.runtime.threads import thread_line
+    from glactl.serve.app import create_app
+    from glactl.serve.served import Settings, stderr_line
+    from glactl.storage.model_paths import resolve_model
+
+    check_choice("--precision", precision, PRECISION_CHOICES)
+    check_choice("--compile", compile, COMPILE_CHOICES)
+    select_device(device or "auto")  # the checks loading would make, before the server says it listens
+    folder = resolve_model(model)
+    name = run_name(folder)
+    load = dict(
+        device=device,
+        threads=thread_line("decoding", threads)[0],
+        context=context,
+        precision=precision,
+        compile=compile,
+    )
+    listener = listening_socket(host, port)
+    app = create_app(None, None, Settings(model_name=name, api_key=api_key))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    )
+    loader = Loader(app, server, partial(open_backend, str(folder), load, sessions, max_batch, max_sessions))
+    bound_host, bound_port = listener.getsockname()[:2]
+    stderr_line(f"listening on http://{_url_host(bound_host)}:{bound_port} (loading {name})")
+    threading.Thread(target=loader.run, name="glactl-serve-loader", daemon=True).start()
+    try:
+        server.run(sockets=[listener])
+    finally:
+        loader.close()
+    if loader.error is not None:
+        raise loader.error
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def open_backend(
+    folder: str, load: dict[str, Any], sessions: str | None, max_batch: int, max_sessions: int
+) -> tuple[Any, Any, str]:
+    """Load the model, make its engine (not started) and open its sessions; also the line that says so."""
+    from glactl.runtime.cache import cache_root
+    from glactl.serve.engine import Engine
+    from glactl.serve.sessions import SessionStore
+
+    lm = load_model(folder, **load)
+    owner = lm.state_owner()
+    where = Path(sessions).expanduser() if sessions else cache_root() / "sessions" / owner.weights_sha256[:12]
+    store = SessionStore(where, owner, max_in_memory=max_sessions, model=lm)
+    line = (
+        f"ready: {lm.config.mixer} model from {lm.path} ({lm.precision}, {lm.threads or 1} thread(s), "
+        f"loaded in {lm.load_seconds:.2f} s), sessions in {where}"
+    )
+    return Engine(lm, max_batch=max_batch), store, line
+
+
+class Loader:
+    """Opens the backend in a thread while the server already answers (/health says "loading"), then attaches it."""
+
+    def __init__(self, app: Any, server: Any, opener: Callable[[], tuple[Any, Any, str]]) -> None:
+        self.app, self.server, self.opener = app, server, opener
+        self.engine: Any = None
+        self.error: BaseException | None = None
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        """Open the backend and serve it; on failure stop the server (serve() re-raises the error)."""
+        import time
+
+        from glactl.inference.sampling import SamplingParams
+        from glactl.serve.app import attach
+        from glactl.serve.engine import Job
+        from glactl.serve.served import stderr_line
+
+        try:
+            engine, store, line = self.opener()
+            with self.lock:
+                if self.closed:  # the server stopped while the model loaded
+                    return
+                engine.start()
+                self.engine = engine
+            began = time.perf_counter()
+            # Two bytes first, while /health still says "loading": the first decode step is where --compile compiles.
+            if engine.submit(Job(b"", 2, SamplingParams(), seed=0)).result().finish_reason == "cancelled":
+                return
+            attach(self.app, engine, store)
+            stderr_line(f"{line}; first steps in {time.perf_counter() - began:.2f} s")
+        except BaseException as e:  # noqa: BLE001 - re-raised by serve() once the server has stopped
+            self.error = e
+            self.server.should_exit = True
+
+    def close(self) -> None:
+        """Stop the engine, if it started (its open streams end as cancelled)."""
+        with self.lock:
+            self.closed, engine = True, self.engine
+        if engine is not None:
+            engine.close()

@@ -1,0 +1,1 @@
+"""`glactl serve`: an OpenAI-compatible local server; sessions are saved model states."""
