@@ -363,17 +363,8 @@ def test_serve_refuses_bad_flags_and_a_missing_extra(
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_serve_command_end_to_end(folder: Path, tmp_path: Path) -> None:
-    options = ["--port", "0", "--threads", "1", "--compile", "off", "--sessions", str(tmp_path / "sessions")]
-    command = [sys.executable, "-m", "glactl", "serve", "--model", str(folder), *options]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=child_env())
+    process, url = start_server(folder, tmp_path / "sessions")
     try:
-        line = process.stderr.readline()
-        assert "listening on http://127.0.0.1:" in line, line
-        url = line.split("listening on ")[1].split()[0]
-        deadline = time.monotonic() + TIMEOUT
-        while request(url, "GET", "/health", key=None)[0] != 200:
-            assert time.monotonic() < deadline, "the model did not load"
-            time.sleep(0.1)
         status, _, body = request(url, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 3}, key=None)
         assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
         process.send_signal(signal.SIGINT)
@@ -381,3 +372,51 @@ def test_serve_command_end_to_end(folder: Path, tmp_path: Path) -> None:
     finally:
         process.kill()
     assert process.returncode == 130 and "POST /v1/completions 200" in err and "Traceback" not in err, err
+
+
+def start_server(folder: Path, sessions: Path) -> tuple[subprocess.Popen, str]:
+    """`glactl serve` as a process on a free loopback port, its model loaded: (process, base URL)."""
+    options = ["--port", "0", "--threads", "1", "--compile", "off", "--sessions", str(sessions)]
+    command = [sys.executable, "-m", "glactl", "serve", "--model", str(folder), *options]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=child_env())
+    line = process.stderr.readline()
+    assert "listening on http://127.0.0.1:" in line, line
+    url = line.split("listening on ")[1].split()[0]
+    deadline = time.monotonic() + TIMEOUT
+    while request(url, "GET", "/health", key=None)[0] != 200:
+        assert time.monotonic() < deadline, "the model did not load"
+        time.sleep(0.1)
+    return process, url
+
+
+def complete_in(url: str, body: dict) -> dict:
+    status, _, answer = request(url, "POST", "/v1/completions", body, key=None)
+    assert status == 200, answer
+    return json.loads(answer)["choices"][0]
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_an_acknowledged_session_survives_kill_9_and_continues_exactly(folder: Path, tmp_path: Path) -> None:
+    greedy = {"max_tokens": 6, "temperature": 0, "logprobs": 1}
+    process, url = start_server(folder, tmp_path / "sessions")
+    try:
+        status, _, body = request(url, "POST", "/v1/sessions", {"text": "Once upon"}, key=None)
+        session = json.loads(body)["id"]
+        first = complete_in(url, {"prompt": " a", "session": session, **greedy})["text"]
+    finally:
+        process.kill()  # SIGKILL: no clean shutdown, nothing flushed at exit
+        process.communicate(timeout=TIMEOUT)
+    process, url = start_server(folder, tmp_path / "sessions")
+    try:
+        status, _, body = request(url, "GET", f"/v1/sessions/{session}", key=None)
+        assert status == 200 and json.loads(body)["bytes_read"] == len("Once upon a") + len(first.encode())
+        after_restart = complete_in(url, {"prompt": " then", "session": session, **greedy})
+        status, _, body = request(url, "POST", "/v1/sessions", {"text": "Once upon a" + first}, key=None)
+        one_read = complete_in(url, {"prompt": " then", "session": json.loads(body)["id"], **greedy})
+    finally:
+        process.kill()
+        process.communicate(timeout=TIMEOUT)
+    assert after_restart["text"] == one_read["text"]
+    for a, b in zip(after_restart["logprobs"]["token_logprobs"], one_read["logprobs"]["token_logprobs"]):
+        assert abs(a - b) < 1e-4
