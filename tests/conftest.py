@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -84,6 +85,38 @@ def float64_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         return model.double(), document
 
     monkeypatch.setattr(checkpoint, "load_model", load64)
+
+
+def make_read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 0o555 `folder`; where that does not stop this user (root writes anywhere), glactl's writability probe
+    (glactl.storage.atomic.folder_writable) is made to answer as for a read-only folder instead."""
+    from glactl.storage import atomic
+
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # running as root
+        probe = atomic.folder_writable
+        monkeypatch.setattr(
+            atomic, "folder_writable", lambda path: Path(path).resolve() != folder.resolve() and probe(path)
+        )
+
+
+@pytest.fixture
+def fake_compiler(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """--compile without a compiler: "building" a package sleeps `seconds` and the package runs the model's eager step."""
+    import time
+
+    from glactl.inference import compiled_step
+
+    built: dict[str, Any] = {"seconds": 0.2, "count": 0}
+
+    def build(model: Any, batch: int, path: Path) -> None:
+        time.sleep(built["seconds"])
+        built["count"] += 1
+        built[str(path)] = model.step
+
+    monkeypatch.setattr(compiled_step, "build_package", build)
+    monkeypatch.setattr(compiled_step, "load_package", lambda path: built[str(path)])
+    return built
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

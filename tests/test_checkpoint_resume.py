@@ -111,6 +111,47 @@ def test_interrupted_cosine_run_resumes_bit_identical(tmp_path: Path, text_file:
     assert_identical(tmp_path / "one", tmp_path / "two")
 
 
+def train_lrs(run: Path) -> dict[int, float]:
+    """Step -> the learning rate of the update that made it (every step logged with --log-every 1)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+
+
+def test_resume_with_more_steps_continues_the_cosine_down_to_the_floor(tmp_path: Path, text_file: Path) -> None:
+    """40 steps, then --resume --steps 80: the rate never rises after warmup and ends at the floor; a resume cut
+    short and resumed again continues the same curve (trainer.json records where it was extended)."""
+
+    def options(out: Path, steps: int | None, **extra: object) -> TrainOptions:
+        given = (
+            dict(data=[str(text_file)], preset="tiny", d_model=64, n_layers=1, dtype="float32") if steps == 40 else {}
+        )
+        common = dict(seq_len=16, batch_size=2, eval_windows=4, eval_every=100, save_every=100, log_every=1)
+        return TrainOptions(out=str(out), steps=steps, threads=1, **given, **common, **extra)
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run in (one, two):
+        train(options(run, 40))
+    train(options(one, 80, resume=True))
+    lrs = [lr for _, lr in sorted(train_lrs(one).items())]
+    peak, warmup = 1e-3, 4  # gla's default rate; the default warmup of 40 steps, kept on resume
+    assert len(lrs) == 80 and lrs[warmup - 1] == pytest.approx(peak)
+    assert all(b <= a for a, b in zip(lrs[warmup - 1 :], lrs[warmup:]))  # 4.53e-04 at step 50 was the bug
+    assert lrs[40] <= lrs[39] and lrs[-1] == pytest.approx(0.1 * peak, rel=1e-3)
+    schedule = json.loads((one / "checkpoint" / "trainer.json").read_text())["schedule"]
+    assert schedule["total_steps"] == 80 and schedule["warmup"] == warmup
+    assert schedule["extended_at"]["step"] == 39 and schedule["extended_at"]["lr"] == lrs[39]
+
+    def stop_at_60(trainer: Trainer) -> None:
+        if trainer.progress.step == 60:
+            trainer.request_stop()
+
+    with pytest.raises(TrainingInterrupted):
+        train(options(two, 80, resume=True), on_step=stop_at_60)
+    train(options(two, None, resume=True))  # the same end (80, from trainer.json): the extended curve goes on
+    assert train_lrs(two) == train_lrs(one)
+    assert_identical(one, two)
+
+
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_ctrl_c_saves_a_loadable_checkpoint_and_the_lock_refuses_a_second_run(

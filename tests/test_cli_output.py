@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, child_env, run_cli
+from conftest import assert_one_line_error, child_env, make_read_only, run_cli
 
 from glactl.errors import InputError
 
@@ -325,10 +325,50 @@ def test_info_shows_one_fact_per_row_with_data_and_progress(
     code, out, err = run_cli(["info", "-m", str(run)], capsys)
     assert code == 0, err
     assert "3 of 10 steps" in out and "unfinished" in out and "--resume" in out
-    assert re.search(r"│ data\s+│ /", out) and "KiB of training text" in out  # the data sources, sizes in KiB
+    # the data sources, sizes in KiB: in the table, or whole on a line of their own where the path is too long for it
+    assert re.search(r"^(│ data\s+│|data:) /", out, re.M) and "KiB of training text" in out
     assert "weights" in out and "float32" in out and "val bits per byte" in out
     assert not re.search(r"\d\.\d{6,}", out)  # rounded
     assert "best_val_bits_per_byte" not in out and "1 layer," in out
+
+
+def test_info_at_80_columns_prints_paths_and_commands_whole(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data path or a training command too long for the table goes whole on a line of its own, to be copied."""
+    deep = tmp_path / ("a-long-folder-name-that-does-not-fit-" * 2) / "text.txt"
+    deep.parent.mkdir()
+    deep.write_text(text_file.read_text())
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--data", str(deep), *TINY, "--steps", "1", "-o", str(run)], capsys)
+    assert code == 0, err
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_cli(["info", str(run)], capsys)
+    assert code == 0, err
+    summary = json.loads((run / "checkpoint" / "config.json").read_text())["training"]
+    lines = out.splitlines()
+    assert f"command: {summary['command']}" in lines
+    assert any(line.startswith(f"data: {deep} (") for line in lines)
+    assert "…" not in out and "..." not in out
+    assert max(len(line) for line in lines if line.startswith(("│", "┌", "└"))) <= 80
+
+
+def test_info_on_a_folder_of_runs_lists_them(
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    folder = tmp_path / "cmp"
+    for name in ("gla-seed0", "mingru-seed0"):
+        shutil.copytree(tiny_run / "checkpoint", folder / name / "checkpoint")
+    (folder / "results.json").write_text("[]")
+    code, out, err = run_cli(["info", str(folder)], capsys)
+    assert code == 0, err
+    assert "a folder of 2 runs" in out and f"glactl info {folder / 'gla-seed0'}" in out
+    assert re.search(r"│ gla-seed0\s+│ gla\s+│\s+2 │ \d\.\d{4} bits/byte │", out) and "mingru-seed0" in out
+    code, out, err = run_cli(["info", str(folder), "--json"], capsys)
+    listed = json.loads(out)["runs"]
+    assert [run["name"] for run in listed] == ["gla-seed0", "mingru-seed0"] and listed[0]["steps"] == 2
 
 
 # ---- 9, 11, 12: generate output, aliases, an architecture given as a model --------------------------------------
@@ -361,9 +401,103 @@ def test_help_uses_click_labels_lists_choices_and_fits_80_columns(
         from glactl.models.registry import MIXERS
 
         assert all(name in out for name in MIXERS)  # the architectures, readable at 80 columns
-        assert "-m, --models" in out and "-o, --out" in out
+        assert "--archs LIST" in out and "-o, --out" in out and "--models" not in out  # the old spelling: hidden
     if command == "complete":
         assert "--until [word|line|sentence]" in out and "-n, --n" in out
+    flat = " ".join(out.split())
+    if command == "train":  # --arch: an architecture; --model/-m (a trained model elsewhere) is its hidden old spelling
+        assert "--arch ARCH" in out and "--model" not in out and "-m," not in out
+        assert "float16 is refused on CPUs" in flat and "on other CPUs and on mps, float32" in flat
+    if command in ("generate", "complete", "perplexity", "info"):
+        assert "-m, --model MODEL" in out and "a trained model" in flat.lower()
+    if command == "generate":
+        assert "How many bytes to generate per sample" in flat
+    if command == "complete":
+        assert "How many completions to list (a count;" in flat
+    if command == "info":
+        assert "a state file written by --save-state" in flat and "a saved state file" in flat
+        assert "--context" in out
+    if "--threads" in out:
+        assert "Default: OMP_NUM_THREADS if it is set; otherwise 1 for decoding" in flat
+
+
+def test_shared_options_come_first_in_one_order_in_every_command() -> None:
+    """The model (or architecture), then the loading options, then the state files, then each command's own."""
+    import typer.main
+
+    from glactl.cli.app import app
+
+    shared = ["--arch", "--archs", "--model", "--device", "--dtype", "--threads", "--kernels", "--precision"]
+    shared += ["--compile", "--context", "--state", "--save-state"]
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        flags = [
+            max(param.opts, key=len)
+            for param in command.params
+            if param.param_type_name == "option" and not param.hidden
+        ]
+        first = [flag for flag in flags if flag in shared]
+        assert flags[: len(first)] == first, (name, flags)  # before every option of the command's own
+        assert first == sorted(first, key=shared.index), (name, first)  # in one order
+    loading = ["--model", "--device", "--threads", "--kernels", "--precision", "--compile", "--context"]
+    for name in ("generate", "complete", "perplexity", "serve"):  # every command that runs a trained model
+        flags = [max(param.opts, key=len) for param in group.commands[name].params]
+        assert all(flag in flags for flag in loading), (name, flags)
+
+
+def test_old_spellings_still_work_and_conflicts_are_one_line(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import glactl.compare.runner
+    import glactl.training.trainer
+
+    ran: list[object] = []
+    monkeypatch.setattr(glactl.training.trainer, "train", lambda options, console=None: ran.append(options))
+    monkeypatch.setattr(glactl.compare.runner, "run_compare", lambda options, console=None: ran.append(options) or [])
+    for flag in ("--arch", "--model", "-m"):
+        code, out, err = run_cli(
+            ["train", flag, "mingru", "--data", str(text_file), "--out", str(tmp_path / "r")], capsys
+        )
+        assert code == 0 and ran.pop().model == "mingru", err
+    code, out, err = run_cli(["train", "--arch", "gla", "-m", "mingru", "--data", str(text_file)], capsys)
+    assert_one_line_error(code, out, err, "give --arch once", "--model is its old spelling")
+    for flag in ("--archs", "--models", "-m"):
+        code, out, err = run_cli(["compare", flag, "gla,mingru", "--steps", "1", "--out", str(tmp_path / "c")], capsys)
+        assert code == 0 and ran.pop().models == ["gla", "mingru"], err
+    code, out, err = run_cli(["compare", "--archs", "gla,lsmt", "--steps", "1"], capsys)
+    assert_one_line_error(code, out, err, "--archs: unknown", "lsmt")
+    code, out, err = run_cli(["compare", "--steps", "1"], capsys)
+    assert_one_line_error(code, out, err, "missing option --archs")
+    assert not ran
+
+
+def test_unwritable_run_and_compare_folders_are_refused_before_any_work(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import glactl.compare.runner
+    import glactl.training.trainer
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work began before the output folder was checked")
+
+    monkeypatch.setattr(glactl.training.trainer, "train", no_work)
+    monkeypatch.setattr(glactl.compare.runner, "run_compare", no_work)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    make_read_only(read_only, monkeypatch)  # as root, through the writability probe (chmod does not stop root)
+    try:
+        for argv in (
+            ["train", "--data", str(text_file), "--out", str(read_only / "run")],  # a run folder to create inside
+            ["train", "--data", str(text_file), "--out", str(read_only)],  # an existing folder
+            ["compare", "--archs", "gla", "--steps", "1", "--out", str(read_only / "cmp" / "deeper")],
+        ):
+            code, out, err = run_cli(argv, capsys)
+            assert_one_line_error(code, out, err, "--out", f"cannot create files in {read_only}")
+        monkeypatch.chdir(read_only)  # train's default run folder goes under ./runs
+        code, out, err = run_cli(["train", "--data", str(text_file)], capsys)
+        assert_one_line_error(code, out, err, "the default run folder runs/", "--out to choose")
+    finally:
+        read_only.chmod(0o755)
 
 
 def test_until_choices_in_help_match_the_library() -> None:

@@ -100,7 +100,8 @@ def test_compare_writes_results_then_skips_finished_runs(
     window_cache = 2 * 2 * 128 * 4 * 32
     assert by_name["transformer"]["state_bytes"]["64"] == by_name["transformer"]["state_bytes"]["256"] == window_cache
     markdown = (out / "results.md").read_text()
-    assert "| model | params | train tok/s | val bpb |" in markdown and "loss.png" in markdown
+    assert "| model | params | train tok/s | dtype | val bpb |" in markdown and "loss.png" in markdown
+    assert f"Every run trained in {entries[0]['dtype']['name']} (" in markdown
     assert all(f"### {name}" in markdown for name in by_name)
     assert "| gla |" in stdout  # the table, as plain lines when piped
     # stdout holds the result only (`glactl compare ... > table.md`); every log line went to stderr
@@ -219,13 +220,15 @@ def test_summarize_single_seed_has_exactly_the_result_keys() -> None:
         "sample": "x",
         "run": "out/gla-seed0",
     }
-    assert list(summarize("gla", [result], spread=False)) == list(RESULT_KEYS)
-    two = summarize("gla", [result, {**result, "val_bits_per_byte": 4.0, "run": "out/gla-seed1"}], spread=True)
+    dtype = {"name": "float32", "chosen": "given: --dtype float32", "bfloat16_speedup": None}
+    assert list(summarize("gla", [result], False, dtype)) == list(RESULT_KEYS)
+    two = summarize("gla", [result, {**result, "val_bits_per_byte": 4.0, "run": "out/gla-seed1"}], True, dtype)
     assert two["val_bits_per_byte"] == 3.5 and two["val_bits_per_byte_std"] == pytest.approx(0.707107, abs=1e-6)
     assert [s["seed"] for s in two["seeds"]] == [0, 1]
 
 
 # ---- --task probes ---------------------------------------------------------------------------------------
+TASK_SETTINGS = {"mqar": {"pairs": 2}, "selective-copy": {}, "sort": {"sort_count": 6, "sort_range": 3}}
 TASK_ARGS = {
     "mqar": ["--pairs", "2", "--seq-len", "16"],
     "selective-copy": ["--seq-len", "32"],
@@ -266,6 +269,7 @@ def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(
     """A tiny --task run: rows with task, accuracy (sequence accuracy for sort and selective-copy), the full config."""
     from glactl import load
     from glactl.compare.summary import TASK_RESULT_KEYS
+    from glactl.data.tasks import make_task
 
     out = tmp_path / task
     code, stdout, stderr = run_cli(task_args(out, task, "gla,transformer"), capsys)
@@ -294,6 +298,17 @@ def test_compare_task_rows_have_accuracy_and_no_bits_per_byte(
     assert f"--task {task}" in markdown and "| accuracy |" in markdown.replace(" (± sd)", "")
     assert ("sequence accuracy" in markdown) == whole and "bpb" not in markdown
     assert "| gla |" in stdout
+    # The task's floors on the same 8 test sequences: in every entry, as the last two table rows, in the plot.
+    floors = make_task(task, seq_len, **TASK_SETTINGS[task]).baselines(8)
+    assert all(e["baselines"] == floors for e in entries) and set(floors) == {"chance", "trivial"}
+    assert ("sequence_accuracy" in floors["trivial"]) == whole
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert rows[-2].startswith(f"| chance | - | - | - | {floors['chance']['accuracy']:.4f} |")
+    assert rows[-1].startswith(
+        f"| trivial ({floors['trivial']['rule']}) | - | - | - | {floors['trivial']['accuracy']:.4f} |"
+    )
+    assert stdout.splitlines()[-1].startswith("| trivial (") and "| chance |" in stdout
+    assert entries[0]["dtype"]["name"] in ("float32", "bfloat16") and "Every run trained in" in markdown
 
 
 def test_compare_task_rerun_with_another_config_is_not_reused(
@@ -371,13 +386,16 @@ def test_summarize_task_means_and_spread_over_seeds() -> None:
         "run": "o/gla-seed1",
         "curve": [curve[0], {**curve[1], "accuracy": 0.7, "sequence_accuracy": 0.75}],
     }
-    assert list(summarize_task("gla", [result], False, task)) == list(TASK_RESULT_KEYS)
-    two = summarize_task("gla", [result, other], True, task)
+    dtype = {"name": "float32", "chosen": "given: --dtype float32", "bfloat16_speedup": None}
+    floors = task.baselines(8)
+    assert list(summarize_task("gla", [result], False, task, dtype, floors)) == list(TASK_RESULT_KEYS)
+    two = summarize_task("gla", [result, other], True, task, dtype, floors)
     assert list(two) == list(TASK_RESULT_KEYS) + list(TASK_SPREAD_KEYS)
     assert two["accuracy"] == pytest.approx(0.6) and two["sequence_accuracy"] == pytest.approx(0.5)
     assert two["accuracy_std"] == pytest.approx(0.141421, abs=1e-6)
     assert two["curve"][1] == {"step": 5, "tokens": 60, "val_loss": 1.0, "accuracy": 0.6, "sequence_accuracy": 0.5}
     assert [s["seed"] for s in two["seeds"]] == [0, 1] and two["task_settings"] == task.settings()
+    assert two["dtype"] == dtype and two["baselines"] == floors
 
 
 def test_architecture_option_reaches_only_the_models_that_have_it() -> None:
@@ -393,10 +411,10 @@ def test_architecture_option_reaches_only_the_models_that_have_it() -> None:
         check_options(CompareOptions(models=["transformer"], steps=1, preset="tiny", seq_len=64, short_conv=4))
 
 
-def test_auto_dtype_is_decided_once_for_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--dtype auto on a bfloat16 CPU: the first model's measurement decides for all runs; a given dtype passes through."""
+def test_dtype_choice_says_how_it_was_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A given --dtype passes through; auto measures the first model once on a bfloat16 CPU, else follows the rule."""
     from glactl.compare.options import CompareOptions
-    from glactl.compare.runner import comparison_dtype
+    from glactl.compare.runner import choose_dtype
     from glactl.report.progress import Reporter
     from glactl.runtime import devices
 
@@ -404,14 +422,85 @@ def test_auto_dtype_is_decided_once_for_every_model(monkeypatch: pytest.MonkeyPa
 
     def fake_measurement(model, seq_len, batch_size, cache=None):  # noqa: ANN001, ANN202
         measured.append(model.config.mixer)
-        return "float32", 0.9, False
+        return "float32", 0.7312, False
 
-    monkeypatch.setattr(devices, "select_precision", lambda name, device: devices.Precision("bfloat16", None, False))
     monkeypatch.setattr(devices, "cpu_dtype_by_measurement", fake_measurement)
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
     options = CompareOptions(models=["transformer", "gla"], steps=1, preset="tiny", seq_len=32, device="cpu")
-    assert comparison_dtype(options, Reporter(None)) == "float32" and measured == ["transformer"]
+    assert choose_dtype(options, Reporter(None)) == {
+        "name": "float32",
+        "chosen": "auto: bfloat16 autocast measured 0.73x float32 (on transformer)",
+        "bfloat16_speedup": 0.731,
+    }
+    assert measured == ["transformer"]
     options.dtype = "bfloat16"
-    assert comparison_dtype(options, Reporter(None)) == "bfloat16" and measured == ["transformer"]
+    assert choose_dtype(options, Reporter(None)) == {
+        "name": "bfloat16",
+        "chosen": "given: --dtype bfloat16",
+        "bfloat16_speedup": None,
+    }
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
+    assert choose_dtype(options, Reporter(None))["name"] == "float32"  # asked for, but this CPU has none
+    options.dtype = None
+    assert choose_dtype(options, Reporter(None))["chosen"] == "auto: float32 (this CPU has no native bfloat16)"
+    assert measured == ["transformer"]
+
+
+@pytest.mark.slow
+def test_compare_trains_every_run_in_one_recorded_dtype(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models train in the dtype chosen once; results and comparison.json record it; a rerun keeps it."""
+    from glactl.runtime import devices
+
+    measured: list[str] = []
+
+    def measurement(name: str, speedup: float):  # noqa: ANN202
+        def fake(model, seq_len, batch_size, cache=None):  # noqa: ANN001, ANN202
+            measured.append(model.config.mixer)
+            return name, speedup, False
+
+        return fake
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)  # auto measures, on any CPU
+    monkeypatch.setattr(devices, "cpu_dtype_by_measurement", measurement("float32", 0.73))
+    out = tmp_path / "dtype"
+
+    def trained_in(model: str) -> tuple[str, str]:
+        config = json.loads((out / f"{model}-seed0" / "checkpoint" / "config.json").read_text())
+        record = json.loads((out / f"{model}-seed0" / "compare.json").read_text())
+        return config["training"]["dtype"], record["training"]["dtype"]
+
+    code, stdout, stderr = run_cli(task_args(out, "mqar", "gla,transformer"), capsys)
+    assert code == 0, stderr
+    chosen = {
+        "name": "float32",
+        "chosen": "auto: bfloat16 autocast measured 0.73x float32 (on gla)",
+        "bfloat16_speedup": 0.73,
+    }
+    assert measured == ["gla"] and json.loads((out / "comparison.json").read_text()) == {"dtype": chosen}
+    assert trained_in("gla") == trained_in("transformer") == ("float32", "float32")
+    entries = json.loads((out / "results.json").read_text())
+    assert [e["dtype"] for e in entries] == [chosen, chosen]
+    markdown = (out / "results.md").read_text()
+    assert f"Every run trained in float32 ({chosen['chosen']})." in markdown
+    assert "| model | params | train tok/s | dtype | accuracy |" in markdown and "| float32 |" in stdout
+
+    # Measured now, auto would pick bfloat16: the rerun keeps float32 and trains the added model in it too.
+    measured.clear()
+    monkeypatch.setattr(devices, "cpu_dtype_by_measurement", measurement("bfloat16", 1.11))
+    code, stdout, stderr = run_cli(task_args(out, "mqar", "gla,transformer,mingru"), capsys)
+    assert code == 0, stderr
+    assert measured == [] and stderr.count("already finished") == 2 and "; chosen before)" in stderr
+    assert trained_in("mingru") == ("float32", "float32")
+    assert [e["dtype"] for e in json.loads((out / "results.json").read_text())] == [chosen] * 3
+
+    code, _, stderr = run_cli(task_args(out, "mqar", "gla", "--dtype", "bfloat16"), capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "float32" in stderr and "--force" in stderr
+    code, _, stderr = run_cli(task_args(out, "mqar", "gla", "--force"), capsys)  # --force chooses again
+    assert code == 0, stderr
+    assert measured == ["gla"] and trained_in("gla") == ("bfloat16", "bfloat16")
+    assert json.loads((out / "comparison.json").read_text())["dtype"]["name"] == "bfloat16"
 
 
 def test_compile_for_the_speed_columns_follows_the_training_time() -> None:

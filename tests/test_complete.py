@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 from typer.testing import CliRunner
 
 from glactl.cli.app import app
@@ -206,3 +207,37 @@ def test_cli_bad_values_exit_2(tiny_checkpoint: Path, args: list[str], capsys: p
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_takes_the_loading_options_and_continues_a_windowed_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The issue's case: a state read with --context 8 needs --context 8 on complete too, and complete takes it."""
+    torch.manual_seed(4)
+    config = ModelConfig.tiny(mixer="transformer", d_model=32, n_layers=1, n_heads=2, context=16, sink_tokens=2)
+    folder = save_model(tmp_path / "windowed", LanguageModel(config), training={"steps": 0})
+    state = tmp_path / "c8.state"
+    common = [
+        "--model",
+        str(folder),
+        "--threads",
+        "1",
+        "--precision",
+        "float32",
+        "--compile",
+        "off",
+        "--kernels",
+        "torch",
+    ]
+    code, out, err = run_cli(
+        ["complete", "The history of", *common, "--context", "8", "--save-state", str(state)], capsys
+    )
+    assert code == 0, err
+    code, out, err = run_cli(["complete", " and", *common, "--state", str(state)], capsys)
+    assert_one_line_error(code, out, err, "use --context 8")
+    code, out, err = run_cli(["complete", " and", *common, "--context", "8", "--state", str(state), "--json"], capsys)
+    assert code == 0, err
+    continued = json.loads(out)["completions"]
+    code, out, err = run_cli(["complete", "The history of and", *common, "--context", "8", "--json"], capsys)
+    assert code == 0, err
+    assert [c["text"] for c in json.loads(out)["completions"]] == [c["text"] for c in continued]

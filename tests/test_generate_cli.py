@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -245,6 +246,55 @@ def test_terminal_output_echoes_the_prompt_in_bold_and_summarises_on_stderr(
     assert code == 0, err
     assert out == f"\x1b[1m{PROMPT}\x1b[0m{sample}\n"
     assert "20 tokens" in err and "tokens/s" in err and "state" in err
+
+
+# ---- what ran: precision and decode path --------------------------------------------------------------
+def test_json_records_precision_and_decode_path_and_leaves_the_compile_out_of_the_speed(
+    gla_folder: Path, capsys: pytest.CaptureFixture[str], fake_compiler: dict
+) -> None:
+    eager = generate_json(capsys, gla_folder, PROMPT, "-n", "20", "--seed", "1", "--precision", "float32")
+    assert (eager["precision"], eager["compile"], eager["compile_seconds"]) == ("float32", "eager", 0.0)
+    compiled = generate_json(
+        capsys, gla_folder, PROMPT, "-n", "20", "--seed", "1", "--precision", "float32", "--compile", "on"
+    )
+    assert fake_compiler["count"] == 1 and (compiled["precision"], compiled["compile"]) == ("float32", "compiled")
+    assert compiled["compile_seconds"] >= fake_compiler["seconds"]
+    assert compiled["tokens"] / compiled["tokens_per_second"] < fake_compiler["seconds"]  # the compile is not counted
+    assert compiled["samples"] == eager["samples"]
+    int8 = generate_json(capsys, gla_folder, PROMPT, "-n", "5", "--seed", "1", "--precision", "int8")
+    assert int8["precision"] == "int8"
+
+
+class _Terminal(io.StringIO):
+    """stdout and stderr of one terminal: what a person sees, in the order it was written."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_stats_say_precision_and_decode_path_and_the_compile_note_comes_first(
+    gla_folder: Path, monkeypatch: pytest.MonkeyPatch, fake_compiler: dict
+) -> None:
+    from glactl.cli.app import main
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["generate", PROMPT, "--model", str(gla_folder), "--threads", "1", "-n", "20", "--seed", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--precision", "float32", "--compile", "on"])
+    assert exit_info.value.code in (0, None)
+    lines = terminal.getvalue().splitlines()
+    assert lines[0].startswith("glactl: compiling the decode step once")  # on its own line, before the prompt
+    assert lines[1].startswith(f"\x1b[1m{PROMPT}\x1b[0m")
+    stats = lines[-1]
+    assert re.match(r"load \d+\.\d\d s \(float32, compiled\); compile \d+\.\d\d s; 20 tokens in ", stats), stats
+    assert float(re.search(r"compile (\d+\.\d\d) s", stats).group(1)) >= fake_compiler["seconds"]
+    terminal.seek(0)
+    terminal.truncate()
+    with pytest.raises(SystemExit):
+        main([*argv, "--precision", "float32", "--compile", "off"])
+    assert re.match(r"load \d+\.\d\d s \(float32, eager\); 20 tokens in ", terminal.getvalue().splitlines()[-1])
 
 
 # ---- bad input -------------------------------------------------------------------------------------

@@ -144,6 +144,34 @@ def test_damaged_cached_package_is_removed_and_rebuilt(
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_generation_readies_the_compiled_step_first_and_leaves_its_compile_out_of_the_speed(
+    fake_compiler: dict,
+) -> None:
+    from glactl.inference.generation import Generation
+
+    model = tiny_gla(gla_gate_rank=7)  # a config no other test compiles
+    compiled_step.configure(model, "on")
+    run = Generation(model, b"The history", max_new_tokens=6, seed=0)
+    pieces = iter(run)
+    next(pieces)  # the first byte: the package is ready before it
+    assert fake_compiler["count"] == 1
+    for _ in pieces:
+        pass
+    stats = run.stats
+    assert stats.compiled and stats.compile_seconds >= fake_compiler["seconds"] > stats.seconds
+    again = Generation(model, b"The history", max_new_tokens=6, seed=0)  # the same step: nothing compiled again
+    for _ in again:
+        pass
+    assert again.stats.compiled and again.stats.compile_seconds == 0 and fake_compiler["count"] == 1
+    assert again.stats.samples == stats.samples
+    eager = tiny_gla(gla_gate_rank=7)
+    compiled_step.configure(eager, "off")
+    plain = Generation(eager, b"The history", max_new_tokens=6, seed=0)
+    for _ in plain:
+        pass
+    assert not plain.stats.compiled and plain.stats.compile_seconds == 0 and plain.stats.samples == stats.samples
+
+
 @pytest.mark.compile
 def test_compile_rule(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     model = tiny_gla(gla_gate_rank=5)  # a config no other test compiles: nothing cached

@@ -229,12 +229,51 @@ def test_api_perplexity_matches_the_cli(
         lm = glactl.load(folder, threads=1)
         document = cli_json_exact(capsys, "perplexity", str(path), "--model", folder, "--window", "64")
         expected = {k: v for k, v in document["files"][str(path)].items() if k != "tokens_per_second"}
-        for source in (path, str(path), text, text.encode()):
-            metrics = lm.perplexity(source, window=64)
+        for source in ({"text": path}, {"path": str(path)}, {"path": path}, {"text": text}, {"text": text.encode()}):
+            metrics = lm.perplexity(**source, window=64)
             assert set(metrics) == set(document["total"])
             assert {k: v for k, v in metrics.items() if k != "tokens_per_second"} == pytest.approx(expected, rel=1e-9)
         default_window = lm.perplexity(path)  # the windowing does not change the score (beyond float32 rounding)
         assert default_window["bits_per_byte"] == pytest.approx(expected["bits_per_byte"], rel=1e-5)
+
+
+def test_api_reads_a_str_as_text_and_a_file_only_when_asked(
+    folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A str is always the text; a file is path= (str or PathLike) or a Path; a missing file raises, never scores."""
+    monkeypatch.chdir(tmp_path)
+    text = "Alice was beginning to get very tired of sitting by her sister on the bank.\n" * 3
+    Path("alice8k.txt").write_text(text)
+    lm = glactl.load(folders["gla"], threads=1)
+    # The issue's case: a mistyped name, as path= or as a Path, raises instead of scoring the 10-byte name.
+    for mistyped in ({"path": "alice8k.tx"}, {"text": Path("alice8k.tx")}, {"path": Path("alice8k.tx")}):
+        with pytest.raises(InputError, match="alice8k.tx: no such file"):
+            lm.perplexity(**mistyped)
+    # A str that happens to name an existing file is still the text itself.
+    assert lm.perplexity("alice8k.txt")["bytes"] == len("alice8k.txt")
+
+    # The file, asked for explicitly, scores like its text.
+    def scores(metrics: dict) -> dict:
+        return {key: value for key, value in metrics.items() if key != "tokens_per_second"}
+
+    by_text = scores(lm.perplexity(text, window=64))
+    for source in ({"path": "alice8k.txt"}, {"path": Path("alice8k.txt")}, {"text": Path("alice8k.txt")}):
+        assert scores(lm.perplexity(**source, window=64)) == pytest.approx(by_text, rel=1e-9)
+    # The same rule for every call that reads text.
+    assert lm.read(path="alice8k.txt").bytes_read == len(text.encode())
+    options = {"max_new_tokens": 12, "seed": 3}
+    assert lm.generate(path=Path("alice8k.txt"), **options) == lm.generate(Path("alice8k.txt"), **options)
+    assert lm.generate(Path("alice8k.txt"), **options) == lm.generate(text, **options)
+    assert [c.text for c in lm.complete(path="alice8k.txt", n=2, max_chars=4)] == [
+        c.text for c in lm.complete(text, n=2, max_chars=4)
+    ]
+    for call in (lm.read, lm.generate, lm.complete, lm.score):
+        with pytest.raises(InputError, match="no such file"):
+            call(path="alice8k.tx")
+    with pytest.raises(InputError, match="not both"):
+        lm.perplexity("some text", path="alice8k.txt")
+    with pytest.raises(InputError, match="directory"):
+        lm.read(path=tmp_path)
 
 
 def test_api_info_matches_the_cli(folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

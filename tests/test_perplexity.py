@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -176,6 +177,9 @@ def test_json_has_exactly_the_metric_keys_and_harness_conventions(
     assert total["words"] == sum(len(re.split(r"\s+", t)) for t in texts.values())
     assert loglik_from_metrics(total) == pytest.approx(total_loglik, rel=1e-8)
     assert document["notes"] == []
+    # What ran, since the scores depend on it: the weights' precision, and the (always eager) path.
+    assert set(document) == {"model", "precision", "compile", "window", "context", "files", "total", "notes"}
+    assert document["precision"] == "float64" and document["compile"] == "eager"
     assert TEXT.encode() != TEXT.encode("latin-1", errors="ignore")  # the text has multi-byte characters
     assert document["files"][paths[0]]["bits_per_char"] > document["files"][paths[0]]["bits_per_byte"]
 
@@ -278,6 +282,31 @@ def test_missing_file_directory_and_empty_file_exit_2_one_line(
     _assert_one_line_error(code, out, err)
     code, out, err = run_cli(["perplexity", str(good), "--model", str(gla_folder), "--window", "0"], capsys)
     _assert_one_line_error(code, out, err, "--window")
+
+
+def test_a_file_named_twice_is_refused_and_stdin_is_named_stdin(
+    gla_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text("fine\n")
+    monkeypatch.chdir(tmp_path)
+    for twice in (["good.txt", "good.txt"], ["good.txt", "./good.txt"], [str(good), "good.txt"]):
+        code, out, err = run_cli(["perplexity", *twice, "--model", str(gla_folder), "--threads", "1"], capsys)
+        _assert_one_line_error(code, out, err, "given twice", "name each FILE once")
+    read_end, write_end = os.pipe()  # "-" reads the process's stdin (fd 0): a pipe holding the text
+    os.write(write_end, TEXT.encode())
+    os.close(write_end)
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        code, out, err = run_cli(["perplexity", "-", "--model", str(gla_folder), "--threads", "1", "--json"], capsys)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read_end)
+    assert code == 0, err
+    assert list(json.loads(out)["files"]) == ["stdin"]
+    assert json.loads(out)["files"]["stdin"]["bytes"] == len(TEXT.encode())
 
 
 def test_empty_input_never_divides_by_zero(gla_folder: Path, tmp_path: Path) -> None:

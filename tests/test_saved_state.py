@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_one_line_error, child_env, rel_err, run_cli
+from conftest import assert_one_line_error, child_env, final_error_line, make_read_only, rel_err, run_cli
 from safetensors.torch import save_file
 
 import glactl
@@ -27,6 +28,7 @@ from glactl.errors import InputError
 from glactl.inference.generation import model_context
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
+from glactl.report.display import human_bytes
 from glactl.storage.checkpoint import save_model
 
 LN2 = math.log(2.0)
@@ -326,7 +328,14 @@ def test_interrupted_generation_saves_what_was_generated(
         capsys,
     )
     assert exit_code == code, err
+    assert not torch.is_inference_mode_enabled()  # the interrupted generation was closed, not left holding it
     saved = model.load_state(target)
+    # The note says the state was saved (and where), before the one error line of an interruption.
+    lines = err.strip().splitlines()
+    assert lines[0] == f"interrupted: state after {saved.bytes_read:,} bytes saved to {target} " + (
+        f"({human_bytes(target.stat().st_size)})"
+    )
+    assert lines[1:] == (["glactl: error: interrupted"] if failure is KeyboardInterrupt else [])
     generated = saved.bytes_read - len(prompt)
     assert 5 <= generated < 40
     full = model.stream(prompt, max_new_tokens=40, temperature=0)
@@ -385,7 +394,8 @@ def _hostile_files(root: Path, good: Path, folders: dict[str, Path]) -> dict[str
     put("truncated-head", data[:5], words=["truncated"])
     put("truncated-data", data[: len(data) - 40])
     put("truncated-header", data[:200])
-    put("random", bytes(range(256)) * 40)
+    put("random", bytes(range(256)) * 40, words=["not a glactl state file"])
+    put("text", b"The history of the world is long.\n" * 50, words=["not a glactl state file"])
     put("huge-header-claim", struct.pack("<Q", 1 << 60) + b"{}")
     put("json-garbage", struct.pack("<Q", 10) + b"not json!!" + b"\0" * 10)
     put("pickle", pickle.dumps(_Exploit(root / "pwned")), words=["pickle"])
@@ -499,6 +509,145 @@ def test_save_state_usage_errors(folders: dict[str, Path], tmp_path: Path, capsy
         code, out, err = run_cli([*argv, "--model", folder, "--threads", "1"], capsys)
         assert_one_line_error(code, out, err, word)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_saved_state_is_reported_on_stderr_with_its_size(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.txt").write_text(TEXT_A)
+    target = tmp_path / "s.state"
+    for argv, bytes_read in (
+        (["generate", "ab", "-n", "3"], 5),
+        (["complete", "ab", "-n", "1", "--max-chars", "2"], 2),
+        (["perplexity", str(tmp_path / "a.txt")], len(TEXT_A.encode())),
+    ):
+        code, out, err = run_cli(
+            [*argv, "--model", str(folders["gla"]), "--threads", "1", "--save-state", str(target)], capsys
+        )
+        assert code == 0 and out, err
+        size = human_bytes(target.stat().st_size)
+        assert f"state after {bytes_read:,} bytes saved to {target} ({size})\n" in err, err
+
+
+def test_an_unwritable_save_state_folder_is_refused_before_any_work(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import glactl.api.loading
+
+    (tmp_path / "a.txt").write_text(TEXT_A)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    make_read_only(read_only, monkeypatch)  # as root, through the writability probe (chmod does not stop root)
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(glactl.api.loading, "load", no_work)
+    try:
+        for argv in (["generate", "x"], ["complete", "x"], ["perplexity", str(tmp_path / "a.txt")]):
+            code, out, err = run_cli(
+                [*argv, "--model", str(folders["gla"]), "--save-state", str(read_only / "y.state")], capsys
+            )
+            assert_one_line_error(code, out, err, "ro/y.state", "cannot create files in", str(read_only))
+    finally:
+        read_only.chmod(0o755)
+
+
+def test_a_save_failing_at_the_end_still_prints_the_results(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder became unwritable while the model worked: results on stdout, then one error line, exit 2."""
+    import safetensors.torch
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise safetensors.SafetensorError(
+            'Error while serializing: IoError(Os { code: 13, kind: PermissionDenied, message: "Permission denied" })'
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", denied)
+    (tmp_path / "a.txt").write_text(TEXT_A)
+    target = tmp_path / "y.state"
+    for argv, printed in (
+        (["perplexity", str(tmp_path / "a.txt"), "--json"], '"bits_per_byte"'),
+        (["perplexity", str(tmp_path / "a.txt")], "bits/byte"),
+        (["complete", "ab", "-n", "1", "--max-chars", "2", "--json"], '"completions"'),
+        (["generate", "ab", "-n", "3"], "ab"),
+    ):
+        code, out, err = run_cli(
+            [*argv, "--model", str(folders["gla"]), "--threads", "1", "--save-state", str(target)], capsys
+        )
+        assert code == 2 and printed in out, (out, err)
+        assert final_error_line(err) == f"glactl: error: {target}: could not save the state (Permission denied)"
+        assert list(tmp_path.iterdir()) == [tmp_path / "a.txt"]  # no state, no temporary file
+
+
+def test_state_files_name_their_model(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = str(folders["gla"])
+    target = tmp_path / "s.state"
+    code, out, err = run_cli(
+        ["generate", "ab", "-n", "3", "-m", folder, "--threads", "1", "--save-state", str(target)], capsys
+    )
+    assert code == 0, err
+    assert cli_json(capsys, "info", str(target))["model"]["name"] == folder  # the model as it was given
+    code, out, err = run_cli(["info", str(target)], capsys)
+    assert code == 0 and (re.search(rf"│ model\s+│ {re.escape(folder)} ", out) or f"\nmodel: {folder}\n" in out), out
+    # The wrong-model error says which model the state belongs to, and what to pass to load it.
+    code, out, err = run_cli(["generate", "x", "-m", str(folders["mingru"]), "--state", str(target)], capsys)
+    assert_one_line_error(code, out, err, f"another model, {folder} (gla,", f"; pass -m {folder}")
+    api_state = glactl.load(folders["gla"], threads=1).read("ab").save(tmp_path / "api.state")
+    assert cli_json(capsys, "info", str(api_state))["model"]["name"] == str(folders["gla"])
+    # A file saved before names were recorded still loads; the messages do without the name.
+    old = _rewrite(target, tmp_path / "old.state", None, lambda d: d["model"].pop("name"))
+    code, out, err = run_cli(["generate", "x", "-n", "2", "-m", folder, "--threads", "1", "--state", str(old)], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["info", str(old)], capsys)
+    assert code == 0 and "not recorded" in out
+    code, out, err = run_cli(["generate", "x", "-m", str(folders["mingru"]), "--state", str(old)], capsys)
+    assert_one_line_error(code, out, err, "another model (gla,")
+    assert "pass -m" not in err
+    # The same name with other files since: no advice to pass what was passed.
+    torch.manual_seed(5)
+    changed = save_model(tmp_path / "changing", LanguageModel(config_for("gla")), training={"steps": 0})
+    glactl.load(changed, threads=1).read("ab").save(tmp_path / "c.state")
+    torch.manual_seed(6)
+    save_model(changed, LanguageModel(config_for("gla")), training={"steps": 0})
+    code, out, err = run_cli(["generate", "x", "-m", str(changed), "--state", str(tmp_path / "c.state")], capsys)
+    assert_one_line_error(code, out, err, f"other weights, {changed} as it was then (")
+    assert "pass -m" not in err
+
+
+def test_model_names_are_shipped_names_or_the_path_as_given(
+    folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import glactl.storage.model_paths as paths
+
+    shutil.copytree(folders["gla"], tmp_path / "tiny-shipped")
+    monkeypatch.setattr(paths, "weights_dirs", lambda: [tmp_path])
+    shipped = tmp_path / "tiny-shipped"
+    for given in ("tiny-shipped", str(shipped), shipped):
+        assert paths.model_name(given, paths.resolve_model(given)) == "tiny-shipped"
+    monkeypatch.chdir(tmp_path)
+    assert paths.model_name("./tiny-shipped/", Path("./tiny-shipped/")) == "tiny-shipped"
+    run = Path("runs") / "mine"
+    shutil.copytree(folders["gla"], run / "checkpoint")
+    assert paths.model_name("runs/mine", run / "checkpoint") == "runs/mine"
+    assert glactl.load("runs/mine", threads=1).state_owner().name == "runs/mine"
+    assert glactl.load("tiny-shipped", threads=1).state_owner().name == "tiny-shipped"
+
+
+def test_a_text_file_as_state_says_it_is_not_a_state_file(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("The history of the world is long.\n" * 50)
+    for argv in (["generate", "x", "-m", str(folders["gla"]), "--state", str(text)], ["info", str(text)]):
+        code, out, err = run_cli(argv, capsys)
+        assert_one_line_error(code, out, err, "notes.txt: not a glactl state file")
+        assert "safetensors header claims" not in err
 
 
 def test_info_table_for_a_state_file(good_state: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from glactl.errors import InputError, RunFailure
 from glactl.storage.checkpoint import load_model
 from glactl.training.options import TrainOptions, default_warmup, parse_duration
-from glactl.training.schedule import Schedule
+from glactl.training.schedule import Schedule, continue_schedule
 from glactl.training.trainer import Trainer, train
 
 FAST = [
@@ -338,6 +338,33 @@ def test_schedule_and_durations() -> None:
     assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2h") == 7200
     with pytest.raises(InputError):
         parse_duration("0m")
+
+
+def test_a_resumed_schedule_with_a_new_end_continues_from_the_current_rate() -> None:
+    """Same end: the saved curve, unchanged. A new end (steps or time) after warmup: from the last rate down to the
+    floor, never up. A new end during warmup: the warmup goes on, then the cosine over the new end."""
+    before = Schedule(1.0, warmup=4, total_steps=40, time_budget=None)
+    same = continue_schedule(before, Schedule(1.0, 4, 40, None), 20, 3.0)
+    assert [same.lr(s, 0) for s in range(60)] == [before.lr(s, 0) for s in range(60)] and same.extended_at is None
+    longer = continue_schedule(before, Schedule(1.0, 4, 80, None), 40, 3.0)
+    assert longer.extended_at == {"step": 39, "elapsed_seconds": 3.0, "lr": before.lr(39, 0)}
+    rates = [longer.lr(s, 0) for s in range(39, 81)]
+    assert rates[0] == before.lr(39, 0) and all(b < a for a, b in zip(rates, rates[1:])) and rates[-1] == 0.1
+    again = continue_schedule(Schedule.from_dict(longer.to_dict(), "trainer.json"), Schedule(1.0, 4, 80, None), 60, 9.0)
+    assert again.extended_at == longer.extended_at  # a second resume with the same end: the same extended curve
+    shorter = continue_schedule(before, Schedule(1.0, 4, 30, None), 20, 3.0)
+    assert shorter.lr(20, 0) <= before.lr(19, 0) and shorter.lr(30, 0) == pytest.approx(0.1)
+    early = continue_schedule(before, Schedule(1.0, 4, 80, None), 2, 0.5)  # still warming up
+    assert early.extended_at is None and early.lr(2, 0) == before.lr(2, 0) and early.lr(4, 0) == 1.0
+    timed = Schedule(1.0, warmup=0, total_steps=None, time_budget=100.0)
+    more_time = continue_schedule(timed, Schedule(1.0, 0, None, 200.0), 50, 60.0)
+    assert more_time.lr(50, 60.0) == timed.lr(49, 60.0) and more_time.lr(80, 200.0) == pytest.approx(0.1)
+    assert more_time.lr(60, 120.0) < more_time.lr(55, 90.0) < timed.lr(49, 60.0)
+    constant = Schedule(1.0, 4, 40, None, "constant")
+    assert continue_schedule(constant, Schedule(1.0, 4, 80, None, "constant"), 20, 1.0).extended_at is None
+    for bad in ({**longer.to_dict(), "warmup": "4"}, {**longer.to_dict(), "extended_at": {"step": 1}}, None):
+        with pytest.raises(InputError, match="trainer.json: missing or bad field 'schedule'"):
+            Schedule.from_dict(bad, "trainer.json")
 
 
 def test_task_run_trains_on_answers_resumes_and_loads(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def load(
     from glactl.runtime.devices import select_device, select_kernels, use_kernels
     from glactl.runtime.threads import set_threads, torch_threads
     from glactl.storage.checkpoint import load_model
-    from glactl.storage.model_paths import resolve_model
+    from glactl.storage.model_paths import model_name, resolve_model
 
     set_threads(threads)
     torch_device = select_device(device)
@@ -54,7 +54,7 @@ def load(
     configure(model, compile)
     document["precision"] = model.precision
     document["parameters"] = parameters
-    return Model(model, document, torch_device, threads)
+    return Model(model, document, torch_device, threads, model_name(path_or_name, folder))
 
 
 def _with_context(model: Any, context: int) -> Any:

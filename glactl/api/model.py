@@ -7,7 +7,7 @@ The command-line tool is a thin layer over this module, so both behave alike:
     print(model.generate("The history of", max_new_tokens=200, seed=0))
     for c in model.complete("The history of", n=5):
         print(c.text, c.probability)
-    print(model.perplexity(Path("wiki.test.raw"))["bits_per_byte"])
+    print(model.perplexity(path="wiki.test.raw")["bits_per_byte"])  # a str is a text; a file is path= or a Path
 
 A long prompt is read once and reused (docs/design.md §5): `state = model.read(book)`, `state.save("book.state")`,
 `model.load_state("book.state")`, and `state=` on generate, stream, complete and perplexity; a call
@@ -24,18 +24,26 @@ from typing import Any
 import torch
 
 from glactl.api.describe import describe
-from glactl.api.prompts import _as_bytes, _names_file
+from glactl.api.prompts import read_text, text_source
 from glactl.errors import InputError
 
 
 class Model:
     """A loaded language model and the operations people run on it."""
 
-    def __init__(self, model: Any, document: dict[str, Any], device: torch.device, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        document: dict[str, Any],
+        device: torch.device,
+        threads: int | None = None,
+        name: str | None = None,
+    ) -> None:
         self.model = model
         self.document = document
         self.device = device
         self.threads = threads  # None: the decoding rule (runtime/threads.py decoding_threads)
+        self.name = name  # as loaded: a shipped name or the folder as given (saved states record it)
         self._owner: Any = None  # the StateOwner of saved states, computed on first use (hashes the checkpoint)
 
     @property
@@ -64,11 +72,21 @@ class Model:
             raise InputError("saved states need a model loaded from a checkpoint folder (glactl.load)")
         owner = self._owner
         if owner is None or (owner.context, owner.precision) != (self.config.context, self.precision):
-            owner = self._owner = owner_of(self.model, self.path, self.precision)
+            owner = self._owner = owner_of(self.model, self.path, self.precision, self.name)
         return owner
 
-    def read(self, text: str | bytes, state: Any = None, window: int = 4096) -> Any:
-        """A State after reading "\\n" + text (or `text` after `state`), in `window`-byte pieces: save it, or pass it as state=."""
+    def read(
+        self,
+        text: str | bytes | os.PathLike = "",
+        state: Any = None,
+        window: int = 4096,
+        *,
+        path: str | os.PathLike | None = None,
+    ) -> Any:
+        """A State after reading "\\n" + text (or `text` after `state`), in `window`-byte pieces: save it, or pass it as state=.
+
+        A str or bytes is the text; a file is `path=` (str or os.PathLike) or a Path given as the text.
+        """
         from glactl.inference.reading import read
         from glactl.inference.sampling import check_positive
         from glactl.runtime.threads import torch_threads
@@ -76,7 +94,7 @@ class Model:
 
         check_positive("--window", window)
         with torch_threads(self.threads):
-            return State(read(self.model, _as_bytes(text), self._reading(state), window), self.state_owner())
+            return State(read(self.model, read_text(text, path), self._reading(state), window), self.state_owner())
 
     def load_state(self, path: str | os.PathLike) -> Any:
         """A State read back from a file written by State.save (checked against this model; InputError otherwise)."""
@@ -115,7 +133,7 @@ class Model:
     # ---- generation ----------------------------------------------------------------------
     def stream(
         self,
-        prompt: str | bytes = "",
+        prompt: str | bytes | os.PathLike = "",
         max_new_tokens: int = 500,
         temperature: float = 0.8,
         top_k: int | None = None,
@@ -127,8 +145,12 @@ class Model:
         keep_text: bool = True,
         state: Any = None,
         keep_state: bool = False,
+        *,
+        path: str | os.PathLike | None = None,
     ) -> Any:
         """An iterable of (sample index, text piece) as bytes are generated; `.stats` holds the totals after.
+
+        The prompt is a str or bytes; a prompt file is `path=` (str or os.PathLike) or a Path given as the prompt.
 
         `state`: continue after that State (the prompt, possibly empty, is read after its text, no
         extra "\\n"). `keep_state` (num_samples 1 only): `model.state_of(run)` then gives the State
@@ -140,12 +162,13 @@ class Model:
         if seed is not None and (isinstance(seed, bool) or not 0 <= int(seed) < 2**63):
             raise InputError(f"--seed must be in [0, 2^63), got {seed}")
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+        prompt_bytes = read_text(prompt, path)
         start = self._reading(state)
         if keep_state:
             self.state_owner()  # fail before generating, not after
         return Generation(
             self.model,
-            _as_bytes(prompt),
+            prompt_bytes,
             max_new_tokens,
             params,
             num_samples,
@@ -157,8 +180,8 @@ class Model:
             keep_state=keep_state,
         )
 
-    def generate(self, prompt: str | bytes = "", return_state: bool = False, **options: Any) -> Any:
-        """Generated text after `prompt` (not including it); a list when num_samples > 1. Options as `stream`.
+    def generate(self, prompt: str | bytes | os.PathLike = "", return_state: bool = False, **options: Any) -> Any:
+        """The continuation alone (not the prompt); a list when num_samples > 1. Options as `stream` (path= too).
 
         return_state=True (num_samples 1): (text, State after the prompt and the generated text).
         """
@@ -172,19 +195,24 @@ class Model:
     # ---- completion ----------------------------------------------------------------------
     def complete(
         self,
-        prefix: str | bytes = "",
+        prefix: str | bytes | os.PathLike = "",
         n: int = 5,
         beam: int | None = None,
         until: str = "word",
         max_chars: int = 40,
         state: Any = None,
+        *,
+        path: str | os.PathLike | None = None,
     ) -> list[Any]:
-        """The n most probable distinct continuations (Completion: text, logprob, probability); `prefix` read after `state` if given."""
+        """The n most probable distinct continuations (Completion: text, logprob, probability); `prefix` read after `state` if given.
+
+        The prefix is a str or bytes; a prefix file is `path=` (str or os.PathLike) or a Path given as the prefix.
+        """
         from glactl.inference.completion import complete
 
         return complete(
             self.model,
-            _as_bytes(prefix),
+            read_text(prefix, path),
             n=n,
             beam=beam,
             until=until,
@@ -196,24 +224,28 @@ class Model:
     # ---- perplexity ----------------------------------------------------------------------
     def score(
         self,
-        text_or_path: str | bytes | os.PathLike,
+        text: str | bytes | os.PathLike | None = None,
         window: int = 4096,
         progress: Callable[[int], None] | None = None,
         state: Any = None,
         keep_state: bool = False,
+        *,
+        path: str | os.PathLike | None = None,
     ) -> Any:
-        """A Score (log-likelihood and counts) of a text, bytes, or a file (Path, or a str naming an existing file).
+        """A Score (log-likelihood and counts) of a text (str or bytes) or of a file (`path=`, or a Path as `text`).
 
+        A str is always the text itself, never a file name; a missing file raises InputError.
         `state`: the text continues that State (its first byte scored from the stored logits).
         `keep_state`: `score.final` is then the State after the text.
         """
         from glactl.inference.scoring import score_bytes, score_file
 
+        source = text_source(text, path)
         start = self._reading(state)
-        if isinstance(text_or_path, os.PathLike) or _names_file(text_or_path):
-            result = score_file(self.model, Path(text_or_path), window, progress, start, keep_state)
+        if isinstance(source, Path):
+            result = score_file(self.model, source, window, progress, start, keep_state)
         else:
-            result = score_bytes(self.model, _as_bytes(text_or_path), window, start, keep_state)
+            result = score_bytes(self.model, source, window, start, keep_state)
         if result.final is not None:
             from glactl.storage.state_file import State
 
@@ -221,10 +253,16 @@ class Model:
         return result
 
     def perplexity(
-        self, text_or_path: str | bytes | os.PathLike, window: int = 4096, state: Any = None
+        self,
+        text: str | bytes | os.PathLike | None = None,
+        window: int = 4096,
+        state: Any = None,
+        *,
+        path: str | os.PathLike | None = None,
     ) -> dict[str, float | int]:
-        """bits_per_byte, bits_per_char, byte_perplexity, word_perplexity, bytes, chars, words, tokens_per_second (after `state` if given)."""
-        return self.score(text_or_path, window, state=state).metrics()
+        """bits_per_byte, bits_per_char, byte_perplexity, word_perplexity, bytes, chars, words, tokens_per_second
+        of a text or a file (as `score`), after `state` if given."""
+        return self.score(text, window, state=state, path=path).metrics()
 
     # ---- description ---------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

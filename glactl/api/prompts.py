@@ -1,7 +1,8 @@
-"""Text arguments as bytes: a prompt's syntax (the text, `-` for stdin, `@path`), and a str that names a file."""
+"""Text arguments as bytes: a prompt's syntax (the text, `-` for stdin, `@path`), and the API's text or file."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,11 +48,34 @@ def _as_bytes(text: str | bytes) -> bytes:
     return bytes(text) if isinstance(text, (bytes, bytearray)) else str(text).encode("utf-8")
 
 
-def _names_file(value: Any) -> bool:
-    """A str (no newline, short) that names an existing regular file is taken as a path."""
-    if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
-        return False
+def text_source(text: Any, path: str | os.PathLike | None = None) -> bytes | Path:
+    """What an API call reads: the text (a str or bytes, never taken as a file name), or a file (Path).
+
+    A file is `path=` (str or os.PathLike) or an os.PathLike given as the text; a missing file or a
+    folder is an InputError, so a mistyped name fails instead of being read as a short text.
+    """
+    if path is None and isinstance(text, os.PathLike):
+        text, path = None, text
+    if path is None:
+        return _as_bytes("" if text is None else text)
+    if text not in (None, "", b""):
+        raise InputError("give the text or path=, not both")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path= takes a str or os.PathLike, not {type(path).__name__}")
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise InputError(f"{file}: no such file")
+    if file.is_dir():
+        raise InputError(f"{file}: is a directory, not a file")
+    return file
+
+
+def read_text(text: Any, path: str | os.PathLike | None = None) -> bytes:
+    """The bytes an API call reads (see text_source): the text's UTF-8, or the file's bytes."""
+    source = text_source(text, path)
+    if isinstance(source, bytes):
+        return source
     try:
-        return Path(value).expanduser().is_file()
-    except (OSError, ValueError):
-        return False
+        return source.read_bytes()
+    except OSError as e:
+        raise InputError(f"{source}: cannot read ({e.strerror or type(e).__name__})") from None

@@ -68,7 +68,13 @@ def check_save_state(path: str | None) -> None:
         check_writable(path)
 
 
-def saved_state_note(path: str, state) -> None:  # noqa: ANN001
-    """One line on stderr (terminals only) saying where the state went."""
-    if sys.stderr.isatty():
-        sys.stderr.write(f"state after {state.bytes_read:,} bytes saved to {path}\n")
+def saved_state_note(path: str, state, before: str = "") -> None:  # noqa: ANN001
+    """One line on stderr saying where the state went and how big the file is (`before` starts the line)."""
+    from glactl.report.display import human_bytes
+
+    try:
+        size = f" ({human_bytes(Path(path).stat().st_size)})"
+    except OSError:
+        size = ""
+    sys.stderr.write(f"{before}state after {state.bytes_read:,} bytes saved to {path}{size}\n")
+    sys.stderr.flush()

@@ -17,16 +17,32 @@ from glactl.cli.options import (
     ShortConvOption,
     ThreadsOption,
     choices,
+    one_spelling,
 )
 
 
 def compare(
-    models: str = typer.Option(
-        ...,
-        "--models",
-        "-m",
+    archs: str | None = typer.Option(
+        None,
+        "--archs",
         metavar="LIST",
-        help=f"Comma-separated architectures, e.g. gla,transformer; any of: {ARCHITECTURES}.",
+        help=f"Architectures to train and compare, comma-separated, e.g. gla,transformer; any of: {ARCHITECTURES}.",
+    ),
+    models: str | None = typer.Option(None, "--models", "-m", metavar="LIST", hidden=True),  # --archs' old spelling
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        metavar=PRECISION_CHOICES,
+        help="Weights' format for the generation speed columns and the samples, as for generate (default auto).",
+    ),
+    compile: str | None = typer.Option(
+        None,
+        "--compile",
+        metavar=COMPILE_CHOICES,
+        help="Compiled decoding step for the generation speed columns, as for generate (default auto: for runs that trained 5 minutes or more).",
     ),
     data: list[str] = typer.Option([], "--data", help="Training text as for train (repeatable); default wikitext-103."),
     valid: str | None = typer.Option(
@@ -92,36 +108,22 @@ def compare(
     json_out: bool = typer.Option(
         False, "--json", help="Print the results (results.json's entries) as one JSON document."
     ),
-    threads: ThreadsOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = None,
-    precision: str | None = typer.Option(
-        None,
-        "--precision",
-        metavar=PRECISION_CHOICES,
-        help="Weights' format for the generation speed columns and the samples, as for generate (default auto).",
-    ),
-    compile: str | None = typer.Option(
-        None,
-        "--compile",
-        metavar=COMPILE_CHOICES,
-        help="Compiled decoding step for the generation speed columns, as for generate (default auto: for runs that trained 5 minutes or more).",
-    ),
 ) -> None:
     """Train several architectures on the same data and budget, then compare speed, memory and bits per byte."""
     from rich.console import Console
 
     from glactl.api.prompts import read_prompt
-    from glactl.compare.options import CompareOptions, parse_contexts, parse_models, parse_seeds
+    from glactl.compare.options import CompareOptions, default_out, parse_contexts, parse_seeds
     from glactl.compare.report import markdown_table
     from glactl.compare.runner import run_compare
     from glactl.errors import InputError
+    from glactl.storage.atomic import check_output_folder
     from glactl.training.options import parse_duration
 
     if seed is not None and seeds is not None:
         raise InputError("give --seed or --seeds, not both")
     options = CompareOptions(
-        models=parse_models(models),
+        models=_architectures(archs, models),
         data=list(data),
         valid=valid,
         preset=preset,
@@ -151,6 +153,8 @@ def compare(
         compile=compile or "auto",
         command_line=["glactl", *sys.argv[1:]],
     )
+    out_folder = options.out or default_out(options)
+    check_output_folder(out_folder, f"--out {out_folder}")  # before any training
     entries = run_compare(options, Console(stderr=True))  # progress and logs on stderr, results on stdout
     screen = Console()
     if json_out:
@@ -171,3 +175,17 @@ def compare(
             )
     else:
         typer.echo(markdown_table(entries))
+
+
+def _architectures(archs: str | None, models: str | None) -> list[str]:
+    """--archs (or its old spelling --models/-m) as a list of architecture names; InputError names the flag given."""
+    from glactl.compare.options import parse_models
+    from glactl.errors import InputError
+
+    given = one_spelling(archs, models, "--archs", "--models")
+    if given is None:
+        raise InputError("missing option --archs: the architectures to compare, e.g. --archs gla,transformer")
+    try:
+        return parse_models(given)
+    except InputError as e:  # parse_models names its flag --models; say the one that was typed
+        raise InputError(str(e).replace("--models:", "--archs:", 1) if archs is not None else str(e)) from None

@@ -9,7 +9,9 @@ import typer
 from glactl.cli.common import check_save_state, load_model, saved_state_note, write
 from glactl.cli.options import (
     CompileOption,
+    ContextOption,
     DeviceOption,
+    KernelsOption,
     ModelOption,
     PrecisionOption,
     StateOption,
@@ -22,7 +24,20 @@ _UNTIL = ("word", "line", "sentence")  # glactl.inference.completion.UNTIL_MODES
 
 def complete(
     prefix: str = typer.Argument(..., help='Text to continue, "-" to read stdin, or @FILE (UTF-8).'),
-    n: int = typer.Option(5, "--n", "-n", help="How many completions."),
+    model: ModelOption = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+    kernels: KernelsOption = None,
+    precision: PrecisionOption = None,
+    compile: CompileOption = None,
+    context: ContextOption = None,
+    state_file: StateOption = None,
+    save_state: str | None = typer.Option(
+        None, "--save-state", metavar="FILE", help="Save the state after the prefix to FILE, to continue with --state."
+    ),
+    n: int = typer.Option(
+        5, "--n", "-n", help="How many completions to list (a count; --max-chars bounds each one's length)."
+    ),
     beam: int | None = typer.Option(None, "--beam", help="Beam width (default 4 x N)."),
     until: str = typer.Option(
         "word",
@@ -31,19 +46,10 @@ def complete(
         help="Where a completion ends: at the end of a word, of a line (newline), or of a sentence (. ! ? then a space or newline; a line without them ends at its newline, shown as \\n).",
     ),
     max_chars: int = typer.Option(40, "--max-chars", help="Longest completion in characters."),
-    model: ModelOption = None,
-    device: DeviceOption = None,
-    threads: ThreadsOption = None,
-    precision: PrecisionOption = None,
-    compile: CompileOption = None,
     json_out: bool = typer.Option(
         False,
         "--json",
         help='Print JSON: {"prefix", "completions": [{"text", "probability", "logprob"}], "until", "model", "seconds"}.',
-    ),
-    state_file: StateOption = None,
-    save_state: str | None = typer.Option(
-        None, "--save-state", metavar="FILE", help="Save the state after the prefix to FILE, to continue with --state."
     ),
 ) -> None:
     """The N most probable continuations of a prefix (beam search over bytes), with their probabilities.
@@ -51,7 +57,6 @@ def complete(
     Ranked by total probability, the byte that ends the word/line/sentence included and no
     length normalisation; leading whitespace does not end a word; completions are distinct.
     """
-    import json
     import time
 
     from glactl.api.prompts import read_prompt
@@ -71,21 +76,31 @@ def complete(
         prefix_bytes = prefix_bytes[:-2] if prefix_bytes.endswith(b"\r\n") else prefix_bytes[:-1]
     from glactl.runtime.threads import thread_line
 
-    lm = load_model(model, device, thread_line("decoding", threads)[0], precision=precision, compile=compile)
+    lm = load_model(model, device, thread_line("decoding", threads)[0], context, kernels, precision, compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
     start = time.perf_counter()
-    if save_state is not None:  # read the prefix once: complete from its state, and save that state
+    after_prefix = None
+    if save_state is not None:  # read the prefix once: complete from its state, and save that state (at the end)
         after_prefix = lm.read(prefix_bytes, state=start_state)
         completions = lm.complete(b"", n=n, beam=beam, until=until, max_chars=max_chars, state=after_prefix)
-        after_prefix.save(save_state)
-        saved_state_note(save_state, after_prefix)
     else:
         completions = lm.complete(prefix_bytes, n=n, beam=beam, until=until, max_chars=max_chars, state=start_state)
     seconds = time.perf_counter() - start
-    prefix_text = prefix_bytes.decode("utf-8", errors="replace")
+    _print_completions(completions, prefix_bytes.decode("utf-8", errors="replace"), until, lm.path, seconds, json_out)
+    if after_prefix is not None:  # after the results: a failing save still leaves them printed
+        after_prefix.save(save_state)
+        saved_state_note(save_state, after_prefix)
+
+
+def _print_completions(
+    completions: list, prefix_text: str, until: str, path: str, seconds: float, json_out: bool
+) -> None:
+    """The completions as a table, or as one JSON document."""
+    import json
+
     if json_out:
         rows = [{"text": c.text, "probability": c.probability, "logprob": c.logprob} for c in completions]
-        document = {"prefix": prefix_text, "completions": rows, "until": until, "model": lm.path, "seconds": seconds}
+        document = {"prefix": prefix_text, "completions": rows, "until": until, "model": path, "seconds": seconds}
         write(sys.stdout, json.dumps(document) + "\n")
         return
     from rich.console import Console

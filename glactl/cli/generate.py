@@ -42,7 +42,9 @@ def _saving_generation(lm, run, path: str | None) -> Iterator[None]:  # noqa: AN
         yield
     except (KeyboardInterrupt, BrokenPipeError):
         if path is not None:
-            lm.state_of(run).save(path)  # atomic: a second Ctrl-C leaves the old file or none, never half of one
+            state = lm.state_of(run)
+            state.save(path)  # atomic: a second Ctrl-C leaves the old file or none, never half of one
+            saved_state_note(path, state, "interrupted: ")
         raise
     else:
         if path is not None:
@@ -59,8 +61,19 @@ def generate(
     kernels: KernelsOption = None,
     precision: PrecisionOption = None,
     compile: CompileOption = None,
+    context: ContextOption = None,
+    state_file: StateOption = None,
+    save_state: str | None = typer.Option(
+        None,
+        "--save-state",
+        metavar="FILE",
+        help="Save the state after the prompt and the generated text to FILE (also when interrupted), to continue with --state.",
+    ),
     max_new_tokens: int = typer.Option(
-        500, "--max-new-tokens", "-n", help="Bytes to generate per sample (no upper limit for recurrent models)."
+        500,
+        "--max-new-tokens",
+        "-n",
+        help="How many bytes to generate per sample (a token is one byte; no upper limit for recurrent models).",
     ),
     temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Softmax temperature; 0 = greedy."),
     top_k: int | None = typer.Option(None, "--top-k", help="Sample only among the K most probable bytes."),
@@ -82,15 +95,10 @@ def generate(
     ),
     no_echo: bool = typer.Option(False, "--no-echo", help="Print only the generated text, not the prompt before it."),
     json_out: bool = typer.Option(
-        False, "--json", help="Print one JSON document: prompt, samples, tokens, tokens_per_second, model, seed."
-    ),
-    context: ContextOption = None,
-    state_file: StateOption = None,
-    save_state: str | None = typer.Option(
-        None,
-        "--save-state",
-        metavar="FILE",
-        help="Save the state after the prompt and the generated text to FILE (also when interrupted), to continue with --state.",
+        False,
+        "--json",
+        help="Print one JSON document: prompt, samples, tokens, tokens_per_second, compile_seconds, model, "
+        "precision, compile (compiled or eager), seed.",
     ),
 ) -> None:
     """Generate text after a prompt, streamed as it is produced (constant memory for recurrent models)."""
@@ -146,20 +154,29 @@ def _print_generation(
             "samples": stats.samples,
             "tokens": stats.tokens,
             "tokens_per_second": stats.tokens_per_second,
+            "compile_seconds": stats.compile_seconds,
             "model": lm.path,
+            "precision": lm.precision,
+            "compile": _decode_path(stats),
             "seed": stats.seed,
         }
         write(out, json.dumps(document) + "\n")
         return
     # Prompt + continuation, as HF and nanoGPT print it (--no-echo: the continuation alone); every sample
-    # ends with a newline. On a terminal the prompt is bold.
+    # ends with a newline. On a terminal the prompt is bold. The prompt is echoed with the first piece, so
+    # what the start prints on stderr (a compile note) comes on its own line before it.
     shown = "" if no_echo else (f"\x1b[1m{prompt_text}\x1b[0m" if tty else prompt_text)
     if num_samples == 1 and not no_stream:
-        write(out, shown)
+        from contextlib import closing
+        from itertools import chain
+
         last = prompt_text[-1:] if shown else ""
-        for _, piece in run:
-            write(out, piece)
-            last = piece[-1:] or last
+        with closing(iter(run)) as pieces:  # closed also on an error: it holds torch's inference mode while open
+            first = next(pieces, None)  # reads the prompt and readies the decode step
+            write(out, shown)
+            for _, piece in chain([first] if first is not None else [], pieces):
+                write(out, piece)
+                last = piece[-1:] or last
         write(out, "" if last == "\n" else "\n")
     else:
         for _ in run:
@@ -170,11 +187,21 @@ def _print_generation(
             plain = (prompt_text if shown else "") + text
             write(out, shown + text + ("" if plain.endswith("\n") else "\n"))
     if tty:
-        stats = run.stats
-        from glactl.runtime.threads import plural
+        sys.stderr.write(_stats_line(run.stats, lm) + "\n")
 
-        sys.stderr.write(
-            f"load {getattr(lm, 'load_seconds', 0.0):.2f} s ({lm.precision}); "
-            f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s, "
-            f"{plural(lm.threads or 1, 'thread')}), state {human_bytes(stats.state_bytes)}, seed {stats.seed}\n"
-        )
+
+def _decode_path(stats) -> str:  # noqa: ANN001
+    """How the decode steps ran: "compiled" (--compile) or "eager"."""
+    return "compiled" if stats.compiled else "eager"
+
+
+def _stats_line(stats, lm) -> str:  # noqa: ANN001
+    """The summary a terminal gets on stderr: load, precision and decode path, compile time, speed, state, seed."""
+    from glactl.runtime.threads import plural
+
+    compiled = f"; compile {stats.compile_seconds:.2f} s" if stats.compile_seconds > 0 else ""
+    return (
+        f"load {getattr(lm, 'load_seconds', 0.0):.2f} s ({lm.precision}, {_decode_path(stats)}){compiled}; "
+        f"{stats.tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s, "
+        f"{plural(lm.threads or 1, 'thread')}), state {human_bytes(stats.state_bytes)}, seed {stats.seed}"
+    )

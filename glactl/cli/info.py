@@ -8,48 +8,56 @@ from pathlib import Path
 import typer
 
 from glactl.cli.common import load_model, write
-from glactl.cli.options import MODEL_HELP, DeviceOption, ThreadsOption
+from glactl.cli.options import ContextOption, DeviceOption, ThreadsOption
 from glactl.report.display import clock, human_bytes
 
 
 def info(
-    model_arg: str | None = typer.Argument(None, metavar="MODEL", help=MODEL_HELP),
+    model_arg: str | None = typer.Argument(
+        None,
+        metavar="MODEL",
+        help="What to describe: a trained model (run folder, checkpoint folder or shipped name; default the "
+        "shipped gla-enwiki), a state file written by --save-state, or a folder of runs (compare --out, runs/).",
+    ),
     model: str | None = typer.Option(None, "--model", "-m", metavar="MODEL", help="Same as MODEL."),
     device: DeviceOption = None,
     threads: ThreadsOption = None,
+    context: ContextOption = None,
     json_out: bool = typer.Option(False, "--json", help="Print the description as one JSON document."),
 ) -> None:
-    """Describe a model: architecture, parameters, state size per token of context, training summary, files."""
+    """Describe a model (architecture, parameters, state size per token of context, training summary, files),
+    a saved state file (its model, bytes read, size), or the runs in a folder of runs."""
     import json
 
     from glactl.errors import InputError
 
     if model_arg and model and model_arg != model:
         raise InputError("give the model once: MODEL or --model, not both")
-    if _names_state_file(model_arg or model):
-        _describe_state_file(model_arg or model, json_out)
+    target = model_arg or model
+    if _names_state_file(target):
+        _describe_state_file(target, json_out)
         return
-    lm = load_model(model_arg or model, device, threads)
+    runs = _runs_inside(Path(target)) if target else []
+    if runs:
+        _describe_runs(Path(target), runs, json_out)
+        return
+    lm = load_model(target, device, threads, context)
     described = lm.info()
     if json_out:
         write(sys.stdout, json.dumps(described, default=str) + "\n")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    arch, state = described["architecture"], described["state"]
-    table = Table(title=f"{described['model']}", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
     from glactl.runtime.threads import plural
 
-    table.add_row(
-        "architecture",
-        f"{arch['mixer']}: d_model {arch['d_model']}, {plural(arch['n_layers'], 'layer')}, "
-        f"{plural(arch['n_heads'], 'head')}, "
-        f"context {arch['context'] if arch['context'] is not None else 'unlimited'}",
-    )
-    table.add_row("parameters", f"{described['parameters']:,}")
+    arch, state = described["architecture"], described["state"]
+    rows = [
+        (
+            "architecture",
+            f"{arch['mixer']}: d_model {arch['d_model']}, {plural(arch['n_layers'], 'layer')}, "
+            f"{plural(arch['n_heads'], 'head')}, "
+            f"context {arch['context'] if arch['context'] is not None else 'unlimited'}",
+        ),
+        ("parameters", f"{described['parameters']:,}"),
+    ]
     if state["growth"] == "constant":
         growth = f"constant: {human_bytes(state['bytes_after_100_tokens'])} whatever the context length"
     else:
@@ -59,13 +67,34 @@ def info(
         )
         if state["context"] is not None:
             growth += f", up to the {state['context']}-token window"
-    table.add_row("state", growth)
-    table.add_row("weights", f"{described.get('weights_dtype', 'float32')}")
-    for what, value in _training_rows(described["training"], described["model"]):
-        table.add_row(what, value)
-    for name, size in described["files"].items():
-        table.add_row(f"file {name}", human_bytes(size))
-    Console().print(table)
+    rows.append(("state", growth))
+    rows.append(("weights", f"{described.get('weights_dtype', 'float32')}"))
+    rows += _training_rows(described["training"], described["model"])
+    rows += [(f"file {name}", human_bytes(size)) for name, size in described["files"].items()]
+    _print_facts(f"{described['model']}", rows)
+
+
+def _print_facts(title: str, rows: list[tuple[str, str]]) -> None:
+    """A table of facts, one per row; a value with a word too long for its column (a path, a command), like a title
+    wider than the screen, is printed whole on a line of its own instead, so that it can be copied."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    room = console.width - max(len(label) for label, _ in rows) - 7  # "│ label │ value │"
+    fits = [max((len(word) for word in value.split()), default=0) <= room for _, value in rows]
+    if len(title) > console.width:  # a long path: whole on its own line rather than folded as a centred title
+        console.print(title, soft_wrap=True, highlight=False, markup=False)
+    table = Table(title=title if len(title) <= console.width else None, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for (label, value), fit in zip(rows, fits):
+        if fit:
+            table.add_row(label, value)
+    console.print(table)
+    for (label, value), fit in zip(rows, fits):
+        if not fit:
+            console.print(f"{label}: {value}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
@@ -172,30 +201,88 @@ def _describe_state_file(path: str, json_out: bool) -> None:
     if json_out:
         write(sys.stdout, json.dumps(described) + "\n")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{path} (glactl saved state)", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
     model = described["model"]
-    table.add_row(
-        "model",
-        f"{model['mixer']}: config.json sha256 {model['config_sha256'][:16]}, "
-        f"model.safetensors sha256 {model['weights_sha256'][:16]}",
-    )
+    rows = [
+        ("model", model["name"] if "name" in model else "not recorded (saved by an earlier glactl)"),
+        ("architecture", model["mixer"]),
+        (
+            "checkpoint",
+            f"config.json sha256 {model['config_sha256'][:16]}, model.safetensors sha256 {model['weights_sha256'][:16]}",
+        ),
+    ]
     if described["windowed"]:
         window = (
             "unlimited"
             if described["context"] is None
             else f"{described['context']} tokens ({described['sink_tokens']} sinks)"
         )
-        table.add_row("attention window", window)
-    table.add_row("bytes read", f'{described["bytes_read"]:,} (after the "\\n" start)')
-    table.add_row("text ends with", json.dumps(described["text_ends_with"], ensure_ascii=False))
-    table.add_row("precision", described["precision"])
-    table.add_row(
-        "size", f"{human_bytes(described['file_bytes'])} file, {human_bytes(described['state_bytes'])} of state"
+        rows.append(("attention window", window))
+    rows += [
+        ("bytes read", f'{described["bytes_read"]:,} (after the "\\n" start)'),
+        ("text ends with", json.dumps(described["text_ends_with"], ensure_ascii=False)),
+        ("precision", described["precision"]),
+        ("size", f"{human_bytes(described['file_bytes'])} file, {human_bytes(described['state_bytes'])} of state"),
+        ("format", f"version {described['format_version']}, written by glactl {described['glactl_version']}"),
+    ]
+    _print_facts(f"{path} (glactl saved state)", rows)
+
+
+def _runs_inside(folder: Path) -> list[Path]:
+    """The run folders directly inside `folder` when it is not a model itself (a compare --out folder, runs/)."""
+    if not folder.is_dir() or (folder / "config.json").exists() or (folder / "checkpoint").exists():
+        return []
+    try:
+        return sorted(p for p in folder.iterdir() if (p / "checkpoint" / "config.json").is_file())
+    except OSError:
+        return []
+
+
+def _describe_runs(folder: Path, runs: list[Path], json_out: bool) -> None:
+    """`glactl info FOLDER` on a folder of runs: each run's architecture, steps and score, from its config.json."""
+    import json
+
+    from glactl.runtime.threads import plural
+    from glactl.storage.safe_read import read_json
+
+    listed = []
+    for run in runs:
+        document = read_json(run / "checkpoint" / "config.json", "config.json")
+        document = document if isinstance(document, dict) else {}
+        training = document.get("training") if isinstance(document.get("training"), dict) else {}
+        architecture = document.get("architecture") if isinstance(document.get("architecture"), dict) else {}
+        listed.append(
+            {
+                "name": run.name,
+                "path": str(run),
+                "architecture": architecture.get("mixer"),
+                "steps": training.get("steps"),
+                "val_bits_per_byte": training.get("val_bits_per_byte"),
+                "accuracy": training.get("accuracy"),
+            }
+        )
+    if json_out:
+        write(sys.stdout, json.dumps({"folder": str(folder), "runs": listed}) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"{folder}: a folder of {plural(len(runs), 'run')}; describe one with: glactl info {Path(folder) / runs[0].name}",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
     )
-    table.add_row("format", f"version {described['format_version']}, written by glactl {described['glactl_version']}")
-    Console().print(table)
+    table = Table()
+    for column, justify in (("run", "left"), ("architecture", "left"), ("steps", "right"), ("result", "right")):
+        table.add_column(column, justify=justify)
+    for run in listed:
+        if isinstance(run["val_bits_per_byte"], (int, float)):
+            result = f"{run['val_bits_per_byte']:.4f} bits/byte"
+        elif isinstance(run["accuracy"], (int, float)):
+            result = f"{100 * run['accuracy']:.2f}% accuracy"
+        else:
+            result = "-"
+        steps = f"{run['steps']:,}" if isinstance(run["steps"], int) else "-"
+        table.add_row(run["name"], str(run["architecture"] or "?"), steps, result)
+    console.print(table)

@@ -5,7 +5,7 @@ A command writes `model: ModelOption = None`; labels and choices follow click's 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,19 +15,30 @@ def choices(*names: str) -> str:
     return "[" + "|".join(names) + "]"
 
 
+def one_spelling(value: Any, old: Any, flag: str, old_flag: str) -> Any:
+    """The value of an option given as `flag` or as its old spelling `old_flag` (hidden from --help, still accepted)."""
+    if value is not None and old is not None and value != old:
+        from glactl.errors import InputError
+
+        raise InputError(f"give {flag} once ({old_flag} is its old spelling)")
+    return value if value is not None else old
+
+
 ARCHITECTURES = "gla, transformer, performer, infinite, reflex, mingru, minlstm, lstm, gru"
-MODEL_HELP = "Run folder, checkpoint folder or shipped model name (default: the shipped gla-enwiki)."
+MODEL_HELP = "A trained model: run folder, checkpoint folder or shipped model name (default: the shipped gla-enwiki)."
 _DEVICE_CHOICES = choices("auto", "cpu", "cuda", "mps")
 _DEVICE_HELP = "Where to run; auto takes cuda, then mps, then cpu; cuda:N picks a GPU (default auto)."
 _DTYPE_CHOICES = choices("auto", "float32", "bfloat16", "float16")
 _DTYPE_HELP = (
-    "Training precision (default auto: bfloat16 on GPUs that have it, else float16; on a CPU with native "
-    "bfloat16 the faster of bfloat16 and float32 for this model, timed over a few passes once and "
-    "cached, else float32; the log says which)."
+    "Training precision. auto (the default) takes: on a CUDA GPU, bfloat16 where it supports it, else float16 "
+    "with loss scaling; on a CPU with native bfloat16 (AVX512-BF16 or AMX), whichever of bfloat16 and float32 "
+    "trains this model faster (timed over a few passes once, then cached); on other CPUs and on mps, float32. "
+    "float16 is refused on CPUs. The log says which dtype runs."
 )
 _THREADS_HELP = (
-    "CPU threads for torch (default: OMP_NUM_THREADS where set, else 1 for decoding and for scoring and "
-    "training the idle cores, i.e. cores minus those other work keeps busy, said on stderr)."
+    "CPU threads for torch. Default: OMP_NUM_THREADS if it is set; otherwise 1 for decoding (generate, "
+    "complete, serve), and for scoring and training one per core that other work leaves idle (stderr says "
+    "how many)."
 )
 _KERNEL_CHOICES = choices("torch", "fla")
 _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, needs the fla package) (default torch)."

@@ -24,29 +24,21 @@ PERPLEXITY_HELP = """Score files (or a dataset split) with the model: bits per b
 
 Each file streams through the model in --window byte pieces with the state carried, so every byte is conditioned on the whole file before it (attention models: a sliding --context window); the first byte is conditioned on "\\n". Word perplexity follows lm-evaluation-harness: words = len(re.split(r"\\s+", text)). Non-UTF-8 bytes are scored as bytes; characters are counted on the text decoded with replacement (a note says so).
 
---json prints one document: {"model": PATH, "window": N, "context": N or null, "files": {NAME: METRICS, ...}, "total": METRICS, "notes": [TEXT, ...]}
+--json prints one document: {"model": PATH, "precision": P, "compile": "eager", "window": N, "context": N or null, "files": {NAME: METRICS, ...}, "total": METRICS, "notes": [TEXT, ...]}
 
-NAME is the file path (or DATA:SPLIT); METRICS has exactly the keys bits_per_byte, bits_per_char, byte_perplexity, word_perplexity, bytes, chars, words, tokens_per_second (a perplexity too large for a float is null).
+NAME is the file path as given (stdin for "-", DATA:SPLIT for --data); each FILE is named once; METRICS has exactly the keys bits_per_byte, bits_per_char, byte_perplexity, word_perplexity, bytes, chars, words, tokens_per_second (a perplexity too large for a float is null).
 """
 
 
 def perplexity(
     files: list[str] = typer.Argument(None, metavar="FILES", help='Text files to score ("-" reads stdin).'),
-    data: str | None = typer.Option(
-        None, "--data", help="Score a split of a dataset instead (same names as train --data)."
-    ),
-    split: str = typer.Option(
-        "test", "--split", metavar=choices("train", "validation", "test"), help="Split of --data."
-    ),
-    window: int = typer.Option(4096, "--window", help="Bytes read and scored per forward call."),
-    context: ContextOption = None,
     model: ModelOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
     kernels: KernelsOption = None,
     precision: PrecisionOption = None,
     compile: CompileOption = None,
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (shape above)."),
+    context: ContextOption = None,
     state_file: str | None = typer.Option(
         None,
         "--state",
@@ -59,6 +51,14 @@ def perplexity(
         metavar="FILE",
         help="Save the state after the scored text to FILE (one FILE or --data only), to continue with --state.",
     ),
+    data: str | None = typer.Option(
+        None, "--data", help="Score a split of a dataset instead (same names as train --data)."
+    ),
+    split: str = typer.Option(
+        "test", "--split", metavar=choices("train", "validation", "test"), help="Split of --data."
+    ),
+    window: int = typer.Option(4096, "--window", help="Bytes read and scored per forward call."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (shape above)."),
 ) -> None:
     import json
     import math
@@ -68,11 +68,10 @@ def perplexity(
     from glactl.inference.scoring import Score, check_file, score_file, score_split, state_growth
 
     check_positive("--window", window)
-    paths = list(dict.fromkeys(files or []))
-    paths = ["/dev/stdin" if p == "-" and os.path.exists("/dev/stdin") else p for p in paths]  # "-": score stdin
+    paths = _named_files(files or [])
     if not paths and data is None:
         raise InputError("give one or more FILES or --data NAME (see 'glactl perplexity --help')")
-    for path in paths:
+    for path in paths.values():
         check_file(path)
     check_save_state(save_state)
     if save_state is not None and len(paths) + (data is not None) != 1:
@@ -128,21 +127,15 @@ def perplexity(
         return step
 
     with progress:
-        for path in paths:
+        for name, path in paths.items():
             size = os.path.getsize(path)
-            task = progress.add_task(Path(path).name, total=size or None, visible=False)
-            scores[path] = score_file(lm.model, path, window, advance(task, time.monotonic()), **continuation)
+            task = progress.add_task(Path(name).name, total=size or None, visible=False)
+            scores[name] = score_file(lm.model, path, window, advance(task, time.monotonic()), **continuation)
         if data is not None:
             task = progress.add_task(f"{data}:{split}", total=None, visible=False)
             scores[f"{data}:{split}"] = score_split(
                 lm.model, data, split, window, advance(task, time.monotonic()), **continuation
             )
-    if save_state is not None:
-        from glactl.storage.state_file import State
-
-        final = State(next(iter(scores.values())).final, lm.state_owner())
-        final.save(save_state)
-        saved_state_note(save_state, final)
     for name, score in scores.items():
         notes.extend(f"{name}: {note}" for note in score.notes)
     if thread_note:  # said once, after the work (so an error before it stays one line)
@@ -155,6 +148,8 @@ def perplexity(
     if json_out:
         document = {
             "model": lm.path,
+            "precision": lm.precision,
+            "compile": "eager",  # whole windows are matrix products: scoring never runs the compiled decode step
             "window": window,
             "context": lm.config.context,
             "files": {name: clean(s.metrics()) for name, s in scores.items()},
@@ -162,10 +157,38 @@ def perplexity(
             "notes": notes,
         }
         write(sys.stdout, json.dumps(document) + "\n")
-        return
+    else:
+        _print_table(scores, total, notes, lm, window, err)
+    if save_state is not None:  # after the results: a failing save still leaves them printed
+        from glactl.storage.state_file import State
+
+        final = State(next(iter(scores.values())).final, lm.state_owner())
+        final.save(save_state)
+        saved_state_note(save_state, final)
+
+
+def _named_files(files: list[str]) -> dict[str, str]:
+    """Row name -> path to read: "-" is stdin (row "stdin"); a file named twice is refused (one row per file)."""
+    from glactl.errors import InputError
+
+    named: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for given in files:
+        name, path = ("stdin", "/dev/stdin") if given == "-" and os.path.exists("/dev/stdin") else (given, given)
+        same = os.path.realpath(path) if given != "-" else "-"
+        if same in seen or name in named:
+            raise InputError(f"{given}: given twice (as {seen.get(same, name)}); name each FILE once")
+        seen[same], named[name] = given, path
+    return named
+
+
+def _print_table(scores: dict, total, notes: list[str], lm, window: int, err) -> None:  # noqa: ANN001
+    """One row per file (names fold, numbers never do), the total, then the notes on stderr."""
+    from rich.console import Console
+
     from glactl.report.display import fit_columns, print_table, run_name
 
-    # One row per file (names fold, numbers never do); four decimals on every score; counts and speed as integers.
+    # Four decimals on every score; counts and speed as integers.
     def score_text(value: float) -> str:  # four decimals, in e-notation once a perplexity passes a million
         return f"{value:.4e}" if abs(value) >= 1e6 else f"{value:,.4f}"
 
@@ -183,7 +206,9 @@ def perplexity(
     rows = [[name] + [fmt(score.metrics()[key]) for key, (_, fmt) in columns.items()] for name, score in named]
     screen = Console()
     header, rows, dropped = fit_columns(header, rows, screen.width, drop_order=(7, 6, 2, 5), flexible=0)
-    print_table(screen, f"perplexity of {run_name(lm.path)} (window {window})", header, rows, flexible=0)
+    print_table(
+        screen, f"perplexity of {run_name(lm.path)} ({lm.precision}, window {window})", header, rows, flexible=0
+    )
     if dropped:
         notes.append(f"left out at this width: {', '.join(dropped)} (all metrics with --json)")
     for note in notes:

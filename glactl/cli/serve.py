@@ -17,6 +17,7 @@ from glactl.cli.options import (
     CompileOption,
     ContextOption,
     DeviceOption,
+    KernelsOption,
     ModelOption,
     PrecisionOption,
     ThreadsOption,
@@ -67,6 +68,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def serve(
     model: ModelOption = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+    kernels: KernelsOption = None,
+    precision: PrecisionOption = None,
+    compile: CompileOption = None,
+    context: ContextOption = None,
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to listen on (default 127.0.0.1; any other needs --api-key)."
     ),
@@ -88,11 +95,6 @@ def serve(
         metavar="KEY",
         help="Require 'Authorization: Bearer KEY' on every route but /health and / (default: none).",
     ),
-    device: DeviceOption = None,
-    threads: ThreadsOption = None,
-    precision: PrecisionOption = None,
-    compile: CompileOption = None,
-    context: ContextOption = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) with sessions."""
     check_flags(host, port, max_batch, max_sessions, api_key, context)
@@ -106,7 +108,7 @@ def serve(
     from glactl.inference.compiled_step import COMPILE_CHOICES
     from glactl.inference.precision import PRECISION_CHOICES, check_choice
     from glactl.report.display import run_name
-    from glactl.runtime.devices import select_device
+    from glactl.runtime.devices import select_device, select_kernels
     from glactl.runtime.threads import thread_line
     from glactl.serve.app import create_app
     from glactl.serve.served import Settings, stderr_line
@@ -114,13 +116,14 @@ def serve(
 
     check_choice("--precision", precision, PRECISION_CHOICES)
     check_choice("--compile", compile, COMPILE_CHOICES)
-    select_device(device or "auto")  # the checks loading would make, before the server says it listens
+    select_kernels(kernels, select_device(device or "auto"))  # the checks loading makes, before the server listens
     folder = resolve_model(model)
     name = run_name(folder)
     load = dict(
         device=device,
         threads=thread_line("decoding", threads)[0],
         context=context,
+        kernels=kernels,
         precision=precision,
         compile=compile,
     )

@@ -13,11 +13,20 @@ from glactl.cli.options import (
     ShortConvOption,
     ThreadsOption,
     choices,
+    one_spelling,
 )
 
 
 def train(
     ctx: typer.Context,
+    arch: str | None = typer.Option(
+        None, "--arch", metavar="ARCH", help=f"Architecture of a new model: {ARCHITECTURES} (default gla)."
+    ),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="ARCH", hidden=True),  # --arch's old spelling
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
+    kernels: KernelsOption = None,
     data: list[str] = typer.Option(
         [],
         "--data",
@@ -27,9 +36,6 @@ def train(
         None,
         "--valid",
         help="Validation text (default: each source's validation split, or the last 1% of a local file).",
-    ),
-    model: str | None = typer.Option(
-        None, "--model", "-m", metavar="ARCH", help=f"Architecture: {ARCHITECTURES} (default gla)."
     ),
     preset: str | None = typer.Option(
         None, "--preset", metavar=choices("tiny", "small", "base"), help="Model size (default small)."
@@ -45,7 +51,10 @@ def train(
     ),
     grad_accum: int | None = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default 1)."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Total optimizer steps (counting steps done before --resume)."
+        None,
+        "--steps",
+        help="Total optimizer steps (counting steps done before --resume). A new total (or --time) on --resume "
+        "continues the cosine from the current learning rate down to 10% of the peak at the new end, never back up.",
     ),
     time_budget: str | None = typer.Option(
         None, "--time", help="Wall-clock budget, e.g. 30m or 2h (counts across resumes)."
@@ -83,10 +92,6 @@ def train(
         None, "--init-from", help="Start from these weights with a fresh optimizer (fine-tuning)."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
-    device: DeviceOption = None,
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
-    kernels: KernelsOption = None,
     allow_binary: bool | None = typer.Option(None, "--allow-binary", help="Train on files that look binary."),
     short_conv: ShortConvOption = None,
     performer_rope: PerformerRopeOption = None,
@@ -94,13 +99,15 @@ def train(
     """Train a model on local text or a Hugging Face dataset; Ctrl-C saves and stops."""
     from rich.console import Console
 
+    from glactl.storage.atomic import check_output_folder
     from glactl.training.options import TrainOptions, parse_duration
     from glactl.training.trainer import train as run_training
 
+    check_output_folder(out or "runs", f"--out {out}" if out else "the default run folder runs/ (--out to choose)")
     options = TrainOptions(
         data=list(data),
         valid=valid,
-        model=model,
+        model=one_spelling(arch, model, "--arch", "--model"),
         preset=preset,
         d_model=d_model,
         n_layers=n_layers,

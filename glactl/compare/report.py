@@ -26,7 +26,7 @@ def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str]
     """
     from glactl.report.display import fit_columns
 
-    header, rows = table(entries)
+    header, rows = table(entries, short=True)
     short = [h.replace("gen tok/s", "gen/s") for h in header]
 
     def context_of(name: str) -> int:
@@ -40,17 +40,17 @@ def terminal_table(entries: list[dict[str, Any]], width: int) -> tuple[list[str]
     )
     shorter = [i for i in order if context_of(header[i]) != longest]
     order = shorter + [i for i, h in enumerate(header) if h == "decode"] + order[len(shorter) :]
-    order += [i for i, h in enumerate(header) if h in ("params", "train tok/s")]
+    order += [header.index(h) for h in ("dtype", "params", "train tok/s") if h in header]
     return fit_columns(short, rows, width, order)
 
 
-def table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table (shared by the terminal and results.md)."""
+def table(entries: list[dict[str, Any]], short: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (shared by the terminal and results.md; `short`: terminal labels)."""
     if entries and entries[0].get("task", "lm") != "lm":
-        return task_table(entries)
+        return task_table(entries, short)
     contexts = list(entries[0]["state_bytes"]) if entries else []
     spread = any("val_bits_per_byte_std" in e for e in entries)
-    header = ["model", "params", "train tok/s", "val bpb" + (" (± sd)" if spread else "")]
+    header = ["model", "params", "train tok/s", *dtype_header(entries), "val bpb" + (" (± sd)" if spread else "")]
     header += ["decode"] + [f"gen tok/s @{context_label(int(c))}" for c in contexts]
     header += [f"state @{context_label(int(c))}" for c in contexts]
     rows = []
@@ -62,6 +62,7 @@ def table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             e["model"],
             f"{e['parameters'] / 1e6:.2f}M",
             f"{e['train_tokens_per_second']:,.0f}",
+            *dtype_cell(entries, e),
             bpb,
             decode_label(e),
         ]
@@ -79,21 +80,46 @@ def decode_label(entry: dict[str, Any]) -> str:
     return f"{decode['precision']} {'compiled' if decode['compiled'] else 'eager'}"
 
 
-def task_table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a --task comparison: accuracy on the test set, loss at the answers, state after a sequence."""
+def dtype_header(entries: list[dict[str, Any]]) -> list[str]:
+    """The training dtype column, where the entries record one (results from before glactl did have none)."""
+    return ["dtype"] if any("dtype" in e for e in entries) else []
+
+
+def dtype_cell(entries: list[dict[str, Any]], entry: dict[str, Any]) -> list[str]:
+    return [entry["dtype"]["name"] if "dtype" in entry else "-"] if dtype_header(entries) else []
+
+
+def describe_dtype(entries: list[dict[str, Any]]) -> str:
+    """The sentence of results.md on the training dtype: which, and how it was chosen."""
+    dtype = next((e["dtype"] for e in entries if "dtype" in e), None)
+    return f" Every run trained in {dtype['name']} ({dtype['chosen']})." if dtype else ""
+
+
+def task_table(entries: list[dict[str, Any]], short: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a --task comparison: accuracy on the test set, loss at the answers, state after a sequence.
+
+    Below the models, the task's floors (Task.baselines): rows "chance" and "trivial (its rule)"; `short`
+    leaves the rule out (a terminal; results.md and results.json say it).
+    """
     spread = any("accuracy_std" in e for e in entries)
     whole = any("sequence_accuracy" in e for e in entries)
     length = next(iter(entries[0]["state_bytes"]))
-    header = ["model", "params", "train tok/s", "accuracy" + (" (± sd)" if spread else "")]
+    header = ["model", "params", "train tok/s", *dtype_header(entries), "accuracy" + (" (± sd)" if spread else "")]
     header += ["sequence accuracy"] if whole else []
     header += ["answer loss", f"state @{context_label(int(length))}"]
     rows = []
     for e in entries:
         accuracy = f"{e['accuracy']:.4f}" + (f" ± {e['accuracy_std']:.4f}" if "accuracy_std" in e else "")
-        row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}", accuracy]
+        row = [e["model"], f"{e['parameters'] / 1e6:.2f}M", f"{e['train_tokens_per_second']:,.0f}"]
+        row += [*dtype_cell(entries, e), accuracy]
         row += [f"{e['sequence_accuracy']:.4f}"] if whole else []
         row += [f"{e['val_loss']:.4f}", human_bytes(e["state_bytes"][length])]
         rows.append(row)
+    for name, floor in (entries[0].get("baselines") or {}).items():
+        label = name if short or name == "chance" else f"{name} ({floor['rule']})"
+        row = [label, "-", "-", *["-" for _ in dtype_header(entries)], f"{floor['accuracy']:.4f}"]
+        row += [f"{floor['sequence_accuracy']:.4f}" if "sequence_accuracy" in floor else "-"] if whole else []
+        rows.append(row + ["-", "-"])
     return header, rows
 
 
@@ -157,12 +183,14 @@ def task_markdown(entries: list[dict[str, Any]], options: CompareOptions) -> str
             describe_task(options),
             "",
             f"Preset {options.preset}, batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, "
-            f"seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
+            f"seed{'s' if len(options.seeds) > 1 else ''} {seeds}.{describe_dtype(entries)}",
             f"Accuracy is teacher-forced argmax at the answer positions of a fixed test set of {test} sequences "
             f"(disjoint from training), at the last evaluation"
             + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
             + f"{whole}; answer loss is the cross-entropy there (nats); the state is measured after one {options.seq_len}-byte "
-            "task sequence; training tokens/s leaves evaluation time out.",
+            "task sequence; training tokens/s leaves evaluation time out. "
+            "The last rows are the floors on the same test set: chance (a uniform guess among the answer bytes) and "
+            "a trivial rule that learns nothing (docs/comparing.md, Probes).",
             "",
             markdown_table(entries),
             "",
@@ -182,7 +210,8 @@ def results_markdown(entries: list[dict[str, Any]], options: CompareOptions, pro
         "# glactl compare",
         "",
         f"Data: {', '.join(options.data)}. Preset {options.preset}, sequence length {options.seq_len}, "
-        f"batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, seed{'s' if len(options.seeds) > 1 else ''} {seeds}.",
+        f"batch {options.batch_size}, budget {describe_budget(options)}, learning rate {lr}, seed{'s' if len(options.seeds) > 1 else ''} {seeds}."
+        + describe_dtype(entries),
         "Validation bits per byte is the last evaluation"
         + (" (mean ± sample standard deviation over seeds)" if options.spread else "")
         + "; training tokens/s leaves evaluation time out; generation is batch 1, greedy, after the given bytes "

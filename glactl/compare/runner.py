@@ -1,6 +1,7 @@
 """`glactl compare`: train (or reuse) one run folder `OUT/<model>-seed<seed>` per model and seed, measure, report.
 
-Each folder's `compare.json` records what it was trained and measured with, so a rerun knows what to redo.
+Each folder's `compare.json` records what it was trained and measured with, so a rerun knows what to redo;
+`OUT/comparison.json` records what holds for every run: the training dtype, chosen once.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from glactl.errors import InputError, RunFailure
 from glactl.storage.atomic import write_json_atomic
 
 RUN_FILE = "compare.json"
+COMPARISON_FILE = "comparison.json"
 
 
 def run_compare(options: CompareOptions, console: Any | None = None) -> list[dict[str, Any]]:
     """Train (or reuse) every model and seed, measure them, write the four result files; returns the entries."""
+    from glactl.data.tasks import TEST_SEQUENCES
     from glactl.data.training_data import load_training_data
     from glactl.report.progress import Reporter
     from glactl.runtime.threads import set_threads
@@ -66,8 +69,14 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
             say.end_prepare()
         text = reference_text(data, max(options.contexts))
         prompt = options.prompt if options.prompt is not None else default_prompt(data)
-    out.mkdir(parents=True, exist_ok=True)
+    dtype, before = comparison_dtype(options, out, say)
+    options.dtype = dtype["name"]  # every run trains in it, given explicitly (no run measures on its own)
     runs = [(model, seed) for model in options.models for seed in options.seeds]
+    for model, seed in runs:  # a folder that cannot be reused as it is stops the comparison before any work
+        reusable_record(options, model, seed, out / f"{model}-seed{seed}")
+    say.line(f"dtype {dtype['name']} for every run ({dtype['chosen']}{'; chosen before' if before else ''})")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / COMPARISON_FILE, {"dtype": dtype})
     results: dict[str, list[dict[str, Any]]] = {}
     failures: list[str] = []
     for number, (model, seed) in enumerate(runs, 1):
@@ -79,11 +88,12 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
             failures.append(f"{model}-seed{seed} ({e})")
             continue
         results.setdefault(model, []).append(result)
+    baselines = task.baselines(options.eval_windows or TEST_SEQUENCES) if task is not None else {}
     entries = [
         (
-            summarize_task(model, results[model], options.spread, task)
+            summarize_task(model, results[model], options.spread, task, dtype, baselines)
             if task is not None
-            else summarize(model, results[model], options.spread)
+            else summarize(model, results[model], options.spread, dtype)
         )
         for model in options.models
         if model in results
@@ -100,30 +110,75 @@ def run_compare(options: CompareOptions, console: Any | None = None) -> list[dic
     return entries
 
 
-def comparison_dtype(options: CompareOptions, say: Any) -> str | None:
-    """One training dtype for every run of a comparison.
+def comparison_dtype(options: CompareOptions, out: Path, say: Any) -> tuple[dict[str, Any], bool]:
+    """The one training dtype of every run of the comparison in `out` ({name, chosen, bfloat16_speedup}), and
+    whether it was chosen before.
 
-    `--dtype auto` on a CPU with native bfloat16 measures each model's speed, so a table could mix
-    float32 and bfloat16 runs (two identical models once landed 0.23 apart that way: README, Probes);
-    here the first model's measurement decides for all of them.
+    Chosen before the first run and recorded in OUT/comparison.json: a rerun or a resumed comparison takes the
+    recorded choice (a new `--dtype auto` measurement could come out the other way: docs/comparing.md), a
+    --dtype that differs from it is refused, and --force chooses again.
     """
-    if (options.dtype or "auto") != "auto":
-        return options.dtype
-    from glactl.models import LanguageModel
-    from glactl.runtime.cache import cache_root
-    from glactl.runtime.devices import cpu_dtype_by_measurement, select_device, select_precision
-    from glactl.training.setup import new_model_config
+    recorded = None if options.force else _recorded_dtype(out / COMPARISON_FILE)
+    if recorded is None:
+        return choose_dtype(options, say), False
+    if (options.dtype or "auto").lower() != "auto":
+        from glactl.runtime.devices import select_device, select_precision
+
+        asked = select_precision(options.dtype, select_device(options.device)).name
+        if asked != recorded["name"]:
+            raise InputError(
+                f"--out {out}: this comparison trains every run in {recorded['name']} ({recorded['chosen']}); "
+                f"pass --dtype {recorded['name']} or auto to continue it, or --force to redo its runs in {asked}"
+            )
+    return recorded, True
+
+
+def choose_dtype(options: CompareOptions, say: Any) -> dict[str, Any]:
+    """A new choice of the training dtype: the given --dtype, or auto's rule for the device.
+
+    On a CPU with native bfloat16, auto times bfloat16 autocast against float32 on the first model (the
+    calibration of `glactl train --dtype auto`), once for the whole comparison.
+    """
+    from glactl.runtime.devices import select_device, select_precision
 
     device = select_device(options.device)
-    if device.type != "cpu" or select_precision("auto", device).name != "bfloat16":
-        return options.dtype  # a fixed rule elsewhere (bfloat16 on GPUs that have it, else float32)
-    model = LanguageModel(new_model_config(train_options(options, options.models[0], options.seeds[0])))
-    name, speedup, _ = cpu_dtype_by_measurement(model, options.seq_len, options.batch_size, cache_root())
-    say.line(
-        f"dtype auto: {name} for every model (measured on {options.models[0]}: bfloat16 autocast "
-        f"{speedup:.2f}x the speed of float32)"
-    )
-    return name
+    given = (options.dtype or "auto").lower()
+    precision = select_precision(given, device)
+    choice: dict[str, Any] = {"name": precision.name, "chosen": "", "bfloat16_speedup": None}
+    if given != "auto":
+        choice["chosen"] = f"given: --dtype {given}" + (f"; {precision.warning}" if precision.warning else "")
+    elif device.type == "cpu" and precision.name == "bfloat16":
+        from glactl.models import LanguageModel
+        from glactl.runtime.cache import cache_root
+        from glactl.runtime.devices import cpu_dtype_by_measurement
+        from glactl.training.setup import new_model_config
+
+        first = options.models[0]
+        say.line(f"dtype auto: timing bfloat16 autocast against float32 on {first}")
+        model = LanguageModel(new_model_config(train_options(options, first, options.seeds[0])))
+        name, speedup, _ = cpu_dtype_by_measurement(model, options.seq_len, options.batch_size, cache_root())
+        choice.update(
+            name=name,
+            chosen=f"auto: bfloat16 autocast measured {speedup:.2f}x float32 (on {first})",
+            bfloat16_speedup=round(speedup, 3),
+        )
+    else:
+        rule = "this CPU has no native bfloat16" if device.type == "cpu" else f"the rule on {device.type}"
+        choice["chosen"] = f"auto: {precision.name} ({rule})"
+    return choice
+
+
+def _recorded_dtype(path: Path) -> dict[str, Any] | None:
+    """The dtype choice in OUT/comparison.json, or None when it is missing or not one."""
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("dtype")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(recorded, dict) or recorded.get("name") not in ("float32", "bfloat16", "float16"):
+        return None
+    if not isinstance(recorded.get("chosen"), str):
+        return None
+    return recorded
 
 
 def training_settings(options: CompareOptions, model: str, seed: int) -> dict[str, Any]:
@@ -142,6 +197,7 @@ def training_settings(options: CompareOptions, model: str, seed: int) -> dict[st
         "steps": options.steps,
         "time_budget": options.time_budget,
         "lr": options.lr if options.lr is not None else default_lr(model),
+        "dtype": options.dtype,  # the comparison's, chosen once (comparison_dtype)
         "eval_every": options.eval_every,
         "eval_windows": options.eval_windows,
         "task": task_settings(options),
@@ -185,17 +241,7 @@ def run_one(
     """
     trained_with = training_settings(options, model, seed)
     measured_with = measurement_settings(options, prompt)
-    record = None if options.force else read_record(folder)
-    if record is None and not options.force and _holds_run(folder):
-        raise InputError(
-            f"{folder}: holds a run that compare did not make; pass --force to replace it or use another --out"
-        )
-    if record is not None and record.get("training") != trained_with:
-        changed = sorted(k for k in trained_with if record.get("training", {}).get(k) != trained_with[k])
-        raise InputError(
-            f"{folder}: was trained with other settings ({', '.join(changed)}); "
-            "pass --force to redo it or use another --out"
-        )
+    record = reusable_record(options, model, seed, folder)
     if record is not None and record.get("status") == "done" and record.get("measurement") == measured_with:
         say.line(f"{label}: already finished in {folder}, skipping (--force redoes it)")
         return record["result"]
@@ -203,7 +249,6 @@ def run_one(
         resume = record is not None and _has_checkpoint(folder)
         say.line(f"{label}: {'resuming' if resume else 'training'} in {folder}")
         write_record(folder, {"status": "training", "training": trained_with})
-        options.dtype = comparison_dtype(options, say)  # decided at the first training, once for all
         train_run(options, model, seed, folder, resume, say.console)
         record = {"status": "trained", "training": trained_with}
         write_record(folder, record)
@@ -220,6 +265,23 @@ def run_one(
         result = measure_run(folder, options, text, prompt, seed)
     write_record(folder, {**record, "status": "done", "measurement": measured_with, "result": result})
     return result
+
+
+def reusable_record(options: CompareOptions, model: str, seed: int, folder: Path) -> dict[str, Any] | None:
+    """The folder's compare.json when its run may be reused (None: train it); InputError when it holds another run."""
+    trained_with = training_settings(options, model, seed)
+    record = None if options.force else read_record(folder)
+    if record is None and not options.force and _holds_run(folder):
+        raise InputError(
+            f"{folder}: holds a run that compare did not make; pass --force to replace it or use another --out"
+        )
+    if record is not None and record.get("training") != trained_with:
+        changed = sorted(k for k in trained_with if record.get("training", {}).get(k) != trained_with[k])
+        raise InputError(
+            f"{folder}: was trained with other settings ({', '.join(changed)}); "
+            "pass --force to redo it or use another --out"
+        )
+    return record
 
 
 def train_run(options: CompareOptions, model: str, seed: int, folder: Path, resume: bool, console: Any) -> None:

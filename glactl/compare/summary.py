@@ -11,6 +11,7 @@ RESULT_KEYS = (
     "task",
     "parameters",
     "train_tokens_per_second",
+    "dtype",
     "val_bits_per_byte",
     "curve",
     "generate_tokens_per_second",
@@ -20,14 +21,17 @@ RESULT_KEYS = (
     "config",
 )
 SPREAD_KEYS = ("val_bits_per_byte_std", "seeds")
-# --task rows: accuracy on the task's test set; sequence_accuracy only for tasks scored per whole sequence.
+# --task rows: accuracy on the task's test set; sequence_accuracy only for tasks scored per whole sequence;
+# baselines: the task's chance and trivial floors on that test set (the same in every row).
 TASK_RESULT_KEYS = (
     "model",
     "task",
     "parameters",
     "train_tokens_per_second",
+    "dtype",
     "accuracy",
     "sequence_accuracy",
+    "baselines",
     "val_loss",
     "curve",
     "state_bytes",
@@ -37,8 +41,11 @@ TASK_RESULT_KEYS = (
 TASK_SPREAD_KEYS = ("accuracy_std", "seeds")
 
 
-def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[str, Any]:
-    """One results.json entry: means over seeds (with --seeds, also the spread and the seeds' values)."""
+def summarize(model: str, results: list[dict[str, Any]], spread: bool, dtype: dict[str, Any]) -> dict[str, Any]:
+    """One results.json entry: means over seeds (with --seeds, also the spread and the seeds' values).
+
+    `dtype`: the comparison's training dtype and how it was chosen (runner.comparison_dtype), the same in every entry.
+    """
     first = results[0]
     bpbs = [r["val_bits_per_byte"] for r in results]
     entry = {
@@ -46,6 +53,7 @@ def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[s
         "task": "lm",
         "parameters": first["parameters"],
         "train_tokens_per_second": round(statistics.fmean(r["train_tokens_per_second"] for r in results), 1),
+        "dtype": dict(dtype),
         "val_bits_per_byte": round(statistics.fmean(bpbs), 6),
         "curve": mean_curve([r["curve"] for r in results]),
         "generate_tokens_per_second": {
@@ -65,8 +73,18 @@ def summarize(model: str, results: list[dict[str, Any]], spread: bool) -> dict[s
     return entry
 
 
-def summarize_task(model: str, results: list[dict[str, Any]], spread: bool, task: Any) -> dict[str, Any]:
-    """One results.json entry of a --task comparison: means over seeds (with --seeds, the spread of accuracy)."""
+def summarize_task(
+    model: str,
+    results: list[dict[str, Any]],
+    spread: bool,
+    task: Any,
+    dtype: dict[str, Any],
+    baselines: dict[str, Any],
+) -> dict[str, Any]:
+    """One results.json entry of a --task comparison: means over seeds (with --seeds, the spread of accuracy).
+
+    `dtype` as for `summarize`; `baselines`: the task's floors on its test set (Task.baselines).
+    """
     first = results[0]
     accuracies = [r["accuracy"] for r in results]
     entry: dict[str, Any] = {
@@ -74,12 +92,14 @@ def summarize_task(model: str, results: list[dict[str, Any]], spread: bool, task
         "task": task.name,
         "parameters": first["parameters"],
         "train_tokens_per_second": round(statistics.fmean(r["train_tokens_per_second"] for r in results), 1),
+        "dtype": dict(dtype),
         "accuracy": round(statistics.fmean(accuracies), 6),
     }
     if task.whole_sequence:
         entry["sequence_accuracy"] = round(statistics.fmean(r["sequence_accuracy"] for r in results), 6)
     entry.update(
         {
+            "baselines": baselines,
             "val_loss": round(statistics.fmean(r["val_loss"] for r in results), 6),
             "curve": mean_curve([r["curve"] for r in results]),
             "state_bytes": dict(first["state_bytes"]),

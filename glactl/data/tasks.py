@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -66,11 +66,17 @@ def is_test_sequence(x: np.ndarray, y: np.ndarray) -> bool:
 # ---- the tasks --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Task:
-    """A probe: draws (x, y, mask) of `seq_len` bytes; `whole_sequence` says if sequence accuracy is reported."""
+    """A probe: draws (x, y, mask) of `seq_len` bytes; `whole_sequence` says if sequence accuracy is reported.
+
+    Two floors for its accuracy (docs/comparing.md, Probes): `chance_accuracy`, a uniform guess among the
+    answer bytes the task scores, and `trivial_accuracy`, the best simple rule that learns nothing (what
+    `trivial_rule` says), scored exactly on the fixed test set.
+    """
 
     name: str
     seq_len: int
     whole_sequence: bool = False
+    trivial_rule: ClassVar[str] = ""
 
     def settings(self) -> dict[str, Any]:
         """What defines the task's sequences (recorded with every run)."""
@@ -79,6 +85,45 @@ class Task:
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One sequence: x, y (uint8) and the answer mask (bool), each [seq_len]."""
         raise NotImplementedError
+
+    def answer_bytes(self) -> range:
+        """The byte values an answer can take."""
+        raise NotImplementedError
+
+    def trivial_guess(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The trivial rule's guess at every position of one sequence (only the answer positions count)."""
+        raise NotImplementedError
+
+    def chance_accuracy(self) -> float:
+        """Accuracy of a uniform guess among the answer bytes."""
+        return 1.0 / len(self.answer_bytes())
+
+    def trivial_accuracy(self, test_size: int = TEST_SEQUENCES) -> float:
+        """Accuracy of the trivial rule on the fixed test set of `test_size` sequences (exact, not sampled)."""
+        return self.trivial_score(test_size).metrics(False)["accuracy"]
+
+    def trivial_score(self, test_size: int = TEST_SEQUENCES) -> TaskScore:
+        """The trivial rule scored on the fixed test set (answers and whole sequences right; no loss)."""
+        x, y, mask = fixed_test_set(self, test_size)
+        guesses = np.stack([self.trivial_guess(x[i].numpy(), mask[i].numpy()) for i in range(len(x))])
+        score = TaskScore()
+        score.add_guesses(torch.from_numpy(guesses.astype(np.int64)), y, mask)
+        return score
+
+    def baselines(self, test_size: int = TEST_SEQUENCES) -> dict[str, dict[str, Any]]:
+        """The two floors as results.json records them: accuracy, sequence accuracy where reported, and the rule."""
+        chance = self.chance_accuracy()
+        trivial = self.trivial_score(test_size)
+        floors: dict[str, dict[str, Any]] = {
+            "chance": {"accuracy": round(chance, 6)},
+            "trivial": {"accuracy": round(trivial.correct / max(1, trivial.answers), 6)},
+        }
+        if self.whole_sequence:  # chance: every answer right, chance ** answers (the same count in every sequence)
+            floors["chance"]["sequence_accuracy"] = round(chance ** (trivial.answers / max(1, trivial.sequences)), 6)
+            floors["trivial"]["sequence_accuracy"] = round(trivial.sequences_right / max(1, trivial.sequences), 6)
+        floors["chance"]["rule"] = f"a uniform guess among the {len(self.answer_bytes())} answer bytes"
+        floors["trivial"]["rule"] = self.trivial_rule
+        return floors
 
 
 @dataclass(frozen=True)
@@ -91,9 +136,24 @@ class MQAR(Task):
     """
 
     pairs: int = MQAR_PAIRS
+    # Without recall: each key is queried once and the answers already given are in the input (teacher
+    # forcing), so guessing a value of the context not yet answered is right 1/P, 1/(P-1), ..., 1/1 of the time.
+    trivial_rule: ClassVar[str] = "first context value not yet answered"
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "pairs": self.pairs}
+
+    def answer_bytes(self) -> range:
+        return MQAR_VALUES
+
+    def trivial_guess(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        guess = np.zeros_like(x)
+        left = [int(v) for v in x[1 : 2 * self.pairs : 2]]  # the values, in the order of their pairs
+        for p in np.flatnonzero(mask):
+            guess[p] = left[0] if left else 0
+            if p + 1 < len(x) and int(x[p + 1]) in left:  # the answer, read at the next position
+                left.remove(int(x[p + 1]))
+        return guess
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         length = self.seq_len + 1
@@ -121,6 +181,17 @@ class SelectiveCopy(Task):
     """
 
     whole_sequence: bool = True
+    # The markers are all alike and the data is uniform, so without counting positions the best guess is the
+    # data byte the sequence holds most often (the lowest such byte on a tie), the same at every marker.
+    trivial_rule: ClassVar[str] = "most frequent data byte of the sequence"
+
+    def answer_bytes(self) -> range:
+        return COPY_DATA
+
+    def trivial_guess(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        data = x[: self.seq_len - COPY_TOKENS]
+        counts = np.bincount(data[data != COPY_NOISE], minlength=256)
+        return np.full_like(x, int(np.argmax(counts)))
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         region = self.seq_len - COPY_TOKENS
@@ -148,9 +219,20 @@ class Sort(Task):
     count: int = SORT_COUNT
     value_range: int = SORT_RANGE
     whole_sequence: bool = True
+    # Sorted values with repeats mostly equal the one before, and the first is almost always the lowest value
+    # of the range; this rule needs no counting (what sorting is) and scores about 1 - range / count.
+    trivial_rule: ClassVar[str] = "repeat the previous value; lowest first"
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "sort_count": self.count, "sort_range": self.value_range}
+
+    def answer_bytes(self) -> range:
+        return range(SORT_BASE, SORT_BASE + self.value_range)
+
+    def trivial_guess(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        guess = x.copy()  # teacher forcing: the input at an answer position is the previous sorted value
+        guess[self.count] = SORT_BASE  # there the input is the separator
+        return guess
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.count
@@ -231,6 +313,11 @@ def _stack(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Batch:
     return x, y, mask
 
 
+def fixed_test_set(task: Task, size: int = TEST_SEQUENCES) -> Batch:
+    """The task's fixed test set of `size` sequences: the same for every run seed (its own stream)."""
+    return _stack(_draw_side(task, _rng("task-test", task.name, TEST_STREAM), size, test=True))
+
+
 def _draw_side(
     task: Task, rng: np.random.Generator, count: int, test: bool
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -270,9 +357,7 @@ class TaskBatches:
     def test_set(self) -> Batch:
         """The fixed test set (drawn once; the same for every run seed)."""
         if self._test is None:
-            self._test = _stack(
-                _draw_side(self.task, _rng("task-test", self.task.name, TEST_STREAM), self.test_size, test=True)
-            )
+            self._test = fixed_test_set(self.task, self.test_size)
         return self._test
 
     def eval_batches(self, rank: int, world: int, batch_size: int) -> Iterator[Batch]:
@@ -304,7 +389,11 @@ class TaskScore:
     def add(self, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
         """Score a batch: logits [B, T, V], y [B, T], mask [B, T]."""
         self.loss_sum += masked_cross_entropy(logits, y, mask, reduction="sum").item()
-        right = (logits.argmax(-1) == y) & mask
+        self.add_guesses(logits.argmax(-1), y, mask)
+
+    def add_guesses(self, guesses: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
+        """Count answers and whole sequences right: guesses, y, mask [B, T] (no loss: a guess has no probabilities)."""
+        right = (guesses == y) & mask
         self.answers += int(mask.sum())
         self.correct += int(right.sum())
         whole = (right | ~mask).all(-1) & mask.any(-1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,7 @@ class CompiledStep:
     def __init__(self, model: nn.Module, batch: int) -> None:
         self.model, self.batch = model, batch
         self.compiled: Callable[..., Any] | None = None
+        self.compile_seconds = 0.0  # spent compiling the package (not loading a cached one): not decoding time
         self._paddings: dict[int, torch.Tensor] = {}
 
     @property
@@ -98,22 +100,45 @@ class CompiledStep:
                 path.unlink(missing_ok=True)
         if sys.stderr.isatty():  # progress for a person waiting; scripts see only what went wrong
             sys.stderr.write(f"glactl: compiling the decode step once for this model (cached in {path.parent})\n")
-        build_package(self.model, self.batch, path)
+            sys.stderr.flush()
+        began = time.perf_counter()
+        try:
+            build_package(self.model, self.batch, path)
+        finally:
+            self.compile_seconds += time.perf_counter() - began
         return load_package(path)
 
+    def prepare(self, state: Any) -> bool:
+        """Make the package ready (load it, or compile it once) before the first step; False where steps run eager.
+
+        Generation calls it before its first byte, so the compile note comes before any text and its time
+        stays out of the decoding speed.
+        """
+        if self.compiled is None and not getattr(self.model, "_compile_failed", False):
+            if not _tensors_only(state):
+                self.model._compile_failed = True  # a Python number in the state would need a package per position
+                note(f"the {self.model.config.mixer} state holds Python numbers; its step runs eager")
+            else:
+                try:
+                    self.compiled = self._build()
+                except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, a backend bug: eager still works
+                    self._fall_back(e)
+        return self.ran_compiled
+
+    def _fall_back(self, error: Exception) -> None:
+        """Run eager from now on, and say why once."""
+        self.model._compile_failed = True
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        note(
+            f"compiling the decode step failed ({type(error).__name__}{': ' + reason if reason else ''}); running eager"
+        )
+
     def __call__(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        if getattr(self.model, "_compile_failed", False):
-            return self.model.step(tokens, state)
         rows = tokens.shape[0]
-        if rows > self.batch:
+        if rows > self.batch or not self.prepare(state):
             return self.model.step(tokens, state)
-        if self.compiled is None and not _tensors_only(state):
-            self.model._compile_failed = True  # a Python number in the state would need a package per position
-            note(f"the {self.model.config.mixer} state holds Python numbers; its step runs eager")
-            return self.model.step(tokens, state)
+        assert self.compiled is not None
         try:
-            if self.compiled is None:
-                self.compiled = self._build()
             if rows == self.batch:
                 return self.compiled(tokens, state)
             from glactl.models.state import map_state, select_state
@@ -121,12 +146,8 @@ class CompiledStep:
             index = self._padding(rows, tokens.device)
             logits, new_state = self.compiled(tokens[index], select_state(state, index))
             return logits[:rows], map_state(new_state, lambda t: t[:rows] if t.dim() else t)
-        except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, a backend bug: eager still works
-            self.model._compile_failed = True
-            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-            note(
-                f"compiling the decode step failed ({type(e).__name__}{': ' + reason if reason else ''}); running eager"
-            )
+        except Exception as e:  # noqa: BLE001 - a backend bug at run time: eager still works
+            self._fall_back(e)
             return self.model.step(tokens, state)
 
 

@@ -37,7 +37,9 @@ class GenerationStats:
 
     tokens: int = 0
     prompt_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # reading the prompt and generating; a compile of the decode step is not counted
+    compile_seconds: float = 0.0  # spent compiling the decode step in this run (0 when eager or already compiled)
+    compiled: bool = False  # whether the decode steps ran a compiled package (--compile)
     state_bytes: int = 0
     seed: int | None = None
     samples: list[str] = field(default_factory=list)
@@ -118,6 +120,9 @@ class Generation:
         self.stats.state_bytes = model.state_nbytes(state)
         active = list(range(batch))  # sample index of each batch row
         step_fn = stepper(model, batch, self.max_new_tokens)  # model.step, compiled where --compile says so
+        compiled_before = getattr(step_fn, "compile_seconds", 0.0)
+        if self.max_new_tokens > 1 and hasattr(step_fn, "prepare"):
+            step_fn.prepare(state)  # compile (or load) now: its note comes before any text, its time is left out
         for step in range(self.max_new_tokens):
             use_recent = recent if params.repetition_penalty != 1.0 else None
             tokens = next_tokens(logits, params, generator, use_recent)
@@ -160,7 +165,9 @@ class Generation:
                 if self.keep_text:
                     pieces[sample].append(text)
                 yield sample, text
-        self.stats.seconds = time.perf_counter() - start
+        self.stats.compile_seconds = getattr(step_fn, "compile_seconds", 0.0) - compiled_before
+        self.stats.compiled = bool(getattr(step_fn, "ran_compiled", False))
+        self.stats.seconds = time.perf_counter() - start - self.stats.compile_seconds
         self.stats.samples = ["".join(p) for p in pieces]
         self.stats.sample_bytes = [bytes(r) for r in raw]
 

@@ -77,7 +77,8 @@ def plot_loss(entries: list[dict[str, Any]], path: Path, title: str = "") -> Non
 
 
 def plot_accuracy(entries: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """accuracy.png (a --task comparison): test-set accuracy against training steps, one line per model."""
+    """accuracy.png (a --task comparison): test-set accuracy against training steps, one line per model, and the
+    task's chance and trivial floors as horizontal lines."""
     figure, (axis,) = _figure(7.5, 4.8)
     for i, entry in enumerate(entries):
         points = entry["curve"]
@@ -86,6 +87,15 @@ def plot_accuracy(entries: list[dict[str, Any]], path: Path, title: str = "") ->
             [p["accuracy"] for p in points],
             label=f"{entry['model']} ({entry['accuracy']:.3f})",
             **_style(i),
+        )
+    # The task's floors on the same test set (Task.baselines): chance dashed, the trivial rule dotted.
+    for (name, floor), dashes in zip((entries[0].get("baselines") or {}).items(), ("--", ":")):
+        axis.axhline(
+            floor["accuracy"],
+            color="0.35",
+            linestyle=dashes,
+            linewidth=1.2,
+            label=f"{name}" + (f": {floor['rule']}" if name != "chance" else "") + f" ({floor['accuracy']:.3f})",
         )
     axis.set_ylim(-0.02, 1.02)
     _finish(

@@ -101,7 +101,10 @@ class SessionStore:
 
     def _write(self, session_id: str, reading: Reading, version: int, created: int | None = None) -> None:
         """Write the state, then its record (each whole); the caller holds the exclusive lock."""
-        save_state(State(reading, self.owner), self._file(session_id, ".state"))
+        try:
+            save_state(State(reading, self.owner), self._file(session_id, ".state"))
+        except InputError as e:  # no space or permission in the sessions folder: a server failure
+            raise RunFailure(str(e)) from None
         now, write = int(time.time()), secrets.token_hex(8)
         record = {
             "version": version,

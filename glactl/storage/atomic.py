@@ -10,7 +10,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from glactl.errors import RunFailure
+from glactl.errors import InputError, RunFailure
+
+
+def folder_writable(folder: Path) -> bool:
+    """Whether new files can be made in `folder` (write and search permission, and not a read-only mount)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_output_folder(path: str | os.PathLike, label: str) -> Path:
+    """InputError (one line, starting with `label`) unless files can be made in folder `path` or the nearest one above.
+
+    Checked before any work, so an unwritable --out or --save-state folder costs nothing (docs/design.md §6).
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not folder_writable(existing):
+        shown = os.path.abspath(existing) if str(existing) == "." else str(existing)
+        raise InputError(f"{label}: cannot create files in {shown} (no write permission, or a read-only file system)")
+    return path
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from glactl.errors import InputError
@@ -72,12 +73,20 @@ def resolve_model(path_or_name: str | Path | None) -> Path:
 
     if str(path_or_name) in MIXERS:
         raise InputError(
-            f"{path_or_name} is an architecture (what train --model takes), not a trained model; "
+            f"{path_or_name} is an architecture (what train --arch takes), not a trained model; "
             f"--model here loads weights: a run folder, checkpoint folder or shipped name"
             + (f" ({loadable})" if loadable else " (none found: train one with glactl train)")
         )
     hint = f" ({loadable})" if loadable else ""
     raise InputError(f"{path_or_name}: no such run or checkpoint folder; pass a folder or a shipped name{hint}")
+
+
+def model_name(path_or_name: str | os.PathLike | None, folder: Path) -> str:
+    """What --model takes to load `folder` again: its shipped name, or the path as it was given."""
+    shipped = shipped_model(folder.name)
+    if shipped is not None and shipped.resolve() == folder.resolve():
+        return folder.name
+    return os.fspath(path_or_name) if path_or_name is not None else str(folder)
 
 
 def local_runs(root: Path = Path("runs"), limit: int = 8) -> list[Path]:
@@ -93,8 +102,6 @@ def local_runs(root: Path = Path("runs"), limit: int = 8) -> list[Path]:
 
 def training_pid(folder: Path) -> int | None:
     """The pid of a live `glactl train` holding `folder`'s train.lock, or None."""
-    import os
-
     try:
         pid = int((Path(folder) / LOCK_FILE).read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -50,6 +50,7 @@ class StateOwner:
     sink_tokens: int | None
     windowed: bool  # whether the window and sinks change what the model computes (attention mixers)
     precision: str
+    name: str | None = None  # the model as loaded: a shipped name or the folder as given (what -m takes)
 
 
 def file_sha256(path: Path) -> str:
@@ -61,8 +62,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def owner_of(model: torch.nn.Module, folder: str | os.PathLike, precision: str) -> StateOwner:
-    """The owner record of a model loaded from checkpoint `folder` (hashes its config.json and model.safetensors)."""
+def owner_of(model: torch.nn.Module, folder: str | os.PathLike, precision: str, name: str | None = None) -> StateOwner:
+    """The owner record of a model loaded from checkpoint `folder` as `name` (hashes its config.json and model.safetensors)."""
     from glactl.storage.checkpoint import CONFIG_FILE, MODEL_FILE
 
     folder = Path(folder)
@@ -74,7 +75,9 @@ def owner_of(model: torch.nn.Module, folder: str | os.PathLike, precision: str) 
         ) from None
     config = model.config
     windowed = any(hasattr(block.mixer, "window") for block in model.blocks)
-    return StateOwner(config_hash, weights_hash, config.mixer, config.context, config.sink_tokens, windowed, precision)
+    return StateOwner(
+        config_hash, weights_hash, config.mixer, config.context, config.sink_tokens, windowed, precision, name
+    )
 
 
 # ---- the in-memory state -------------------------------------------------------------------------
@@ -153,10 +156,13 @@ def save_state(state: State, path: str | os.PathLike) -> Path:
     tensors["logits"] = state.reading.logits.detach().to("cpu").contiguous()
     tensors["tail"] = torch.tensor(list(state.reading.tail[-TAIL_BYTES:]), dtype=torch.uint8)
     owner = state.owner
+    model = {"config_sha256": owner.config_sha256, "weights_sha256": owner.weights_sha256, "mixer": owner.mixer}
+    if owner.name is not None:  # optional: files written before it was recorded load without it
+        model["name"] = owner.name
     document = {
         "format_version": FORMAT_VERSION,
         "glactl_version": __version__,
-        "model": {"config_sha256": owner.config_sha256, "weights_sha256": owner.weights_sha256, "mixer": owner.mixer},
+        "model": model,
         "context": owner.context,
         "sink_tokens": owner.sink_tokens,
         "windowed": owner.windowed,
@@ -178,19 +184,33 @@ def save_state(state: State, path: str | os.PathLike) -> Path:
             temporary.unlink()
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise RunFailure(f"could not save the state to {path}: {e.strerror or e}") from None
+        if isinstance(e, Exception):  # OSError, or safetensors' own error around one: a full disk, a lost permission
+            raise InputError(f"{path}: could not save the state ({_reason(e)})") from None
         raise
     return path
 
 
+def _reason(error: Exception) -> str:
+    """Why a write failed, in a few words: the OS's message, also from inside a safetensors error."""
+    import re
+
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    found = re.search(r'message: "([^"]+)"', text)
+    return found.group(1) if found else (text.splitlines()[0][:160] if text else type(error).__name__)
+
+
 def check_writable(path: str | os.PathLike) -> Path:
-    """InputError unless a state file can be written at `path` (its folder exists; it is not a folder)."""
+    """InputError unless a state file can be written at `path` (its folder exists and is writable; it is not a folder)."""
+    from glactl.storage.atomic import check_output_folder
+
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a directory; --save-state needs a file name")
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
+    check_output_folder(path.parent, str(path))
     return path
 
 

@@ -59,13 +59,15 @@ def _check_file(path: Path) -> int:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
     except OSError as e:
         raise InputError(f"{path}: cannot read state file ({e.strerror or type(e).__name__})") from None
     if size == 0:
         raise InputError(f"{path}: empty file, not a state file")
     if head.startswith(_PICKLE_MAGIC):
         raise InputError(f"{path}: a pickle or torch.save file; glactl reads only its own safetensors state files")
+    if head[8:9] != b"{":  # safetensors: the header's length in 8 bytes, then its JSON object
+        raise InputError(f"{path}: not a glactl state file (those are written by --save-state or State.save)")
     return size
 
 
@@ -103,6 +105,8 @@ def _check_document(path: Path, document: Any) -> None:
         isinstance(model.get(k), str) for k in ("config_sha256", "weights_sha256", "mixer")
     ):
         raise InputError(f"{path}: state metadata lacks the model's hashes")
+    if not isinstance(model.get("name", ""), str):  # optional: files saved before names were recorded lack it
+        raise InputError(f"{path}: state metadata has a malformed model name")
     checks = {
         "bytes_read": _is_int(document.get("bytes_read")) and 0 <= document["bytes_read"] <= MAX_INT,
         "context": document.get("context") is None or _is_int(document.get("context")),
@@ -119,17 +123,18 @@ def _check_document(path: Path, document: Any) -> None:
 
 # ---- checking against the loading model ----------------------------------------------------------
 def check_owner(path: Path, document: dict[str, Any], owner: StateOwner) -> None:
-    """The state was read by this checkpoint, with this window: one line saying what differs."""
+    """The state was read by this checkpoint, with this window: one line saying what differs (and which -m to pass)."""
     model = document["model"]
     if model["config_sha256"] != owner.config_sha256 or model["mixer"] != owner.mixer:
         raise InputError(
-            f"{path}: state was saved with another model ({model['mixer']}, config.json sha256 "
-            f"{model['config_sha256'][:12]}; this model: {owner.mixer}, {owner.config_sha256[:12]})"
+            f"{path}: state was saved with {_saved_with(model, owner, 'another model')} ({model['mixer']}, config.json "
+            f"sha256 {model['config_sha256'][:12]}; this model: {owner.mixer}, {owner.config_sha256[:12]})"
+            + _load_hint(model, owner)
         )
     if model["weights_sha256"] != owner.weights_sha256:
         raise InputError(
-            f"{path}: state was saved with other weights (model.safetensors sha256 "
-            f"{model['weights_sha256'][:12]}; this model's: {owner.weights_sha256[:12]})"
+            f"{path}: state was saved with {_saved_with(model, owner, 'other weights')} (model.safetensors sha256 "
+            f"{model['weights_sha256'][:12]}; this model's: {owner.weights_sha256[:12]})" + _load_hint(model, owner)
         )
     if owner.windowed and (document["context"], document["sink_tokens"]) != (owner.context, owner.sink_tokens):
         raise InputError(
@@ -139,6 +144,22 @@ def check_owner(path: Path, document: dict[str, Any], owner: StateOwner) -> None
             else f"{path}: state was read with no attention window; this model runs with "
             f"{_window(owner.context, owner.sink_tokens)} (load it without --context)"
         )
+
+
+def _saved_with(model: dict[str, Any], owner: StateOwner, unnamed: str) -> str:
+    """`unnamed` ("another model", "other weights"), then the model the state names, if it names one."""
+    name = model.get("name")
+    if name is None:  # saved before names were recorded
+        return unnamed
+    return f"{unnamed}, {name} as it was then" if name == owner.name else f"{unnamed}, {name}"  # then: it changed
+
+
+def _load_hint(model: dict[str, Any], owner: StateOwner) -> str:
+    """The end of a wrong-model error: which -m loads the model the state names (when it names another one)."""
+    import shlex
+
+    name = model.get("name")
+    return f"; pass -m {shlex.quote(name)}" if name is not None and name != owner.name else ""
 
 
 def _window(context: int | None, sinks: int | None) -> str:

@@ -33,7 +33,7 @@ from glactl.training.options import (
     resolve,
 )
 from glactl.training.run_folder import claim_run_folder
-from glactl.training.schedule import Schedule
+from glactl.training.schedule import MIN_LR_RATIO, Schedule, continue_schedule
 from glactl.training.state import Progress
 
 
@@ -142,20 +142,26 @@ def set_up(options: TrainOptions, dist: Distributed, report: Reporter, out: Path
     )
     warmup = o.warmup if o.warmup is not None else default_warmup(o.steps)
     timed_warmup = o.warmup is None and o.steps is None and o.time_budget is not None
-    schedule = Schedule(
-        peak,
-        warmup,
-        o.steps,
-        o.time_budget,
-        o.schedule,
-        TIME_WARMUP_FRACTION * o.time_budget if timed_warmup else None,
-    )
+    warmup_seconds = TIME_WARMUP_FRACTION * o.time_budget if timed_warmup else None
+    before = None  # a resumed run's schedule so far, from trainer.json
+    if resume_dir is not None and saved.get("schedule"):
+        before = Schedule.from_dict(saved["schedule"], str(resume_dir / "trainer.json"))
+        if o.warmup is None:  # keep the warmup the run started with (a default one follows --steps, which may change)
+            warmup, warmup_seconds = before.warmup, before.warmup_seconds
+    schedule = Schedule(peak, warmup, o.steps, o.time_budget, o.schedule, warmup_seconds)
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
     progress = Progress("val_loss" if task is not None else "val_bpb")
     if resume_dir is not None:
         load_optimizer(resume_dir, optimizer, saved)
         restore_rng(saved, str(resume_dir / "trainer.json"))
         progress.restore(saved)
+        if before is not None:  # the same end: the saved curve; a new one: on from the current rate (§6)
+            schedule = continue_schedule(before, schedule, progress.step, progress.elapsed_before)
+            if schedule.extended_at is not None and schedule.extended_at != before.extended_at:
+                notes.append(
+                    f"a new end ({_end(o)}): the learning rate continues from {schedule.extended_at['lr']:.2e} "
+                    f"down to {MIN_LR_RATIO * schedule.peak:.2e} at the new end (cosine), not back from the peak"
+                )
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         report.line(
@@ -184,6 +190,13 @@ def set_up(options: TrainOptions, dist: Distributed, report: Reporter, out: Path
         resume_dir,
     )
     return parts, progress
+
+
+def _end(options: TrainOptions) -> str:
+    """The run's end as its flags say it: "--steps 80", "--time 600s" or both."""
+    ends = [f"--steps {options.steps}"] if options.steps is not None else []
+    ends += [f"--time {options.time_budget:g}s"] if options.time_budget is not None else []
+    return " and ".join(ends)
 
 
 def _build_model(options: TrainOptions, resume_dir: Path | None) -> tuple[LanguageModel, dict[str, Any]]:
