@@ -218,6 +218,8 @@ def test_errors_answer_in_openai_shape(served: SimpleNamespace) -> None:
     assert_error(*request(url, "POST", "/v1/completions", body={"prompt": [300]})[::2], 400, "prompt")
     assert_error(*request(url, "POST", "/v1/completions", raw=b" " * (2 << 20))[::2], 413)
     assert_error(*request(url, "GET", "/v1/nothing")[::2], 404)
+    form = request(url, "POST", "/v1/sessions", raw=b"text=hi", content_type="application/x-www-form-urlencoded")
+    assert_error(*form[::2], 415)  # another web page's plain form post makes no session
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", timeout=TIMEOUT, max_retries=0).models.list()
     assert_error(*request(url, "GET", "/metrics", key=None)[::2], 401)
@@ -363,15 +365,25 @@ def test_serve_refuses_bad_flags_and_a_missing_extra(
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_serve_command_end_to_end(folder: Path, tmp_path: Path) -> None:
+    """A request, then Ctrl-C while a long stream runs: the stream ends with its error event, the process with 130."""
     process, url = start_server(folder, tmp_path / "sessions")
+    streamed: list[bytes] = []
     try:
         status, _, body = request(url, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 3}, key=None)
         assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
+        long_stream = {"prompt": "Hi", "max_tokens": 100000, "stream": True}
+        reader = threading.Thread(
+            target=lambda: streamed.append(request(url, "POST", "/v1/completions", long_stream, key=None)[2])
+        )
+        reader.start()
+        time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=TIMEOUT)
+        reader.join(TIMEOUT)
     finally:
         process.kill()
     assert process.returncode == 130 and "POST /v1/completions 200" in err and "Traceback" not in err, err
+    assert streamed and b"the server is shutting down" in streamed[0], streamed
 
 
 def start_server(folder: Path, sessions: Path) -> tuple[subprocess.Popen, str]:

@@ -65,6 +65,13 @@ def events(stream: Stream) -> tuple[list[Token], Done]:
     return tokens, done
 
 
+def cached_read(engine: Engine, text: bytes) -> Reading:
+    """The reading after `text` through a plain job, which keeps its prompt in the prefix cache (Engine.read does not)."""
+    reading = engine.submit(Job(text, 0, WARM, keep_reading=True)).result().reading
+    assert reading is not None
+    return reading
+
+
 def direct_logits(module: torch.nn.Module, data: bytes) -> torch.Tensor:
     """Logits [T, V] of one forward pass over "\\n" + data: the reference."""
     with torch.inference_mode():
@@ -136,7 +143,7 @@ def test_prompt_logprobs_add_up_to_what_perplexity_scores(load: Any) -> None:
     model = load("gla")
     engine = running(model, prompt_chunk=7)
     try:
-        engine.read(TEXT_A[:20])  # a kept prefix must not cut the scores short
+        cached_read(engine, TEXT_A[:20])  # a kept prefix must not cut the scores short
         done = engine.submit(Job(TEXT_A, 0, WARM, logprobs=3, prompt_logprobs=True)).result()
         assert len(done.prompt_logprobs) == len(TEXT_A) and len(done.prompt_top) == len(TEXT_A)
         assert sum(done.prompt_logprobs) == pytest.approx(model.score(TEXT_A).loglik, abs=1e-9)
@@ -202,13 +209,16 @@ def test_engine_reads_only_what_follows_a_kept_prompt(name: str, load: Any, monk
     count_calls(model.model, monkeypatch, "forward", pieces)
     engine = running(model)
     try:
-        engine.read(TEXT_A)
-        assert pieces == [(1, len(TEXT_A) + 1)]
-        extended = engine.read(TEXT_A + TEXT_B)
+        engine.read(TEXT_A)  # a session's text: not kept in the prefix cache
+        assert len(engine.prefix_cache) == 0
+        cached_read(engine, TEXT_A)
+        assert pieces == [(1, len(TEXT_A) + 1)] * 2
+        del pieces[0]
+        extended = cached_read(engine, TEXT_A + TEXT_B)
         assert pieces[1:] == [(1, len(TEXT_B))]  # only the bytes after the kept prompt
         assert rel_err(extended.logits, reference) < 1e-10
         assert extended.bytes_read == len(TEXT_A + TEXT_B) and extended.tail == (b"\n" + TEXT_A + TEXT_B)[-64:]
-        again = engine.read(TEXT_A + TEXT_B)  # the whole prompt kept: nothing to read
+        again = cached_read(engine, TEXT_A + TEXT_B)  # the whole prompt kept: nothing to read
         assert len(pieces) == 2 and again.logits.equal(extended.logits)
         engine.submit(Job(TEXT_A + TEXT_B, 0, WARM, use_prefix_cache=False)).result()
         assert pieces[2:] == [(1, len(TEXT_A + TEXT_B) + 1)]

@@ -88,6 +88,12 @@ def serve(
     max_sessions: int = typer.Option(
         64, "--max-sessions", help="Sessions kept in memory; the others are read back from DIR on use (default 64)."
     ),
+    prefix_cache: int = typer.Option(
+        256,
+        "--prefix-cache",
+        metavar="MIB",
+        help="MiB of prompt states kept so a prompt that extends a kept one reads only its new bytes (0 = off; default 256).",
+    ),
     api_key: str | None = typer.Option(
         None,
         "--api-key",
@@ -98,6 +104,10 @@ def serve(
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) with sessions."""
     check_flags(host, port, max_batch, max_sessions, api_key, context)
+    if prefix_cache < 0:
+        from glactl.errors import InputError
+
+        raise InputError(f"--prefix-cache {prefix_cache}: must be 0 (off) or more MiB")
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -129,10 +139,10 @@ def serve(
     )
     listener = listening_socket(host, port)
     app = create_app(None, None, Settings(model_name=name, api_key=api_key))
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
-    )
-    loader = Loader(app, server, partial(open_backend, str(folder), load, sessions, max_batch, max_sessions))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    server = closing_server(uvicorn)(config)
+    opener = partial(open_backend, str(folder), load, sessions, max_batch, max_sessions, prefix_cache << 20)
+    loader = server.on_exit = Loader(app, server, opener)
     bound_host, bound_port = listener.getsockname()[:2]
     stderr_line(f"listening on http://{_url_host(bound_host)}:{bound_port} (loading {name})")
     threading.Thread(target=loader.run, name="glactl-serve-loader", daemon=True).start()
@@ -148,8 +158,23 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def closing_server(uvicorn: Any) -> type:
+    """A uvicorn Server that closes the engine as soon as shutdown begins: open requests then end with their 503
+    (a stream with its error event) within the grace period, instead of being cut by the shutdown."""
+
+    class ClosingServer(uvicorn.Server):
+        on_exit: Any = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.on_exit is not None:
+                self.on_exit.close()
+            super().handle_exit(sig, frame)
+
+    return ClosingServer
+
+
 def open_backend(
-    folder: str, load: dict[str, Any], sessions: str | None, max_batch: int, max_sessions: int
+    folder: str, load: dict[str, Any], sessions: str | None, max_batch: int, max_sessions: int, prefix_bytes: int
 ) -> tuple[Any, Any, str]:
     """Load the model, make its engine (not started) and open its sessions; also the line that says so."""
     from glactl.runtime.cache import cache_root
@@ -164,7 +189,7 @@ def open_backend(
         f"ready: {lm.config.mixer} model from {lm.path} ({lm.precision}, {lm.threads or 1} thread(s), "
         f"loaded in {lm.load_seconds:.2f} s), sessions in {where}"
     )
-    return Engine(lm, max_batch=max_batch), store, line
+    return Engine(lm, max_batch=max_batch, prefix_cache_bytes=prefix_bytes), store, line
 
 
 class Loader:

@@ -202,8 +202,12 @@ class Engine:
         return stream
 
     def read(self, text: bytes, start: Reading | None = None) -> Reading:
-        """The reading after `text` (after `start`, or after START): a job with no bytes to sample."""
-        done = self.submit(Job(bytes(text), 0, SamplingParams(), start=start, keep_reading=True)).result()
+        """The reading after `text` (after `start`, or after START): a job with no bytes to sample.
+
+        Kept out of the prefix cache: a session's reading lives in the session store, not twice in memory.
+        """
+        job = Job(bytes(text), 0, SamplingParams(), start=start, keep_reading=True, use_prefix_cache=False)
+        done = self.submit(job).result()
         if done.reading is None:
             raise RunFailure("the engine closed before the text was read")
         return done.reading

@@ -48,6 +48,11 @@ async def create_session(request: Request) -> dict[str, Any]:
     if is_state_upload(request):
         session_id = await run_in_threadpool(served.sessions.upload, None, data, served.engine.model)
     else:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if data and content_type != "application/json":  # a plain form post from another web page is refused
+            raise ApiError(
+                415, "send the session's text as application/json, or a state file as application/octet-stream"
+            )
         try:
             text = SessionCreate.model_validate_json(data or b"{}").text.encode("utf-8")
         except ValidationError as e:
