@@ -7,7 +7,6 @@ state values and the RNG states (hex strings of torch's byte states).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +128,3 @@ def restore_rng(document: dict[str, Any], where: str = TRAINER_FILE) -> None:
         cuda = [states[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in states]
         if cuda:
             torch.cuda.set_rng_state_all([_state_tensor(s, where) for s in cuda])
-
-
-def finite_number(value: Any) -> bool:
-    """A real number that is neither NaN nor infinite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
