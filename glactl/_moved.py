@@ -58,7 +58,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         "glactl.runtime.threads",
     ),
     "glactl.saved_state": ("glactl.storage.state_file", "glactl.storage.state_format"),
-    "glactl.tasks": ("glactl.data.tasks",),
+    "glactl.tasks": ("glactl.data.tasks", "glactl.data.task_scoring"),
     "glactl.train_state": ("glactl.storage.trainer_state",),
     "glactl.training": (
         "glactl.training.options",

@@ -23,6 +23,9 @@ torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# A tiny model on one thread in float32: the train flags of tests that need a quick, repeatable run.
+TINY_TRAIN = ["--preset", "tiny", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16"]
+TINY_TRAIN += ["--batch-size", "2", "--eval-windows", "2", "--threads", "1", "--dtype", "float32"]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

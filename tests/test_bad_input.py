@@ -18,32 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO_ROOT, TINY_TRAIN, run_cli
 
 import glactl.inference.scoring as evaluation
 from glactl.models import LanguageModel, ModelConfig
 from glactl.storage.checkpoint import save_model
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = [
-    "--preset",
-    "tiny",
-    "--d-model",
-    "32",
-    "--n-layers",
-    "1",
-    "--n-heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "2",
-    "--eval-windows",
-    "2",
-    "--threads",
-    "1",
-    "--dtype",
-    "float32",
+    *TINY_TRAIN,
     "--steps",
     "2",
 ]
@@ -202,7 +184,7 @@ def test_perplexity_reads_a_fifo_and_stdin(tmp_path: Path, model_dir: Path, caps
     expected = _perplexity(str(regular), model_dir, capsys)["files"][str(regular)]["bits_per_byte"]
     assert document["files"][str(fifo)]["bits_per_byte"] == pytest.approx(expected, rel=1e-6)
     # `-` is stdin; a real process, because stdin is the point
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "glactl", "perplexity", "-", "--model", str(model_dir), "--json"],
         input=text,

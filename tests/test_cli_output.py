@@ -11,31 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, child_env, make_read_only, run_cli
+from conftest import TINY_TRAIN, assert_one_line_error, child_env, make_read_only, run_cli
 
 from glactl.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset",
-    "tiny",
-    "--d-model",
-    "32",
-    "--n-layers",
-    "1",
-    "--n-heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "2",
-    "--eval-windows",
-    "2",
-    "--threads",
-    "1",
-    "--dtype",
-    "float32",
-]
 COMMANDS = ("train", "generate", "complete", "perplexity", "info", "compare")
 
 
@@ -50,7 +29,7 @@ def trained(
     run: Path, text_file: Path, capsys: pytest.CaptureFixture[str], steps: int = 4, *extra: str
 ) -> tuple[str, str]:
     code, out, err = run_cli(
-        ["train", "--data", str(text_file), *TINY, "--steps", str(steps), "-o", str(run), *extra], capsys
+        ["train", "--data", str(text_file), *TINY_TRAIN, "--steps", str(steps), "-o", str(run), *extra], capsys
     )
     assert code == 0, err
     return out, err
@@ -73,7 +52,7 @@ def test_training_survives_its_reader_closing_the_pipe(tmp_path: Path, text_file
         "train",
         "--data",
         str(text_file),
-        *TINY,
+        *TINY_TRAIN,
         "--steps",
         "60",
         "--log-every",
@@ -105,7 +84,7 @@ def test_training_with_the_read_end_closed_from_the_start(tmp_path: Path, text_f
         "train",
         "--data",
         str(text_file),
-        *TINY,
+        *TINY_TRAIN,
         "--steps",
         "30",
         "--log-every",
@@ -149,7 +128,7 @@ def test_resume_with_other_data_or_changed_text_is_refused(
             "train",
             "--data",
             str(other),
-            *TINY,
+            *TINY_TRAIN,
             "--steps",
             "2",
             "--init-from",
@@ -340,7 +319,7 @@ def test_info_at_80_columns_prints_paths_and_commands_whole(
     deep.parent.mkdir()
     deep.write_text(text_file.read_text())
     run = tmp_path / "run"
-    code, out, err = run_cli(["train", "--data", str(deep), *TINY, "--steps", "1", "-o", str(run)], capsys)
+    code, out, err = run_cli(["train", "--data", str(deep), *TINY_TRAIN, "--steps", "1", "-o", str(run)], capsys)
     assert code == 0, err
     monkeypatch.setenv("COLUMNS", "80")
     code, out, err = run_cli(["info", str(run)], capsys)

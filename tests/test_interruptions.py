@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import final_error_line, run_cli
+from conftest import REPO_ROOT, TINY_TRAIN, final_error_line, run_cli
 from safetensors.torch import load_file
 
 import glactl.runtime.devices as devices
@@ -30,28 +30,6 @@ from glactl.models import LanguageModel, ModelConfig
 from glactl.storage.checkpoint import load_model, save_model
 from glactl.training.options import TrainOptions
 from glactl.training.trainer import Trainer, train
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset",
-    "tiny",
-    "--d-model",
-    "32",
-    "--n-layers",
-    "1",
-    "--n-heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "2",
-    "--eval-windows",
-    "2",
-    "--threads",
-    "1",
-    "--dtype",
-    "float32",
-]
 
 
 @pytest.fixture
@@ -76,7 +54,7 @@ def start_training(run: Path, text_file: Path, *extra: str) -> subprocess.Popen[
         "train",
         "--data",
         str(text_file),
-        *TINY,
+        *TINY_TRAIN,
         "--steps",
         "1000000",
         "--eval-every",
@@ -87,7 +65,7 @@ def start_training(run: Path, text_file: Path, *extra: str) -> subprocess.Popen[
         str(run),
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "glactl", *argv],
         stdout=subprocess.DEVNULL,
@@ -221,12 +199,14 @@ def test_a_lock_being_written_is_not_stolen(
     fd = os.open(run / "train.lock", os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        code, _, err = run_cli(["train", "--data", str(text_file), *TINY, "--steps", "1", "--out", str(run)], capsys)
+        code, _, err = run_cli(
+            ["train", "--data", str(text_file), *TINY_TRAIN, "--steps", "1", "--out", str(run)], capsys
+        )
         assert code == 2 and "another glactl train" in err and len(err.strip().splitlines()) == 1, err
         assert not (run / "checkpoint").exists()
     finally:
         os.close(fd)
-    code, _, err = run_cli(["train", "--data", str(text_file), *TINY, "--steps", "1", "--out", str(run)], capsys)
+    code, _, err = run_cli(["train", "--data", str(text_file), *TINY_TRAIN, "--steps", "1", "--out", str(run)], capsys)
     assert code == 0, err  # the holder is gone: the lock is free again
     assert not (run / "train.lock").exists()
 
@@ -275,7 +255,7 @@ def test_disk_full_through_the_cli_is_exit_1(
     tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    assert run_cli(["train", "--data", str(text_file), *TINY, "--steps", "2", "--out", str(run)], capsys)[0] == 0
+    assert run_cli(["train", "--data", str(text_file), *TINY_TRAIN, "--steps", "2", "--out", str(run)], capsys)[0] == 0
     before = load_file(str(run / "checkpoint" / "model.safetensors"))
     _enospc_after(monkeypatch, checkpoint, "save_file", 0)
     code, _, err = run_cli(["train", "--out", str(run), "--resume", "--steps", "4"], capsys)
@@ -328,7 +308,7 @@ def test_bfloat16_without_hardware_support_falls_back_with_a_warning(
 ) -> None:
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
     run = tmp_path / "run"
-    flags = [f for f in TINY if f not in ("--dtype", "float32")]
+    flags = [f for f in TINY_TRAIN if f not in ("--dtype", "float32")]
     code, out, err = run_cli(
         [
             "train",

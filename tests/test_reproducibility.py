@@ -13,29 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO_ROOT, TINY_TRAIN, run_cli
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = [
-    "--preset",
-    "tiny",
-    "--d-model",
-    "32",
-    "--n-layers",
-    "1",
-    "--n-heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "2",
-    "--eval-windows",
-    "2",
-    "--threads",
-    "1",
-    "--dtype",
-    "float32",
+    *TINY_TRAIN,
     "--steps",
     "6",
     "--eval-every",
@@ -100,7 +82,7 @@ def test_same_seed_same_flags_same_weights_and_text(tmp_path: Path, capsys: pyte
     first, second = generate(), generate()
     assert first["samples"] == second["samples"] and first["seed"] == 3
     # and in a fresh process (no state carried over from this one)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [
             sys.executable,

@@ -92,7 +92,7 @@ def assert_error(status: int, body: bytes, expected: int, param: str | None = No
 
 
 def token_bytes(tokens: list[str]) -> bytes:
-    """The bytes legacy logprob token names stand for ("bytes:\\xNN" or the character)."""
+    """The bytes that logprob token names stand for ("bytes:\\xNN" or the character)."""
     return bytes(int(t[-2:], 16) if t.startswith("bytes:\\x") else ord(t) for t in tokens)
 
 

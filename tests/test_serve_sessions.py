@@ -104,7 +104,7 @@ def test_ids_are_unguessable_and_checked_before_any_path(load: Any, tmp_path: Pa
                 call(bad)
         if bad is not None:  # None asks for a new id
             with pytest.raises(ValueError):
-                store.upload(bad, b"", model)
+                store.upload(bad, b"")
     assert sorted(p.name for p in (tmp_path / "sessions").iterdir()) == before  # nothing was created
     unknown = "A" * 24
     for call in (store.get, store.delete, store.info):
@@ -159,7 +159,7 @@ def test_versions_refuse_a_stale_writer_also_in_another_store(load: Any, tmp_pat
     again = first.create(reading_a)
     assert first.get(again)[1] == 1
     second.delete(again)
-    second.upload(again, model.read(TEXT_B).save(tmp_path.parent / f"{tmp_path.name}-b.state").read_bytes(), model)
+    second.upload(again, model.read(TEXT_B).save(tmp_path.parent / f"{tmp_path.name}-b.state").read_bytes())
     assert first.get(again)[0].bytes_read == len(TEXT_B) and first.get(again)[1] == 1
     first.delete(again)
     assert len(second) == 0 and not list(tmp_path.iterdir())
@@ -191,16 +191,16 @@ def test_uploads_are_checked_like_state_files(load: Any, tmp_path: Path) -> None
     model = load("gla")
     store = store_for(model, tmp_path / "sessions")
     good = model.read(TEXT_A).save(tmp_path / "good.state").read_bytes()
-    session = store.upload(None, good, model)
+    session = store.upload(None, good)
     reading, version = store.get(session)
     assert version == 1 and rel_err(reading.logits, whole_logits(model, TEXT_A)) < 1e-12
     # The download is a state file that glactl loads (--state) to the same reading.
     assert rel_err(model.load_state(store.path(session)).logits, reading.logits) == 0
     # Uploading to a known id replaces its state as a new version; to an unknown well-formed id creates it.
-    assert store.upload(session, model.read(TEXT_B).save(tmp_path / "b.state").read_bytes(), model) == session
+    assert store.upload(session, model.read(TEXT_B).save(tmp_path / "b.state").read_bytes()) == session
     assert store.get(session)[0].bytes_read == len(TEXT_B) and store.info(session)["version"] == 2
     named = "N" * 24
-    assert store.upload(named, good, model) == named and store.info(named)["version"] == 1
+    assert store.upload(named, good) == named and store.info(named)["version"] == 1
     hostile = {
         "pickle": pickle.dumps(_Exploit(tmp_path / "pwned")),
         "torch zip": b"PK\x03\x04" + b"\0" * 100,
@@ -213,7 +213,7 @@ def test_uploads_are_checked_like_state_files(load: Any, tmp_path: Path) -> None
     }
     for name, data in hostile.items():
         with pytest.raises(InputError) as info:
-            store.upload(None, data, model)
+            store.upload(None, data)
         message = str(info.value)
         assert "\n" not in message and str(tmp_path) not in message and message.startswith("uploaded state"), name
     assert not (tmp_path / "pwned").exists()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from glactl.data import tasks
-from glactl.data.tasks import TaskBatches, TaskScore, make_task, masked_cross_entropy
+from glactl.data.task_scoring import TaskScore, masked_cross_entropy
+from glactl.data.tasks import TaskBatches, make_task
 from glactl.errors import InputError
 
 

@@ -185,7 +185,4 @@ def _architectures(archs: str | None, models: str | None) -> list[str]:
     given = one_spelling(archs, models, "--archs", "--models")
     if given is None:
         raise InputError("missing option --archs: the architectures to compare, e.g. --archs gla,transformer")
-    try:
-        return parse_models(given)
-    except InputError as e:  # parse_models names its flag --models; say the one that was typed
-        raise InputError(str(e).replace("--models:", "--archs:", 1) if archs is not None else str(e)) from None
+    return parse_models(given, "--archs" if archs is not None else "--models")

@@ -63,23 +63,23 @@ class CompareOptions:
         return {k: v for k, v in given.items() if v is not None}
 
 
-def parse_models(text: str) -> list[str]:
-    """'gla,transformer' -> ['gla', 'transformer']; InputError naming the valid models otherwise."""
+def parse_models(text: str, flag: str = "--models") -> list[str]:
+    """'gla,transformer' -> ['gla', 'transformer']; InputError (naming `flag` as typed) with the valid models otherwise."""
     from glactl.models.registry import MIXERS
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     valid = ", ".join(MIXERS)
     if not names:
-        raise InputError(f"--models: name at least one model; valid models: {valid}")
+        raise InputError(f"{flag}: name at least one model; valid models: {valid}")
     unknown = [name for name in names if name not in MIXERS]
     if unknown:
         raise InputError(
-            f"--models: unknown model{'s' if len(unknown) > 1 else ''} "
+            f"{flag}: unknown model{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(repr(n) for n in unknown)}; valid models: {valid}"
         )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise InputError(f"--models: {', '.join(repeated)} named more than once")
+        raise InputError(f"{flag}: {', '.join(repeated)} named more than once")
     return names
 
 

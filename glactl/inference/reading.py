@@ -41,27 +41,38 @@ def next_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
+def copy_reading(reading: Reading) -> Reading:
+    """A reading that shares no tensor memory with `reading`: what whoever continues from a reading gets."""
+    return Reading(clone_state(reading.state), reading.logits.clone(), reading.bytes_read, reading.tail)
+
+
+def read_piece(model: torch.nn.Module, piece: bytes, before: Reading | None) -> tuple[Reading, torch.Tensor]:
+    """Read `piece` in one forward call after `before` (None: `piece` begins with START): the reading after it, and
+    the logits [len(piece), vocab] at every position. `before`'s state is handed to the model (a copy, or owned)."""
+    device = model.device if hasattr(model, "device") else torch.device("cpu")
+    inputs = torch.frombuffer(bytearray(piece), dtype=torch.uint8).to(device, torch.long)
+    logits, state = model(inputs[None], None if before is None else before.state)
+    logits = next_logits(logits[0])
+    read_bytes = len(piece) - (len(START) if before is None else 0)
+    reading = Reading(
+        state,
+        logits[-1].clone(),  # not a view: the reading keeps one row, not the piece's [len(piece), vocab]
+        read_bytes + (before.bytes_read if before is not None else 0),
+        extend_tail(before.tail if before is not None else b"", piece),
+    )
+    return reading, logits
+
+
 def read(model: torch.nn.Module, data: bytes, start: Reading | None = None, window: int = READ_WINDOW) -> Reading:
     """Read `data` after `start` (None: after START) in `window`-byte pieces; `start` is left as it was."""
     data = bytes(data)
-    if start is not None and not data:
-        return Reading(clone_state(start.state), start.logits.clone(), start.bytes_read, start.tail)
+    reading = copy_reading(start) if start is not None else None
     feed = data if start is not None else START + data
-    state = clone_state(start.state) if start is not None else None
-    device = model.device if hasattr(model, "device") else torch.device("cpu")
-    logits = None
     with torch.inference_mode():
         for begin in range(0, len(feed), window):
-            piece = torch.frombuffer(bytearray(feed[begin : begin + window]), dtype=torch.uint8).to(device, torch.long)
-            logits, state = model(piece[None], state)
-    assert logits is not None  # feed holds at least START
-    previous = start.tail if start is not None else b""
-    return Reading(
-        state,
-        next_logits(logits[0, -1]),
-        (start.bytes_read if start else 0) + len(data),
-        (previous + feed)[-TAIL_BYTES:],
-    )
+            reading, _ = read_piece(model, feed[begin : begin + window], reading)
+    assert reading is not None  # feed holds at least START, or start was given
+    return reading
 
 
 def extend_tail(tail: bytes, data: bytes) -> bytes:

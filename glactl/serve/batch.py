@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from glactl.api.prompts import MAX_PROMPT_BYTES
 from glactl.errors import InputError
-from glactl.inference.reading import START, Reading, extend_tail, next_logits
+from glactl.inference.reading import START, Reading, extend_tail, next_logits, read_piece
 from glactl.inference.sampling import SamplingParams, next_tokens
 from glactl.inference.stops import StopMatcher
-from glactl.models.state import clone_state, select_state
+from glactl.models.state import select_state
 from glactl.tokenizer import StreamDecoder
 
 if TYPE_CHECKING:
     from glactl.serve.engine import Job, Stream
 
 Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
-MAX_PROMPT_BYTES = 64 << 20  # docs/design.md §2: a prompt is at most 64 MiB
 MAX_LOGPROBS = 5
 
 
@@ -44,11 +44,6 @@ def cat_states(first: Any, second: Any) -> Any:
         items = [cat_states(a, b) for a, b in zip(first, second)]
         return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
     return first
-
-
-def copy_reading(reading: Reading) -> Reading:
-    """A reading that shares no tensor memory with `reading` (readings are never changed in place)."""
-    return Reading(clone_state(reading.state), reading.logits.clone(), reading.bytes_read, reading.tail)
 
 
 def byte_logprobs(logits: torch.Tensor, targets: bytes, top: int) -> tuple[list[float], list[dict[int, float]]]:
@@ -134,22 +129,13 @@ class Row:
         before = self.reading
         piece = self.feed[self.position : self.position + size]
         self.position += len(piece)
-        inputs = torch.frombuffer(bytearray(piece), dtype=torch.uint8).to(model.device, torch.long)
-        logits, state = model(inputs[None], None if before is None else before.state)
-        logits = next_logits(logits[0])
+        self.reading, logits = read_piece(model, piece, before)
         if self.prompt_logprobs is not None:
             scored = logits[:-1] if before is None else torch.cat((before.logits[None].to(logits.dtype), logits[:-1]))
             chosen, top = byte_logprobs(scored, piece[1:] if before is None else piece, self.job.logprobs or 0)
             self.prompt_logprobs += chosen
             if self.prompt_top is not None:
                 self.prompt_top += top
-        read = len(piece) - (len(START) if before is None else 0)
-        self.reading = Reading(
-            state,
-            logits[-1].clone(),
-            read + (before.bytes_read if before else 0),
-            extend_tail(before.tail if before else b"", piece),
-        )
         self._maybe_decode()
 
     def _maybe_decode(self) -> None:

@@ -1,4 +1,4 @@
-"""One choice of a completion assembled from the engine's events: its text and OpenAI's legacy logprobs.
+"""One choice of a completion assembled from the engine's events: its text and its logprobs in /v1/completions' shape.
 
 Tokens are bytes. A byte's token name is its character below 128, else "bytes:\\xNN" (OpenAI's name for a byte of
 a character split across tokens). Logprobs cover exactly the bytes that made the released text, so a stop string's
@@ -19,10 +19,10 @@ def token_name(byte: int) -> str:
     return chr(byte) if byte < 128 else f"bytes:\\x{byte:02x}"
 
 
-def legacy_logprobs(
+def completion_logprobs(
     data: bytes, logprobs: list[float | None], tops: list[dict[int, float] | None] | None, offsets: list[int]
 ) -> dict[str, Any]:
-    """OpenAI's legacy logprobs document {tokens, token_logprobs, top_logprobs, text_offset}; top_logprobs null without tops."""
+    """The /v1/completions logprobs document {tokens, token_logprobs, top_logprobs, text_offset}; top_logprobs null without tops."""
     return {
         "tokens": [token_name(b) for b in data],
         "token_logprobs": list(logprobs),
@@ -70,13 +70,13 @@ class ChoiceBuilder:
         base = len(self.prompt_text)
         offsets = [base + (self.chars_after[i - 1] if i else 0) for i in range(start, end)]
         tops = [t.top for t in tokens] if self.logprobs else None
-        return legacy_logprobs(bytes(t.byte for t in tokens), [t.logprob for t in tokens], tops, offsets)
+        return completion_logprobs(bytes(t.byte for t in tokens), [t.logprob for t in tokens], tops, offsets)
 
     def prompt_logprobs(self, done: Done) -> dict[str, Any]:
         """The echoed prompt's logprobs: every byte, the first conditioned on START (or the session's text)."""
         offsets = char_offsets(self.prompt)
         tops = (done.prompt_top or [None] * len(self.prompt)) if self.logprobs else None
-        return legacy_logprobs(self.prompt, done.prompt_logprobs or [None] * len(self.prompt), tops, offsets)
+        return completion_logprobs(self.prompt, done.prompt_logprobs or [None] * len(self.prompt), tops, offsets)
 
     def choice(self, done: Done) -> dict[str, Any]:
         """The whole choice of a non-streamed response."""

@@ -20,10 +20,10 @@ import torch
 
 from glactl.errors import RunFailure
 from glactl.inference.compiled_step import COMPILE_MIN_STEPS, stepper
-from glactl.inference.reading import START, Reading
+from glactl.inference.reading import START, Reading, copy_reading
 from glactl.inference.sampling import SamplingParams, check_positive
 from glactl.runtime.threads import decoding_threads, torch_threads
-from glactl.serve.batch import DecodeBatch, Row, copy_reading, shares_batch
+from glactl.serve.batch import DecodeBatch, Row, shares_batch
 from glactl.serve.prefix_cache import PrefixCache
 
 
@@ -172,6 +172,12 @@ class Engine:
         return DecodeBatch(module.step, False)
 
     # ---- the public side (any thread) ----------------------------------------------------------
+    def prepare(self) -> None:
+        """Load or compile the batch's decode step now (--compile), not on the first request; seconds on a first run."""
+        prepare = getattr(self._batch.step_fn, "prepare", None)  # a CompiledStep; the eager step needs nothing
+        if prepare is not None:
+            prepare(self.model.model.init_state(1))
+
     def start(self) -> None:
         """Start the scheduler thread (once)."""
         with self._wake:

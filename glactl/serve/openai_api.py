@@ -27,7 +27,7 @@ router = APIRouter()
 
 
 class CompletionShape:
-    """text_completion responses and stream chunks (legacy logprobs; with echo the prompt comes first)."""
+    """text_completion responses and stream chunks (completions-shaped logprobs; with echo the prompt comes first)."""
 
     id_prefix, object, chunk_object = "cmpl-", "text_completion", "text_completion"
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from glactl.inference.reading import Reading
+from glactl.inference.reading import Reading, copy_reading
 from glactl.models.layers import tensor_nbytes
-from glactl.serve.batch import copy_reading
 
 
 def reading_nbytes(prompt: bytes, reading: Reading) -> int:

@@ -46,7 +46,7 @@ async def create_session(request: Request) -> dict[str, Any]:
     served = backend(request)
     data = await request.body()
     if is_state_upload(request):
-        session_id = await run_in_threadpool(served.sessions.upload, None, data, served.engine.model)
+        session_id = await run_in_threadpool(served.sessions.upload, None, data)
     else:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if data and content_type != "application/json":  # a plain form post from another web page is refused
@@ -103,5 +103,5 @@ async def upload_state(session_id: str, request: Request) -> dict[str, Any]:
     served = backend(request)
     await run_in_threadpool(describe, served, session_id)
     data = await request.body()
-    await run_in_threadpool(served.sessions.upload, session_id, data, served.engine.model)
+    await run_in_threadpool(served.sessions.upload, session_id, data)
     return await run_in_threadpool(describe, served, session_id)

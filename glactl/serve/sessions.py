@@ -181,15 +181,15 @@ class SessionStore:
         keys = ("bytes_read", "state_bytes", "version", "created", "updated")
         return {"id": session_id, "model": model, **{key: record.get(key) for key in keys}}
 
-    def upload(self, session_id: str | None, data: bytes, model: Any) -> str:
+    def upload(self, session_id: str | None, data: bytes) -> str:
         """Store an uploaded state file, checked like --state (never unpickled; InputError in one line if it does not
-        fit `model`), as a new session (id None) or as the given one; returns the id."""
+        fit this store's model), as a new session (id None) or as the given one; returns the id."""
         if session_id is not None:
             check_id(session_id)
         upload = self.folder / f".upload-{secrets.token_hex(8)}.state"
         try:
             upload.write_bytes(bytes(data))
-            reading = load_state(upload, getattr(model, "model", model), self.owner).reading
+            reading = load_state(upload, self.module, self.owner).reading
         except InputError as e:
             raise InputError(str(e).replace(str(upload), "uploaded state")) from None
         finally:

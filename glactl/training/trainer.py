@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from glactl.data.tasks import TaskScore, masked_cross_entropy
+from glactl.data.task_scoring import TaskScore, masked_cross_entropy
 from glactl.errors import GlactlError, InputError, RunFailure
 from glactl.report.progress import Reporter
 from glactl.runtime.distributed import Distributed
