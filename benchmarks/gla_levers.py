@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,18 @@ LEVERS: dict[str, dict[str, Any]] = {
     "normalizer8": {"model_options": {"gla_gate_normalizer": 8.0}},
     "normalizer32": {"model_options": {"gla_gate_normalizer": 32.0}},
     "gate-rank64": {"model_options": {"gla_gate_rank": 64}},
+    "qk-norm": {"model_options": {"gla_qk_norm": True}},
+    "gate-bias3": {"model_options": {"gla_gate_bias": 3.0}},
+    "fla-init": {"model_options": {"gla_init": "fla"}},
+    "no-decay-gates": {"decay_gates": False},
+    "wd0": {"weight_decay": 0.0},
+    "lr5e-4": {"lr": 5e-4},
+    "lr2e-3": {"lr": 2e-3},
+    "lr1e-3": {"lr": 1e-3},
+    "warmup250": {"warmup": 250},
+    "conv2": {"short_conv": 2},
+    "conv8": {"short_conv": 8},
+    "heads2-qk-norm": {"n_heads": 2, "model_options": {"gla_qk_norm": True}},
     "transformer": {"model": "transformer"},  # the reference, not a lever: the same budget for softmax attention
 }
 
@@ -58,11 +71,49 @@ PHASES: dict[str, dict[str, Any]] = {
         "eval_every": 100,
     },
     "lm": {"data": [ENWIKI], "seq_len": 256, "batch_size": 16, "steps": 400, "eval_every": 400},
+    # the probe table's two settings, full budgets (README, docs/comparing.md "Probes")
+    "probe-mqar": {
+        "task": "mqar",
+        "task_options": {"pairs": 8},
+        "seq_len": 32,
+        "batch_size": 64,
+        "steps": 2500,
+        "eval_every": 250,
+    },
+    "probe-copy": {
+        "task": "selective-copy",
+        "seq_len": 64,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "steps": 2000,
+        "eval_every": 200,
+    },
+    # screens: the same settings stopped at 1,000 steps (the schedule decays over the 1,000)
+    "screen-mqar": {
+        "task": "mqar",
+        "task_options": {"pairs": 8},
+        "seq_len": 32,
+        "batch_size": 64,
+        "steps": 1000,
+        "eval_every": 250,
+    },
+    "screen-copy": {
+        "task": "selective-copy",
+        "seq_len": 64,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "steps": 1000,
+        "eval_every": 200,
+    },
 }
 COLUMNS = {
     "mqar": "mqar accuracy (8 pairs, 500 steps)",
     "mqar-16pairs": "mqar accuracy (16 pairs in 64 bytes)",
     "lm": "lm bits per byte",
+    "probe-mqar": "mqar accuracy (probe table, 2,500 steps)",
+    "probe-copy": "selective-copy accuracy (probe table, 2,000 steps)",
+    "screen-mqar": "mqar accuracy (1,000 steps)",
+    "screen-copy": "selective-copy accuracy (1,000 steps)",
 }
 
 
@@ -80,11 +131,13 @@ def run(phase: str, lever: str, seed: int, args: argparse.Namespace) -> dict[str
         command_line=["benchmarks/gla_levers.py", phase, lever],
         **fields,
     )
+    start = time.perf_counter()
     summary = train(options)
+    seconds = round(time.perf_counter() - start, 1)
     if "task" not in PHASES[phase]:
-        return {"bpb": float(summary["val_bits_per_byte"])}
+        return {"bpb": float(summary["val_bits_per_byte"]), "seconds": seconds}
     last = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
-    return {"accuracy": last["accuracy"], "answer_loss": last["val_loss"]}
+    return {"accuracy": last["accuracy"], "answer_loss": last["val_loss"], "seconds": seconds}
 
 
 def spread(values: list[float]) -> str:

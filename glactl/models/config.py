@@ -53,6 +53,10 @@ class ModelConfig:
     gla_gate_rank: int = 16
     gla_gate_normalizer: float = 16.0
     gla_form: str = "chunk"  # "chunk" or "recurrent" (the reference loop; benchmarks only)
+    # GLA levers (docs/comparing.md, "GLA's levers"); these values are today's GLA and every older checkpoint's
+    gla_qk_norm: bool = False  # L2-normalise each head's q and k (as DeltaNet does) before the scale K^-1/2
+    gla_gate_bias: float = 0.0  # initial bias of the forget gate's second projection (> 0: longer memory at init)
+    gla_init: str = "glactl"  # "glactl" (see LanguageModel._init_weights) or "fla" (conv N(0, 0.02), W_o unscaled)
     # short causal depthwise convolution on q, k, v (kernel size; 0 = off); None = NEW_MODEL_DEFAULTS
     short_conv: int | None = None
     # softmax attention and Reflex (3.3, 3.6)
@@ -158,6 +162,10 @@ class ModelConfig:
             raise InputError(f"context {self.context} must be a positive number of tokens")
         if self.gla_form not in ("chunk", "recurrent"):
             raise InputError(f"gla_form {self.gla_form!r}: choose chunk or recurrent")
+        if self.gla_init not in GLA_INITS:
+            raise InputError(f"gla_init {self.gla_init!r}: choose {' or '.join(GLA_INITS)}")
+        if not -20.0 <= float(self.gla_gate_bias) <= 20.0:
+            raise InputError(f"model config field 'gla_gate_bias' = {self.gla_gate_bias} is outside [-20, 20]")
         from glactl.models.registry import MIXERS  # local import: registry imports this module
 
         if self.mixer not in MIXERS:
@@ -189,6 +197,7 @@ class ModelConfig:
 
 
 PRESETS = ("tiny", "small", "base")
+GLA_INITS = ("glactl", "fla")
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "mixer": (str,),
@@ -204,6 +213,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "gla_gate_rank": (int,),
     "gla_gate_normalizer": (int, float),
     "gla_form": (str,),
+    "gla_qk_norm": (bool,),
+    "gla_gate_bias": (int, float),
+    "gla_init": (str,),
     "short_conv": (int,),
     "performer_rope": (bool,),
     "rope_base": (int, float),

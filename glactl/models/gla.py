@@ -54,13 +54,25 @@ class GatedLinearAttention(Mixer):
         self.qkv_dim = 2 * self.key_dim + self.value_dim
         if self.short_conv:
             self.conv_weight = nn.Parameter(torch.empty(self.qkv_dim, self.short_conv))
+        self.qk_norm = config.gla_qk_norm
+        if self.short_conv or config.gla_gate_bias or config.gla_init != "glactl":
             self.reset_extra_parameters()
 
     def reset_extra_parameters(self) -> None:
-        """The convolution's init: uniform in +-1/sqrt(W), nn.Conv1d's default for a depthwise filter."""
+        """Init beyond LanguageModel._init_weights (which runs first): the convolution, uniform in +-1/sqrt(W)
+        (nn.Conv1d's default for a depthwise filter; gla_init "fla": N(0, 0.02) as fla's models, whose W_o is
+        then N(0, 0.02) too, not scaled by depth), and the forget gate's bias (gla_gate_bias)."""
+        fla = self.config.gla_init == "fla"
         if self.short_conv:
-            bound = 1.0 / math.sqrt(self.short_conv)
-            nn.init.uniform_(self.conv_weight, -bound, bound)
+            if fla:
+                nn.init.normal_(self.conv_weight, mean=0.0, std=0.02)
+            else:
+                bound = 1.0 / math.sqrt(self.short_conv)
+                nn.init.uniform_(self.conv_weight, -bound, bound)
+        if fla:
+            nn.init.normal_(self.out_proj.weight, mean=0.0, std=0.02)
+        if self.config.gla_gate_bias:
+            nn.init.constant_(self.gate_proj.bias, float(self.config.gla_gate_bias))
 
     def _project(self, x: torch.Tensor, conv: torch.Tensor | None = None) -> tuple[Any, ...]:
         """x [..., d] -> q, k, log_a [..., H, K], v [..., H, V], r (output gate, flat), new conv buffer or None.
@@ -81,6 +93,8 @@ class GatedLinearAttention(Mixer):
         lead = x.shape[:-1]
         q = q.reshape(*lead, self.n_heads, self.head_k)
         k = k.reshape(*lead, self.n_heads, self.head_k)
+        if self.qk_norm:
+            q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
         log_a = log_a.reshape(*lead, self.n_heads, self.head_k)
         v = v.reshape(*lead, self.n_heads, self.head_v)
         return q, k, v, log_a, r, conv

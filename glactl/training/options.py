@@ -32,6 +32,7 @@ class TrainOptions:
     warmup: int | None = None
     schedule: str | None = None  # cosine | constant
     weight_decay: float | None = None
+    decay_gates: bool | None = None  # False: GLA's forget-gate projection and short-convolution filters take no decay
     clip: float | None = None
     eval_every: int | None = None
     eval_windows: int | None = None
@@ -62,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
     "grad_accum": 1,
     "weight_decay": 0.1,
+    "decay_gates": True,
     "clip": 1.0,
     "eval_every": 250,
     "eval_windows": 64,
@@ -80,6 +82,7 @@ RESUMED = (
     "batch_size",
     "grad_accum",
     "weight_decay",
+    "decay_gates",
     "clip",
     "eval_every",
     "eval_windows",

@@ -65,6 +65,19 @@ def run_task(options: TrainOptions) -> Task:
     return make_task(str(options.task), options.seq_len, **(options.task_options or {}))
 
 
+# Parameters that `decay_gates=False` also keeps out of weight decay: GLA's forget-gate projection (W2 and its
+# bias; W1 is fused into in_proj and decays with it) and the short convolution's filters.
+GATE_PARAMETERS = ("gate_proj.weight", "conv_weight")
+
+
+def decays(name: str, parameter: torch.Tensor, decay_gates: bool = True) -> bool:
+    """nanoGPT's rule: matrices (embeddings included) take weight decay, norms and biases do not; with
+    decay_gates False neither do GATE_PARAMETERS."""
+    if parameter.dim() < 2:
+        return False
+    return decay_gates or not name.endswith(GATE_PARAMETERS)
+
+
 def new_model_config(options: TrainOptions) -> ModelConfig:
     """The ModelConfig a fresh run builds: preset, size overrides, per-architecture options, window = --seq-len."""
     o = options
@@ -131,8 +144,8 @@ def set_up(options: TrainOptions, dist: Distributed, report: Reporter, out: Path
         _check_same_data(o, saved, data_fingerprint, out)
         source = TextBatches(data, o.seq_len, o.seed, o.eval_windows)
     # optimizer and schedule
-    decay = [p for _, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for _, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for name, p in model.named_parameters() if decays(name, p, o.decay_gates)]
+    no_decay = [p for name, p in model.named_parameters() if not decays(name, p, o.decay_gates)]
     peak = o.lr if o.lr is not None else default_lr(built.config.mixer)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
