@@ -14,10 +14,11 @@ import torch
 from conftest import rel_err
 
 import glactl
-from glactl.errors import InputError
+from glactl.errors import InputError, RunFailure
 from glactl.inference.sampling import SamplingParams
 from glactl.models import LanguageModel, ModelConfig
 from glactl.serve.engine import Engine, Job
+from glactl.serve.session_file import pack, read_record, read_state_file
 from glactl.serve.sessions import SESSION_ID, SessionConflict, SessionStore
 from glactl.storage.checkpoint import save_model
 
@@ -129,7 +130,7 @@ def test_versions_refuse_a_stale_writer_also_in_another_store(load: Any, tmp_pat
     assert version == 2 and reading.bytes_read == len(TEXT_A + TEXT_B)
     assert second.put(session, reading_a, version) == 3
     info = first.info(session)
-    assert set(info) == {"id", "bytes_read", "state_bytes", "model", "version", "created", "updated"}
+    assert set(info) == {"id", "bytes_read", "state_bytes", "file_bytes", "model", "version", "created", "updated"}
     assert (info["id"], info["version"], info["bytes_read"]) == (session, 3, len(TEXT_A))
     assert info["model"]["mixer"] == "gla" and info["state_bytes"] > 0 and info["updated"] >= info["created"]
     # Threads racing from one version: exactly one write wins.
@@ -150,7 +151,8 @@ def test_versions_refuse_a_stale_writer_also_in_another_store(load: Any, tmp_pat
     assert sorted(outcomes) == ["conflict"] * 5 + ["stored"]
     assert first.get(session)[1] == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
-    record = json.loads((tmp_path / f"{session}.json").read_text())
+    assert [p.name for p in tmp_path.iterdir()] == [f"{session}.session"]  # one file per session
+    record = read_record(tmp_path / f"{session}.session")
     assert record["version"] == 4 and record["bytes_read"] == len(TEXT_A + TEXT_B)
     first.delete(session)
     with pytest.raises(KeyError):
@@ -195,7 +197,8 @@ def test_uploads_are_checked_like_state_files(load: Any, tmp_path: Path) -> None
     reading, version = store.get(session)
     assert version == 1 and rel_err(reading.logits, whole_logits(model, TEXT_A)) < 1e-12
     # The download is a state file that glactl loads (--state) to the same reading.
-    assert rel_err(model.load_state(store.path(session)).logits, reading.logits) == 0
+    (tmp_path / "download.state").write_bytes(store.state_file(session))
+    assert rel_err(model.load_state(tmp_path / "download.state").logits, reading.logits) == 0
     # Uploading to a known id replaces its state as a new version; to an unknown well-formed id creates it.
     assert store.upload(session, model.read(TEXT_B).save(tmp_path / "b.state").read_bytes()) == session
     assert store.get(session)[0].bytes_read == len(TEXT_B) and store.info(session)["version"] == 2
@@ -218,3 +221,53 @@ def test_uploads_are_checked_like_state_files(load: Any, tmp_path: Path) -> None
         assert "\n" not in message and str(tmp_path) not in message and message.startswith("uploaded state"), name
     assert not (tmp_path / "pwned").exists()
     assert len(store) == 2 and not [p for p in (tmp_path / "sessions").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, 1001, 65_536])
+def test_a_session_file_gives_back_the_exact_state_file(tmp_path: Path, size: int) -> None:
+    data = torch.randn(size, generator=torch.Generator().manual_seed(size)).numpy().tobytes()[:size]
+    path = tmp_path / "s.session"
+    path.write_bytes(pack({"version": 7, "write": "w"}, data))
+    assert read_state_file(path) == data and read_record(path) == {"version": 7, "write": "w"}
+
+
+def test_a_damaged_session_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    good = pack({"version": 1, "write": "w"}, b"\x01\x02\x03\x04" * 1000)
+    head_end = 16 + int.from_bytes(good[8:16], "little")  # magic, the head's length, the head
+    damaged = {
+        "not a session": b"a text file\n" * 10,
+        "truncated": good[: len(good) - 10],
+        "head too long": good[:8] + (1 << 40).to_bytes(8, "little") + good[16:],
+        "state larger than recorded": good.replace(b'"state_file_bytes": 4000', b'"state_file_bytes": 3999'),
+        "bytes after the state": good + b"\0" * 16,
+        "not deflated": good[:head_end] + b"\0" * 100,
+    }
+    for name, data in damaged.items():
+        path = tmp_path / f"{name}.session"
+        path.write_bytes(data)
+        with pytest.raises(RunFailure) as info:
+            read_state_file(path)
+            pytest.fail(f"read a session file with {name}")
+        assert "\n" not in str(info.value) and str(path) in str(info.value), name
+
+
+def test_a_session_of_the_shipped_gla_costs_less_disk_than_its_state(tmp_path: Path) -> None:
+    model = glactl.load("gla-enwiki", threads=1)
+    store = store_for(model, tmp_path)
+    reading = model.read(b"The history of the city, its rivers and roads. " * 4).reading
+    info = store.info(store.create(reading))
+    assert info["state_bytes"] == 442_368 and info["file_bytes"] < 0.95 * info["state_bytes"]
+    assert rel_err(store_for(model, tmp_path).get(info["id"])[0].logits, reading.logits) == 0
+
+
+def test_sessions_in_the_two_file_layout_are_adopted(load: Any, tmp_path: Path) -> None:
+    model = load("gla")
+    session, reading = "A" * 24, model.read(TEXT_A).reading
+    model.read(TEXT_A).save(tmp_path / f"{session}.state")
+    record = {"version": 3, "write": "w", "created": 1, "updated": 2, "bytes_read": len(TEXT_A), "state_bytes": 1}
+    (tmp_path / f"{session}.json").write_text(json.dumps(record))
+    (tmp_path / f"{session}.lock").touch()
+    store = store_for(model, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{session}.session"]
+    adopted, version = store.get(session)
+    assert version == 3 and rel_err(adopted.logits, reading.logits) == 0 and adopted.bytes_read == len(TEXT_A)

@@ -121,6 +121,11 @@ def fail(message: str, code: int = 1) -> None:
 _process = {"on": False}  # main() runs as the process itself (console script, python -m glactl), not called in-process
 
 
+def runs_as_process() -> bool:
+    """Whether glactl runs as its own process (console script, python -m glactl), so it may set process-wide things."""
+    return _process["on"]
+
+
 def _ignore_sigint() -> None:
     import signal
 

@@ -138,6 +138,12 @@ def serve(
         compile=compile,
     )
     listener = listening_socket(host, port)
+    from glactl.cli.app import runs_as_process  # app imports this module
+
+    if runs_as_process():  # before the server's threads start (glactl/runtime/process_memory.py)
+        from glactl.runtime.process_memory import share_one_heap
+
+        share_one_heap()
     app = create_app(None, None, Settings(model_name=name, api_key=api_key))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
     server = closing_server(uvicorn)(config)

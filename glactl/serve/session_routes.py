@@ -88,8 +88,8 @@ async def download_state(session_id: str, request: Request) -> Response:
     def read() -> bytes:
         describe(served, session_id)
         try:
-            return served.sessions.path(session_id).read_bytes()
-        except FileNotFoundError:  # deleted meanwhile
+            return served.sessions.state_file(session_id)
+        except KeyError:  # deleted meanwhile
             raise _unknown(session_id) from None
 
     data = await run_in_threadpool(read)

@@ -144,12 +144,10 @@ def _flatten(state: Any, path: tuple, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 # ---- saving --------------------------------------------------------------------------------------
-def save_state(state: State, path: str | os.PathLike) -> Path:
-    """Write `state` as safetensors + JSON metadata: to a temporary file beside `path`, fsynced, then renamed."""
-    from safetensors.torch import save_file
+def state_file_bytes(state: State) -> bytes:
+    """The bytes of `state`'s file: safetensors tensors + JSON metadata (what save_state writes)."""
+    from safetensors.torch import save
 
-    path = Path(path)
-    check_writable(path)
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(state.reading.state, (), tensors)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
@@ -170,35 +168,38 @@ def save_state(state: State, path: str | os.PathLike) -> Path:
         "bytes_read": int(state.reading.bytes_read),
         "structure": structure,
     }
+    return save(tensors, metadata={METADATA_KEY: json.dumps(document, sort_keys=True)})
+
+
+def save_state(state: State, path: str | os.PathLike) -> Path:
+    """Write `state` as safetensors + JSON metadata: to a temporary file beside `path`, fsynced, then renamed."""
+    path = Path(path)
+    check_writable(path)
+    data = state_file_bytes(state)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(document, sort_keys=True)})
-        with open(temporary, "rb+") as f:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)  # safetensors writes 0600; give the file the permissions `open` would
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException as e:
         try:
             temporary.unlink()
         except OSError:
             pass
-        if isinstance(e, Exception):  # OSError, or safetensors' own error around one: a full disk, a lost permission
+        if isinstance(e, Exception):  # a full disk, a lost permission
             raise InputError(f"{path}: could not save the state ({_reason(e)})") from None
         raise
     return path
 
 
 def _reason(error: Exception) -> str:
-    """Why a write failed, in a few words: the OS's message, also from inside a safetensors error."""
-    import re
-
+    """Why a write failed, in a few words: the OS's message where there is one."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = str(error)
-    found = re.search(r'message: "([^"]+)"', text)
-    return found.group(1) if found else (text.splitlines()[0][:160] if text else type(error).__name__)
+    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 def check_writable(path: str | os.PathLike) -> Path:
