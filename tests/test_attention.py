@@ -305,7 +305,7 @@ def test_generation_with_a_window_never_stops_and_stays_bounded() -> None:
         token = torch.multinomial(torch.softmax(logits, -1), 1, generator=torch.Generator().manual_seed(7))[:, 0]
         sizes.add(model.state_nbytes(state))
     assert max(sizes) == model.state_nbytes(state) == 2 * 2 * 3 * 128 * 16 * 4
-    assert state[0]["pos"] == 110
+    assert state[0]["pos"].tolist() == [110] * 3 and state[0]["k"].shape[2] == 16 - 4  # the window less its sinks
 
 
 @torch.no_grad()
@@ -339,3 +339,108 @@ def test_context_override_on_a_built_model_takes_effect() -> None:
     model.config.context = 8  # what `generate --context 8` does to a loaded model
     _, state = model(random_tokens(1, 30, 10))
     assert all(layer["k"].shape[2] == 8 for layer in state)
+
+
+# ---- the decode form: a preallocated window, a position per row ----------------------------------------------
+
+
+@pytest.mark.parametrize(("window", "sink"), [(16, 4), (16, 0), (5, 4), (2, 4)])
+@torch.no_grad()
+def test_preallocated_window_across_the_wrap_equals_the_concatenating_cache(window: int, sink: int) -> None:
+    compact_state = pytest.importorskip("glactl.models.attention").compact_state
+    torch.manual_seed(0)
+    mixer = CausalSelfAttention(ModelConfig.tiny(mixer="transformer", context=window, sink_tokens=sink), 0)
+    for p in mixer.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    mixer = mixer.double().eval()
+    x = torch.randn(2, 3 * window + 7, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    concatenating, preallocated = mixer.init_state(2, dtype=torch.float64), mixer.decode_state(None, 2, x)
+    ring = preallocated["k"]
+    for t in range(x.shape[1]):  # the parallel form on one token: the cache grown by concatenation, then trimmed
+        expected, concatenating = mixer(x[:, t : t + 1], concatenating)
+        y, preallocated = mixer.step(x[:, t], preallocated)
+        assert rel_err(y, expected[:, 0]) < 1e-12
+        assert preallocated["k"] is ring and preallocated["pos"].tolist() == [t + 1] * 2  # written in place
+        compact = compact_state(preallocated)
+        assert compact["pos"] == concatenating["pos"] == t + 1
+        for name in ("k", "v"):
+            assert compact[name].shape == concatenating[name].shape
+            assert rel_err(compact[name], concatenating[name]) < 1e-12
+
+
+@pytest.mark.parametrize("mixer", ["transformer", "reflex"])
+@torch.no_grad()
+def test_rows_at_different_positions_step_in_one_batch_as_each_alone(mixer: str) -> None:
+    cat_states = pytest.importorskip("glactl.serve.batch").cat_states
+    model = tiny_lm(mixer, context=16, n_layers=4)
+    idx = random_tokens(3, 80, 11)
+    starts = [40, 7, 15]  # past the wrap, before the sinks fill... the window, at the window's edge
+    alone, together = [], []
+    for row, start in enumerate(starts):
+        logits, state = model(idx[row : row + 1, :start])
+        alone.append(model.decode_state(state))
+        together = model.decode_state(state) if row == 0 else cat_states(together, model.decode_state(state))
+    for t in range(30):
+        tokens = torch.tensor([idx[row, start + t] for row, start in enumerate(starts)])
+        batch_logits, together = model.step(tokens, together)
+        for row in range(3):
+            row_logits, alone[row] = model.step(tokens[row : row + 1], alone[row])
+            assert rel_err(batch_logits[row : row + 1], row_logits) < 1e-10
+    assert together[0]["pos"].tolist() == [start + 30 for start in starts]
+    continued, _ = model(idx[:, 70:80], together)  # the parallel form goes on row by row where positions differ
+    for row in range(3):
+        expected, _ = model(idx[row : row + 1, 70:80], alone[row])
+        assert rel_err(continued[row : row + 1], expected) < 1e-10
+
+
+@torch.no_grad()
+def test_compiled_step_does_not_recompile_as_the_position_advances() -> None:
+    from torch._dynamo.utils import counters
+
+    model = tiny_lm("transformer", torch.float32, context=8)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model.step, backend="eager", fullgraph=True)
+    state, eager_state = model.decode_state(None, 2), model.decode_state(None, 2)
+    tokens = random_tokens(2, 30, 12)
+    for t in range(30):  # from an empty window through its wrap point, three times round
+        logits, state = compiled(tokens[:, t], state)
+        expected, eager_state = model.step(tokens[:, t], eager_state)
+        torch.testing.assert_close(logits, expected)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["recompiles"]  # no guard on the position: one graph serves every position
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mixer", ["transformer", "reflex"])
+@torch.no_grad()
+def test_a_state_saved_after_decode_steps_has_the_compact_format_and_loads(mixer: str, tmp_path) -> None:
+    from glactl.inference.reading import Reading, read
+    from glactl.storage.state_file import State, StateOwner, load_state, save_state
+    from glactl.storage.state_format import read_header
+
+    model = tiny_lm(mixer, context=16, n_layers=3)
+    owner = StateOwner("c" * 64, "w" * 64, mixer, 16, 4, True, "float32")
+    text = bytes(random_tokens(1, 40, 13)[0].tolist())
+    whole = read(model, text)  # the parallel form: the format saved before the decode form existed
+    prefix = read(model, text[:10])
+    state, logits = prefix.state, None
+    for byte in text[10:]:  # the rest one byte at a time, through the preallocated window
+        logits, state = model.step(torch.tensor([byte]), state)
+    stepped = Reading(state, logits[0], whole.bytes_read, whole.tail)
+    assert not any("sink_k" in layer for layer in stepped.state)  # a reading holds the compact form
+    files = {}
+    for name, reading in (("whole", whole), ("stepped", stepped)):
+        files[name] = save_state(State(reading, owner), tmp_path / f"{name}.state")
+    (whole_header, whole_doc), (stepped_header, stepped_doc) = (read_header(f) for f in files.values())
+    assert whole_doc == stepped_doc
+    assert {n: (i["dtype"], i["shape"]) for n, i in whole_header.items()} == {
+        n: (i["dtype"], i["shape"]) for n, i in stepped_header.items()
+    }
+    loaded = load_state(files["stepped"], model, owner).reading
+    for a, b in zip(loaded.state, whole.state):
+        assert a["pos"] == b["pos"] == 41 and rel_err(a["k"], b["k"]) < 1e-10 and rel_err(a["v"], b["v"]) < 1e-10
+    token = torch.tensor([7])
+    expected, _ = model.step(token, whole.state)
+    got, _ = model.step(token, loaded.state)
+    assert rel_err(got, expected) < 1e-10

@@ -2,7 +2,8 @@
 
 Like --precision (inference/precision.py) it leaves the checkpoint alone. Rule measured on the 2-core AMD EPYC
 (AVX512-BF16, no AMX), shipped gla-enwiki, 1 thread (benchmarks/RESULTS.md, section "Inference speed"):
-- compile auto: for mixers whose step state holds tensors only (GLA, minGRU, minLSTM, Performer),
+- compile auto: for mixers whose step state holds tensors only (GLA, minGRU, minLSTM, Performer, and the
+  Transformer and Reflex with a window, whose decode form is a preallocated window and a position tensor),
   on CPU: build the package for a run of at least COMPILE_MIN_STEPS decode steps (the compile costs
   tens of seconds once, and is kept for later runs); use an already cached package for a run of at
   least CACHED_MIN_STEPS (finding it hashes the weights, ~0.05 s for the shipped model, and loading
@@ -27,7 +28,7 @@ from glactl.inference.precision import check_choice, note
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_MIN_STEPS = 1000  # auto: fewer decode steps than this never pay for a compile (see module docstring)
 CACHED_MIN_STEPS = 64  # auto: a package already cached is used from this many decode steps on
-COMPILED_MIXERS = ("gla", "mingru", "minlstm", "performer")  # step states of tensors only; others stay eager
+COMPILED_MIXERS = ("gla", "mingru", "minlstm", "performer", "transformer", "reflex")  # step states of tensors only
 
 
 def configure(model: nn.Module, compile: str = "off") -> None:
@@ -40,7 +41,11 @@ def should_compile(model: nn.Module, batch: int, steps: int) -> bool:
     choice = getattr(model, "compile_choice", "off")
     if choice == "off" or getattr(model, "_compile_failed", False):
         return False
-    if model.config.mixer not in COMPILED_MIXERS or next(model.parameters()).device.type != "cpu":
+    if (
+        model.config.mixer not in COMPILED_MIXERS
+        or next(model.parameters()).device.type != "cpu"
+        or (model.config.mixer in ("transformer", "reflex") and model.config.context is None)  # a growing cache
+    ):
         if choice == "on":
             note(
                 f"--compile on: the {model.config.mixer} step on {next(model.parameters()).device.type} stays eager "
@@ -115,6 +120,7 @@ class CompiledStep:
         stays out of the decoding speed.
         """
         if self.compiled is None and not getattr(self.model, "_compile_failed", False):
+            state = decode_form(self.model, state)
             if not _tensors_only(state):
                 self.model._compile_failed = True  # a Python number in the state would need a package per position
                 note(f"the {self.model.config.mixer} state holds Python numbers; its step runs eager")
@@ -138,6 +144,7 @@ class CompiledStep:
         if rows > self.batch or not self.prepare(state):
             return self.model.step(tokens, state)
         assert self.compiled is not None
+        state = decode_form(self.model, state)
         try:
             if rows == self.batch:
                 return self.compiled(tokens, state)
@@ -209,7 +216,8 @@ def build_package(model: nn.Module, batch: int, path: Path) -> None:
     tokens = torch.zeros(batch, dtype=torch.long, device=next(model.parameters()).device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(_StepModule(model).eval(), (tokens, model.init_state(batch)), strict=False)
+        state = decode_form(model, model.init_state(batch))
+        program = torch.export.export(_StepModule(model).eval(), (tokens, state), strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.tmp-{os.getpid()}.pt2")  # renamed over `path` once whole
     try:
@@ -242,6 +250,12 @@ def load_package(path: Path) -> Callable[..., Any]:
         return pytree.tree_unflatten(loader.boxed_run([t.contiguous() for t in flat]), out_spec)
 
     return run
+
+
+def decode_form(model: nn.Module, state: Any) -> Any:
+    """The state in the form the step runs on (`LanguageModel.decode_state`: a window cache preallocated)."""
+    convert = getattr(model, "decode_state", None)
+    return convert(state) if convert is not None else state
 
 
 def _tensors_only(state: Any) -> bool:

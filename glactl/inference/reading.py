@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from glactl.models.state import clone_state
+from glactl.models.state import clone_state, compact_state
 
 START = b"\n"
 TAIL_BYTES = 64  # bytes of the text kept with a state: the repetition penalty's window (sampling.REPETITION_WINDOW)
@@ -29,6 +29,11 @@ class Reading:
     logits: torch.Tensor
     bytes_read: int
     tail: bytes  # the last TAIL_BYTES bytes read, START included while the text is shorter
+
+    def __post_init__(self) -> None:
+        # Kept at rest in the compact form: a decode step's preallocated window would be written in place by
+        # whoever steps on from it, and state files store the compact form.
+        object.__setattr__(self, "state", compact_state(self.state))
 
     @property
     def tokens_read(self) -> int:

@@ -15,6 +15,7 @@ import torch.nn as nn
 from glactl.models.config import ModelConfig
 from glactl.models.layers import Mixer, RMSNorm, SwiGLU
 from glactl.models.registry import mixer_class
+from glactl.models.state import aligned, cat_states, select_state
 
 State = list[Any]
 
@@ -86,8 +87,21 @@ class LanguageModel(nn.Module):
         dtype = dtype or self.dtype
         return [block.mixer.init_state(batch_size, device, dtype) for block in self.blocks]
 
+    def decode_state(self, state: State | None, batch_size: int = 1) -> State:
+        """The state in the form `step` runs on fastest (a windowed attention cache as a preallocated window;
+        other mixers' states as they are): compact states are copied, never changed. `step` converts on its
+        own; a compiled step and a shared decode batch need the form before the first step."""
+        if state is None:
+            state = self.init_state(batch_size)
+        return [
+            block.mixer.decode_state(layer) if hasattr(block.mixer, "decode_state") else layer
+            for block, layer in zip(self.blocks, state)
+        ]
+
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """idx [B, T] -> logits [B, T, vocab] and the state after the last token."""
+        if state is not None and idx.shape[0] > 1 and not aligned(state):
+            return self._forward_rows(idx, state)
         states = state if state is not None else [None] * len(self.blocks)
         x = self.dropout(self.embed(idx))
         exchange: dict = {}
@@ -96,6 +110,15 @@ class LanguageModel(nn.Module):
             x, layer_state = block(x, layer_state, exchange)
             new_states.append(layer_state)
         return self.head(self.norm(x)), new_states
+
+    def _forward_rows(self, idx: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The parallel form row by row, for a decode-form state whose rows stand at different positions."""
+        logits, states = [], []
+        for row in range(idx.shape[0]):
+            row_logits, row_state = self(idx[row : row + 1], select_state(state, torch.tensor([row])))
+            logits.append(row_logits)
+            states.append(self.decode_state(row_state))
+        return torch.cat(logits), cat_states(states)
 
     def step(self, idx_t: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         """One token per sequence: idx_t [B] -> logits [B, vocab] and the next state."""

@@ -7,6 +7,10 @@ attended to (all H heads, cache included) in the `exchange` dict that LanguageMo
 blocks; reused heads therefore resolve, through the chain, to the own heads of layer 0 or 1. Reusing
 heads compute only queries and the cache holds only own K/V, so the KV cache is smaller than the
 baseline's. RoPE, the sink + sliding window and the cache policy are CausalSelfAttention's.
+
+A decode step (the decode form of CausalSelfAttention) publishes, instead of whole tensors, the windows
+its heads attended to as (first head, last head + 1, cache) pieces: a reusing layer attends per head
+group to views of the earlier layers' windows, so no step concatenates or copies a cache.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from __future__ import annotations
 import torch
 
 from glactl.errors import InputError
-from glactl.models.attention import AttentionState, CausalSelfAttention
+from glactl.models.attention import AttentionState, CausalSelfAttention, compact_state, is_decode_form
 from glactl.models.config import ModelConfig
+from glactl.ops.attention import RingCache, ring_attention
+
+Pieces = list[tuple[int, int, RingCache]]  # (first head, last head + 1, window) covering heads [0, H) in order
 
 
 def exchange_key(layer_idx: int) -> tuple[str, int]:
@@ -58,6 +65,8 @@ class ReflexAttention(CausalSelfAttention):
     def forward(
         self, x: torch.Tensor, state: AttentionState | None = None, exchange: dict | None = None
     ) -> tuple[torch.Tensor, AttentionState]:
+        if is_decode_form(state):
+            state = compact_state(state)  # rows at one position: a reusing layer needs them aligned
         q, k_new, v_new = self._project(x, self._start(state))
         k_own, v_own, layout = self._extend(state, k_new, v_new)
         k, v = k_own, v_own
@@ -68,3 +77,40 @@ class ReflexAttention(CausalSelfAttention):
         if exchange is not None:
             exchange[exchange_key(self.layer_idx)] = (k, v)
         return self._attend(q, k, v, layout), self._next_state(k_own, v_own, layout)
+
+    def _borrowed_pieces(self, exchange: dict | None) -> Pieces:
+        """The windows of heads [H/2, 3H/4) of layer l-1 and [3H/4, H) of layer l-2 (views, no copy)."""
+        half, three_q = self.n_heads // 2, 3 * self.n_heads // 4
+        pieces: Pieces = []
+        for back, (lo, hi) in ((1, (half, three_q)), (2, (three_q, self.n_heads))):
+            key = exchange_key(self.layer_idx - back)
+            if exchange is None or key not in exchange:
+                raise ValueError(f"reflex layer {self.layer_idx} needs the keys/values of layer {key[1]} in `exchange`")
+            for first, last, cache in exchange[key]:
+                if first <= lo and hi <= last:
+                    pieces.append((lo, hi, cache.heads(lo - first, hi - first)))
+                    break
+            else:
+                raise ValueError(
+                    f"reflex layer {self.layer_idx}: layer {key[1]} published no window for heads {lo}..{hi}"
+                )
+        return pieces
+
+    def step(
+        self, x: torch.Tensor, state: AttentionState | None, exchange: dict | None = None
+    ) -> tuple[torch.Tensor, AttentionState]:
+        if self.window is None:
+            return super().step(x, state, exchange)
+        q, q_sink, cache, plan, next_state = self._step_own(x, state, exchange)
+        pieces: Pieces = [(0, self.kv_heads, cache)]
+        if self.reuses:
+            pieces += self._borrowed_pieces(exchange)
+        if exchange is not None:
+            exchange[exchange_key(self.layer_idx)] = pieces
+        if len(pieces) == 1:
+            o = ring_attention(q, q_sink, cache, plan.bias)
+        else:
+            o = torch.cat(
+                [ring_attention(q[:, lo:hi], q_sink[:, lo:hi], piece, plan.bias) for lo, hi, piece in pieces], dim=1
+            )
+        return self._merge(o), next_state

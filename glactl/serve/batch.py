@@ -1,5 +1,6 @@
 """The engine's rows: one job's prompt read chunk by chunk and its bytes sampled with its own generator, and the
-decode batch the rows share (one batch-first state, or row by row where a state holds a shared position)."""
+decode batch the rows share (one batch-first state in the model's decode form, where rows at different positions
+step together, or row by row where a state holds a shared position: an unlimited attention cache)."""
 
 from __future__ import annotations
 
@@ -184,11 +185,13 @@ class Row:
 
 
 class DecodeBatch:
-    """The decoding rows' states: one batch-first state stepped by one call (a row joins by concatenation and leaves
-    by select_state), or each row on its own where states hold a shared position (attention caches)."""
+    """The decoding rows' states: one batch-first state stepped by one call (a row joins by concatenation, in the
+    model's decode form, and leaves by select_state), or each row on its own where states hold a shared position
+    (an unlimited attention cache)."""
 
-    def __init__(self, step: Step, shared: bool) -> None:
+    def __init__(self, step: Step, shared: bool, decode_form: Callable[[Any], Any] | None = None) -> None:
         self.step_fn, self.shared = step, shared
+        self.decode_form = decode_form  # a row's state as the shared batch holds it (LanguageModel.decode_state)
         self.rows: list[Row] = []
         self.state: Any = None
 
@@ -201,7 +204,8 @@ class DecodeBatch:
             return
         for row in rows:
             if row.state is not None:  # a new row joins
-                self.state = row.state if self.state is None else cat_states(self.state, row.state)
+                joining = self.decode_form(row.state) if self.decode_form is not None else row.state
+                self.state = joining if self.state is None else cat_states(self.state, joining)
                 self.rows.append(row)
                 row.state = None
         assert len(rows) == len(self.rows), "every row of a shared batch steps"

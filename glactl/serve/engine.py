@@ -167,8 +167,9 @@ class Engine:
     def _new_batch(self) -> DecodeBatch:
         """One batch state where the model's states allow (--compile's step for max_batch rows), else row by row."""
         module = self.model.model
-        if shares_batch(module.init_state(1)):
-            return DecodeBatch(stepper(module, self.max_batch, COMPILE_MIN_STEPS), True)
+        decode_form = getattr(module, "decode_state", None)  # windowed attention: a preallocated window per row
+        if shares_batch(decode_form(module.init_state(1)) if decode_form is not None else module.init_state(1)):
+            return DecodeBatch(stepper(module, self.max_batch, COMPILE_MIN_STEPS), True, decode_form)
         return DecodeBatch(module.step, False)
 
     # ---- the public side (any thread) ----------------------------------------------------------
