@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/inference_speed.py --old-python /tmp/venv-old/bin/python [--new-python .venv/bin/python]
            [--steps 300] [--repeats 3] [--perplexity-bytes 300000] [--skip-commands | --skip-decode]
-           [--commands generate1,generate2000,perplexity] [--perplexity-repeats 1]
+           [--commands generate1,generate2000,complete,perplexity] [--perplexity-repeats 1]
 
 Every measurement runs in a child process of the named Python (so old and new code never mix), on the
 shipped gla-enwiki at batch 1; decode steps with one torch thread, whole commands with each version's own
@@ -12,7 +12,8 @@ speed is reported twice: wall clock, and the process's CPU time (time.process_ti
 inflates less. Floors: weight bytes divided by this machine's memory read bandwidth (best torch.sum over a
 512 MB float32 array, 1 thread). Whole commands are timed from outside with /usr/bin/time (wall and
 user+sys seconds); `cold` runs with an empty GLACTL_CACHE (no compiled step cached), `warm` after a run
-that filled it. Perplexity is also timed with `--precision float32` (the exact weights) beside the defaults.
+that filled it. Every command is also timed with `--precision float32 --compile off` (the exact weights,
+eager) beside the defaults, whose `--precision auto` is measured on this machine by the first run and cached.
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def main() -> None:
     parser.add_argument("--perplexity-bytes", type=int, default=300_000)
     parser.add_argument("--skip-commands", action="store_true")
     parser.add_argument("--skip-decode", action="store_true", help="only the whole commands")
-    parser.add_argument("--commands", default="generate1,generate2000,perplexity", help="which whole commands to time")
+    parser.add_argument(
+        "--commands", default="generate1,generate2000,complete,perplexity", help="which whole commands to time"
+    )
     parser.add_argument("--perplexity-repeats", type=int, default=1)
     parser.add_argument("--text", default=str(WIKI), help="file whose first --perplexity-bytes bytes perplexity scores")
     parser.add_argument(
@@ -204,6 +207,10 @@ def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> No
                 'generate "The history of" -n 2000',
                 ["generate", "The history of", "--max-new-tokens", "2000", "--seed", "0", *model],
             ),
+            "complete": (
+                'complete "The history of" -n 5',
+                ["complete", "The history of", "-n", "5", "--until", "sentence", "--max-chars", "60", *model],
+            ),
             "perplexity": (
                 f"perplexity {args.perplexity_bytes // 1000} KB of {Path(args.text).name}",
                 ["perplexity", str(text), *model],
@@ -212,7 +219,7 @@ def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> No
         rows = []
         for key in args.commands.split(","):
             label, argv = commands[key]
-            cold, exact = "new, cold cache", "new, --precision float32"  # extra rows, named as the table says them
+            cold, exact = "new, cold cache", "new, --precision float32 --compile off"  # extra rows, as the table says
             times: dict[str, list[tuple[float, float]]] = {"old": [], "new": [], cold: [], exact: []}
             repeats = args.perplexity_repeats if key == "perplexity" else 2
             for _ in range(repeats):
@@ -223,21 +230,22 @@ def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> No
                 times["new"].append(
                     timed_command(new, argv, env)
                 )  # warm: the cold run (or a previous one) filled the cache
-                if key == "perplexity":
-                    times[exact].append(timed_command(new, [*argv, "--precision", "float32"], env))
+                times[exact].append(timed_command(new, [*argv, "--precision", "float32", "--compile", "off"], env))
             o = min(times["old"])
-            n = min(times["new"])
-            rows.append([label, "old", o[0], o[1], ""])
-            rows.append([label, "new, warm" if key == "generate2000" else "new", n[0], n[1], f"{o[0] / n[0]:.2f}x"])
+            n, e = min(times["new"]), min(times[exact])
+            rows.append([label, "old", o[0], o[1], "", f"{e[0] / o[0]:.2f}x"])
+            new_label = "new, warm" if key == "generate2000" else "new"
+            rows.append([label, new_label, n[0], n[1], f"{o[0] / n[0]:.2f}x", f"{e[0] / n[0]:.2f}x"])
             for name in (cold, exact):
                 if times[name]:
                     c = min(times[name])
-                    rows.append([label, name, c[0], c[1], f"{o[0] / c[0]:.2f}x"])
+                    rows.append([label, name, c[0], c[1], f"{o[0] / c[0]:.2f}x", f"{e[0] / c[0]:.2f}x"])
             print(f"{label}: old {o[0]:.2f}s new {n[0]:.2f}s", flush=True)
         print()
         print("Whole commands, default flags and threads, timed with /usr/bin/time (best of the runs)")
         print()
-        print(markdown_table(["command", "glactl", "wall s", "user+sys s", "old / this"], rows))
+        headers = ["command", "glactl", "wall s", "user+sys s", "old / this", "float32 eager / this"]
+        print(markdown_table(headers, rows))
 
 
 if __name__ == "__main__":

@@ -578,6 +578,7 @@ def part_c_model(model: str, folder: Path, batches: list[tuple[str, int, Callabl
         port = server.port
         rows["ready"] = server.ready
         call_json(port, "POST", "/v1/completions", {"prompt": "Warm-up", "max_tokens": 4, "seed": 0})
+        rss_fresh = server.rss()
         for label, _, text in batches:  # the session paths warm: 64 sessions of each kind made and deleted
             log(f"c: {model}: warm-up, 64 sessions ({label}) made and deleted")
             warm, _ = run_all(64, 4, lambda i, text=text: call_json(port, "POST", "/v1/sessions", {"text": text(i)}))
@@ -612,6 +613,7 @@ def part_c_model(model: str, folder: Path, batches: list[tuple[str, int, Callabl
                     "state_each": state_sum / count,
                     "sessions_so_far": len(made_all),
                     "state_max": max(state for state, _ in made_all),
+                    "rss_fresh": rss_fresh,
                     "rss_before": rss_before,
                     "rss_after": server.rss(),
                     "ids": [s["id"] for s in made],
@@ -665,11 +667,13 @@ def part_c(main_model: str, root: Path, quick: bool) -> None:
                 [
                     result["model"],
                     f"{b['sessions_so_far']:,}",
+                    mib(b["rss_fresh"]),
                     mib(b["rss_before"]),
                     mib(b["rss_after"]),
                     mib(growth),
                     mib(bound),
                     f"{growth / bound:.2f}",
+                    f"{(b['rss_after'] - b['rss_fresh']) / bound:.2f}",
                 ]
             )
         recent, evicted = result["continue"]
@@ -679,13 +683,14 @@ def part_c(main_model: str, root: Path, quick: bool) -> None:
     headers = ["model", "sessions", "state bytes each (mean)", "N x state bytes", "on disk (file sizes)"]
     out(table([*headers, "disk / (N x state)", "allocated (du) / (N x state)", "create s (sessions/s)"], disk_rows))
     out()
-    headers = ["model", "sessions made", "RSS before", "RSS after", "growth", "64 x state (largest)"]
-    headers += ["growth / (64 x state)"]
+    headers = ["model", "sessions made", "RSS fresh", "RSS before", "RSS after", "growth", "64 x state (largest)"]
+    headers += ["growth / (64 x state)", "(after - fresh) / (64 x state)"]
     out(table(headers, memory_rows))
     out()
     out(
-        "RSS before: the server after a warm-up request and 64 sessions of each kind of text made and deleted"
-        " (its code paths warm, no session held). Session texts do not enter the engine's prefix cache; the store"
+        "RSS fresh: the server after one warm-up request. RSS before: after 64 sessions of each kind of text made"
+        " and deleted as well (its code paths warm, no session held; the allocator keeps what they freed)."
+        " Session texts do not enter the engine's prefix cache; the store"
         " keeps the 64 most recent states, and the trace below shows whether memory grows with sessions."
     )
     out()

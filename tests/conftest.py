@@ -18,6 +18,9 @@ from glactl.storage import checkpoint
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault(
+    "GLACTL_CALIBRATE", "0"
+)  # --precision auto keeps its fixed rule; tests of the measurement turn it on
 # Tiny models run fastest on one thread, and two threads fight badly on a loaded 2-core machine.
 torch.set_num_threads(1)
 

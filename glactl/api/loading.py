@@ -18,19 +18,25 @@ def load(
     kernels: str | None = None,
     precision: str = "float32",
     compile: str = "off",
+    work: str = "decode",
 ) -> Model:
     """Load a run folder, checkpoint folder or shipped model (default: the shipped gla-enwiki).
 
     `precision` (auto, float32, bfloat16, int8) is the weights' format at run time and `compile`
     (auto, on, off) whether decoding runs a compiled step (glactl/inference/compiled_step.py); the library's
-    defaults are the exact ones, float32 and eager; the command line defaults to auto for both.
+    defaults are the exact ones, float32 and eager; the command line defaults to auto for both. `work`
+    ("decode" or "score") is what auto precision is measured for on this machine, once per model shape
+    (glactl/inference/calibration.py).
 
     `context` overrides the attention window W in tokens (sliding window for attention models;
     no effect on recurrent ones). `kernels="fla"` runs GLA's chunk form through flash-linear-attention
     (CUDA only; an InputError where it cannot run).
     """
+    import torch
+
+    from glactl.inference.calibration import calibrate
     from glactl.inference.compiled_step import COMPILE_CHOICES, configure
-    from glactl.inference.precision import apply_precision, check_choice, resolve_precision
+    from glactl.inference.precision import PRECISION_CHOICES, apply_precision, check_choice, resolve_precision
     from glactl.runtime.devices import select_device, select_kernels, use_kernels
     from glactl.runtime.threads import set_threads, torch_threads
     from glactl.storage.checkpoint import load_model
@@ -41,6 +47,7 @@ def load(
     kernel_choice = select_kernels(kernels, torch_device)
     check_choice("--compile", compile, COMPILE_CHOICES)
     run_precision = resolve_precision(precision, torch_device)
+    measure = check_choice("--precision", precision, PRECISION_CHOICES) == "auto" and torch_device.type == "cpu"
     folder = resolve_model(path_or_name)
     # One thread unless asked: copying 43 MB is no work to share, and on a busy 2-core machine a second
     # thread made loading the shipped model 5x slower (0.96 s against 0.18 s).
@@ -50,6 +57,10 @@ def load(
             model = _with_context(model, context)
         use_kernels(model.to(torch_device), kernel_choice)
         parameters = model.num_parameters()  # the checkpoint's count: int8 weights are buffers, a tied head gets a copy
+        if measure and model.dtype == torch.float32:
+            run_threads = threads or (1 if work == "decode" else torch.get_num_threads())
+            calibration = calibrate(model, work, run_threads)
+            run_precision = calibration.precision if calibration is not None else run_precision
         apply_precision(model, run_precision)
     configure(model, compile)
     document["precision"] = model.precision

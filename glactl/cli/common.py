@@ -14,6 +14,7 @@ def load_model(
     kernels: str | None = None,
     precision: str | None = None,
     compile: str | None = None,
+    work: str = "decode",
 ):  # noqa: ANN202
     """Load through the Python API, so the CLI and `glactl.load` behave alike (the CLI defaults to auto precision/compile)."""
     import time
@@ -29,6 +30,7 @@ def load_model(
         kernels=kernels,
         precision=precision or "auto",
         compile=compile or "auto",
+        work=work,
     )
     lm.load_seconds = time.perf_counter() - start
     _note_still_training(lm.path, lm.document)

@@ -24,6 +24,9 @@ def info(
     threads: ThreadsOption = None,
     context: ContextOption = None,
     json_out: bool = typer.Option(False, "--json", help="Print the description as one JSON document."),
+    machine: bool = typer.Option(
+        False, "--machine", help="Describe this machine instead: CPU, kernel flags, and what --precision auto measured."
+    ),
 ) -> None:
     """Describe a model (architecture, parameters, state size per token of context, training summary, files),
     a saved state file (its model, bytes read, size), or the runs in a folder of runs."""
@@ -34,6 +37,11 @@ def info(
     if model_arg and model and model_arg != model:
         raise InputError("give the model once: MODEL or --model, not both")
     target = model_arg or model
+    if machine:
+        from glactl.cli.info_machine import describe_machine
+
+        describe_machine(json_out)
+        return
     if _names_state_file(target):
         _describe_state_file(target, json_out)
         return
@@ -41,7 +49,7 @@ def info(
     if runs:
         _describe_runs(Path(target), runs, json_out)
         return
-    lm = load_model(target, device, threads, context)
+    lm = load_model(target, device, threads, context, precision="float32", compile="off")  # described, not run
     described = lm.info()
     if json_out:
         write(sys.stdout, json.dumps(described, default=str) + "\n")

@@ -79,7 +79,7 @@ def perplexity(
     from glactl.runtime.threads import thread_line
 
     threads, thread_note = thread_line("scoring", threads)
-    lm = load_model(model, device, threads, context, kernels, precision, compile)
+    lm = load_model(model, device, threads, context, kernels, precision, compile, work="score")
     if (compile or "auto").lower() == "on":
         from glactl.inference.precision import note
 
