@@ -28,7 +28,7 @@ def _unknown(session_id: str) -> ApiError:
 
 
 def describe(served: Backend, session_id: str) -> dict[str, Any]:
-    """The session document {id, object, bytes_read, state_bytes, model, version, created, updated}, or 404."""
+    """The session document {id, object, bytes_read, state_bytes, file_bytes, model, version, created, updated}, or 404."""
     try:
         return {**served.sessions.info(session_id), "object": "session", "model": served.settings.model_name}
     except (KeyError, ValueError, FileNotFoundError):
