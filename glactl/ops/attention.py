@@ -241,6 +241,7 @@ class StepPlan(NamedTuple):
     slot: torch.Tensor  # [B, 1, 1, 1] ring slot of position p (0 while p < s: written, never visible)
     sink_slot: torch.Tensor  # [B, 1, 1, 1] sink slot min(p, s - 1)
     in_sinks: torch.Tensor  # [B, 1, 1, 1] bool: position p is a sink
+    writes_sinks: bool  # whether any row writes a sink (always True in a compiled step, which cannot ask)
     bias: torch.Tensor  # [B, 1, 1, W] over [sinks, ring]: 0 where visible after the write, -inf elsewhere
 
 
@@ -262,7 +263,9 @@ def step_plan(
     visible = torch.arange(window, dtype=torch.int64, device=positions.device) < p + 1
     bias = torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(~visible, float("-inf"))
     slot = (p - s).clamp(min=0) % ring
-    return StepPlan(cos, sin, sink_cos, sink_sin, slot, p.clamp(max=max(s - 1, 0)), p < s, bias)
+    in_sinks = p < s
+    writes_sinks = s > 0 and (torch.compiler.is_compiling() or bool(in_sinks.any()))
+    return StepPlan(cos, sin, sink_cos, sink_sin, slot, p.clamp(max=max(s - 1, 0)), in_sinks, writes_sinks, bias)
 
 
 _FREQUENCIES: dict[tuple[int, float, str], torch.Tensor] = {}
@@ -281,14 +284,37 @@ def _inverse_frequencies(head_dim: int, base: float, device: torch.device) -> to
 
 def ring_write(cache: RingCache, k: torch.Tensor, v: torch.Tensor, plan: StepPlan) -> None:
     """Write one position's k, v [B, H, 1, D] into its slot, in place."""
+    if torch.compiler.is_compiling():
+        _ring_write_indexed(cache, k, v, plan)
+        return
     batch, heads, _, dim = k.shape
     slot = plan.slot.expand(batch, heads, 1, dim)
     cache.k.scatter_(2, slot, k)
     cache.v.scatter_(2, slot, v)
-    if cache.sink_k.shape[2]:
+    if plan.writes_sinks:
         sink_slot = plan.sink_slot.expand(batch, heads, 1, dim)
         cache.sink_k.scatter_(2, sink_slot, torch.where(plan.in_sinks, k, cache.sink_k.gather(2, sink_slot)))
         cache.sink_v.scatter_(2, sink_slot, torch.where(plan.in_sinks, v, cache.sink_v.gather(2, sink_slot)))
+
+
+def _ring_write_indexed(cache: RingCache, k: torch.Tensor, v: torch.Tensor, plan: StepPlan) -> None:
+    """ring_write as index_put_, which a compiled step keeps in place: inductor turned scatter_ on the state into a
+    copy of the whole window per step (a batch-16 step of a d128 model 12.0 ms compiled against 7.9 eager; with
+    index_put_ 5.5 ms), while eager, scatter_ is the faster of the two (7.7 against 17.4 us per write at batch 1)."""
+    batch, heads = k.shape[:2]
+    rows = torch.arange(batch, device=k.device)[:, None]
+    head = torch.arange(heads, device=k.device)[None, :]
+    slot = plan.slot.view(batch, 1)
+    cache.k.index_put_((rows, head, slot), k[:, :, 0])
+    cache.v.index_put_((rows, head, slot), v[:, :, 0])
+    if cache.sink_k.shape[2]:
+        sink_slot, keep = plan.sink_slot.view(batch, 1), plan.in_sinks.view(batch, 1, 1)
+        cache.sink_k.index_put_(
+            (rows, head, sink_slot), torch.where(keep, k[:, :, 0], cache.sink_k[rows, head, sink_slot])
+        )
+        cache.sink_v.index_put_(
+            (rows, head, sink_slot), torch.where(keep, v[:, :, 0], cache.sink_v[rows, head, sink_slot])
+        )
 
 
 def ring_attention(q: torch.Tensor, q_sink: torch.Tensor, cache: RingCache, bias: torch.Tensor) -> torch.Tensor:
