@@ -43,7 +43,6 @@ try:
     lm = glactl.load(MODEL, threads=1, **opts)
 except TypeError:  # the old glactl has no precision/compile
     lm = glactl.load(MODEL, threads=1)
-from glactl.inference import sampling
 model = lm.model
 with torch.inference_mode():
     logits, state = model(torch.tensor([list(b"\nThe history of")]), None)
@@ -208,8 +207,8 @@ def command_table(args: argparse.Namespace, old: str, new: str, env: dict) -> No
                 ["generate", "The history of", "--max-new-tokens", "2000", "--seed", "0", *model],
             ),
             "complete": (
-                'complete "The history of" -n 5',
-                ["complete", "The history of", "-n", "5", "--until", "sentence", "--max-chars", "60", *model],
+                'complete "The history of" --n 5',
+                ["complete", "The history of", "--n", "5", "--until", "sentence", "--max-chars", "60", *model],
             ),
             "perplexity": (
                 f"perplexity {args.perplexity_bytes // 1000} KB of {Path(args.text).name}",
