@@ -193,13 +193,14 @@ class CausalSelfAttention(Mixer):
         positions = state["pos"]
         cache = ring_of(state)
         plan = self._plan(positions, exchange, cache.k.dtype)
-        qkv = self.qkv_proj(x).view(batch, heads + 2 * kv_heads, 1, self.head_dim).to(cache.k.dtype)
-        qk = apply_rope(qkv[:, : heads + kv_heads], plan.cos, plan.sin)  # q and k at position p: one rotation
-        q_sink = apply_rope(qkv[:, :heads], plan.sink_cos, plan.sink_sin) if cache.sink_k.shape[2] else qk
-        q = qk[:, :heads]
-        ring_write(cache, qk[:, heads:], qkv[:, heads + kv_heads :], plan)
+        qkv = self.qkv_proj(x).view(batch, 1, heads + 2 * kv_heads, self.head_dim).to(cache.k.dtype)
+        # q and k rotated to position p, and q to min(p, W - 1) for the sinks: one product [B, 1, H + Hk, 2 Dh]
+        rotated = (qkv[:, :, : heads + kv_heads] @ plan.rotation).transpose(1, 2)
+        q, q_sink = rotated[:, :heads, :, : self.head_dim], rotated[:, :heads, :, self.head_dim :]
+        v = qkv[:, :, heads + kv_heads :].transpose(1, 2)
+        ring_write(cache, rotated[:, heads:, :, : self.head_dim], v, plan)
         next_state = {"sink_k": cache.sink_k, "sink_v": cache.sink_v, "k": cache.k, "v": cache.v, "pos": positions + 1}
-        return q, q_sink[:, :heads], cache, plan, next_state
+        return q, q_sink, cache, plan, next_state
 
     def _merge(self, o: torch.Tensor) -> torch.Tensor:
         """o [B, H, 1, Dh] -> out_proj of the merged heads [B, d]."""

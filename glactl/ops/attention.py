@@ -234,10 +234,7 @@ def from_ring(cache: RingCache, n_seen: int) -> tuple[torch.Tensor, torch.Tensor
 class StepPlan(NamedTuple):
     """What every layer of one decode step shares: RoPE tables, the slot written and the visibility bias."""
 
-    cos: torch.Tensor  # [B, 1, 1, D/2] at each row's position p
-    sin: torch.Tensor
-    sink_cos: torch.Tensor  # at min(p, W - 1): sinks scored at cache distance (module doc)
-    sink_sin: torch.Tensor
+    rotation: torch.Tensor  # [B, 1, D, 2D]: x @ rotation = [RoPE at p, RoPE at min(p, W - 1)] (sinks: module doc)
     slot: torch.Tensor  # [B, 1, 1, 1] ring slot of position p (0 while p < s: written, never visible)
     sink_slot: torch.Tensor  # [B, 1, 1, 1] sink slot min(p, s - 1)
     in_sinks: torch.Tensor  # [B, 1, 1, 1] bool: position p is a sink
@@ -256,8 +253,11 @@ def step_plan(
     both = torch.cat((p, p.clamp(max=window - 1)), dim=1).to(torch.float64) * _inverse_frequencies(
         head_dim, rope_base, positions.device
     )
-    cos, sin = both.cos().to(dtype), both.sin().to(dtype)
-    (cos, sink_cos), (sin, sink_sin) = cos.split(1, dim=1), sin.split(1, dim=1)
+    cos, sin = torch.diag_embed(both.cos()[:, :, 0].to(dtype)), torch.diag_embed(both.sin()[:, :, 0].to(dtype))
+    # apply_rope as one matrix per position ([[cos, sin], [-sin, cos]] by halves, for row vectors), both positions
+    # side by side: a layer rotates its q and k, and q for the sinks, in one product instead of 18 small ops
+    matrices = torch.cat((torch.cat((cos, sin), dim=-1), torch.cat((-sin, cos), dim=-1)), dim=-2)  # [B, 2, D, D]
+    rotation = torch.cat((matrices[:, 0], matrices[:, 1]), dim=-1)[:, None]
     # Slots in [sinks, ring] order: sink j is visible iff j <= p, ring slot j iff it holds one of the positions
     # s..p, which fill the ring in order until it wraps: j < p + 1 - s. Both read: slot index < p + 1.
     visible = torch.arange(window, dtype=torch.int64, device=positions.device) < p + 1
@@ -265,7 +265,7 @@ def step_plan(
     slot = (p - s).clamp(min=0) % ring
     in_sinks = p < s
     writes_sinks = s > 0 and (torch.compiler.is_compiling() or bool(in_sinks.any()))
-    return StepPlan(cos, sin, sink_cos, sink_sin, slot, p.clamp(max=max(s - 1, 0)), in_sinks, writes_sinks, bias)
+    return StepPlan(rotation, slot, p.clamp(max=max(s - 1, 0)), in_sinks, writes_sinks, bias)
 
 
 _FREQUENCIES: dict[tuple[int, float, str], torch.Tensor] = {}
