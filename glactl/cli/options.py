@@ -45,8 +45,8 @@ _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, 
 _CONTEXT_HELP = "Attention window in tokens (default: the model's training length); no effect on recurrent models."
 PRECISION_CHOICES = choices("auto", "float32", "bfloat16", "int8")
 _PRECISION_HELP = (
-    "Weights' format at run time (default auto: int8 on x86 CPUs with AVX2 or AVX512, where it costs < 0.01 "
-    "bits per byte; else float32). States stay float32."
+    "Weights' format at run time (default auto: the fastest on this machine within 0.01 bits per byte of float32, "
+    "measured once per model shape and cached; see glactl info --machine). States stay float32."
 )
 COMPILE_CHOICES = choices("auto", "on", "off")
 _COMPILE_HELP = (
