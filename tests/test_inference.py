@@ -376,7 +376,7 @@ def test_keep_freed_memory_is_set_by_the_process_entry_point_only(monkeypatch: p
         cli.main(["--version"])  # in-process (tests, the API): the host's allocator is left alone
     assert calls == []
     monkeypatch.setattr(sys, "argv", ["glactl", "--version"])
-    monkeypatch.setitem(cli._process, "on", False)  # restored after the process-style call below
+    monkeypatch.setitem(cli.PROCESS, "on", False)  # restored after the process-style call below
     with pytest.raises(SystemExit):
         cli.main()  # as the console script runs it
     assert calls == [1]

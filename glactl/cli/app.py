@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import typer
 
+from glactl.cli.common import PROCESS
 from glactl.cli.compare import compare
 from glactl.cli.complete import complete
 from glactl.cli.generate import generate
@@ -108,7 +109,7 @@ def _root(
 
 def fail(message: str, code: int = 1) -> None:
     """Print one error line to stderr and exit with `code`."""
-    if code == 130 and _process["on"]:
+    if code == 130 and PROCESS["on"]:
         _ignore_sigint()  # exiting after Ctrl-C: a further Ctrl-C must not turn the exit into a traceback
     try:
         sys.stderr.write(f"glactl: error: {message}\n")
@@ -116,14 +117,6 @@ def fail(message: str, code: int = 1) -> None:
     except (BrokenPipeError, OSError, ValueError):  # nobody reads stderr any more: the exit code still tells
         pass
     raise SystemExit(code)
-
-
-_process = {"on": False}  # main() runs as the process itself (console script, python -m glactl), not called in-process
-
-
-def runs_as_process() -> bool:
-    """Whether glactl runs as its own process (console script, python -m glactl), so it may set process-wide things."""
-    return _process["on"]
 
 
 def _ignore_sigint() -> None:
@@ -148,8 +141,8 @@ _NO_ARGS_IS_HELP = getattr(_typer_click, "NoArgsIsHelpError", ())
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn every failure into one line + exit code."""
-    _process["on"] = argv is None
-    if _process["on"]:  # our own process: keep freed memory for the next window (glactl/runtime/process_memory.py)
+    PROCESS["on"] = argv is None
+    if PROCESS["on"]:  # our own process: keep freed memory for the next window (glactl/runtime/process_memory.py)
         from glactl.runtime.process_memory import keep_freed_memory
 
         keep_freed_memory()

@@ -80,3 +80,34 @@ def saved_state_note(path: str, state, before: str = "") -> None:  # noqa: ANN00
         size = ""
     sys.stderr.write(f"{before}state after {state.bytes_read:,} bytes saved to {path}{size}\n")
     sys.stderr.flush()
+
+
+PROCESS = {"on": False}  # main() runs as the process itself (console script, python -m glactl), not called in-process
+
+
+def runs_as_process() -> bool:
+    """Whether glactl runs as its own process (console script, python -m glactl), so it may set process-wide things."""
+    return PROCESS["on"]
+
+
+def print_facts(title: str, rows: list[tuple[str, str]]) -> None:
+    """A table of facts, one per row; a value with a word too long for its column (a path, a command), like a title
+    wider than the screen, is printed whole on a line of its own instead, so that it can be copied."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    room = console.width - max(len(label) for label, _ in rows) - 7  # "│ label │ value │"
+    fits = [max((len(word) for word in value.split()), default=0) <= room for _, value in rows]
+    if len(title) > console.width:  # a long path: whole on its own line rather than folded as a centred title
+        console.print(title, soft_wrap=True, highlight=False, markup=False)
+    table = Table(title=title if len(title) <= console.width else None, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for (label, value), fit in zip(rows, fits):
+        if fit:
+            table.add_row(label, value)
+    console.print(table)
+    for (label, value), fit in zip(rows, fits):
+        if not fit:
+            console.print(f"{label}: {value}", soft_wrap=True, highlight=False, markup=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from glactl.cli.common import load_model, write
+from glactl.cli.common import load_model, print_facts, write
 from glactl.cli.options import ContextOption, DeviceOption, ThreadsOption
 from glactl.report.display import clock, human_bytes
 
@@ -79,30 +79,7 @@ def info(
     rows.append(("weights", f"{described.get('weights_dtype', 'float32')}"))
     rows += _training_rows(described["training"], described["model"])
     rows += [(f"file {name}", human_bytes(size)) for name, size in described["files"].items()]
-    _print_facts(f"{described['model']}", rows)
-
-
-def _print_facts(title: str, rows: list[tuple[str, str]]) -> None:
-    """A table of facts, one per row; a value with a word too long for its column (a path, a command), like a title
-    wider than the screen, is printed whole on a line of its own instead, so that it can be copied."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    room = console.width - max(len(label) for label, _ in rows) - 7  # "│ label │ value │"
-    fits = [max((len(word) for word in value.split()), default=0) <= room for _, value in rows]
-    if len(title) > console.width:  # a long path: whole on its own line rather than folded as a centred title
-        console.print(title, soft_wrap=True, highlight=False, markup=False)
-    table = Table(title=title if len(title) <= console.width else None, show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for (label, value), fit in zip(rows, fits):
-        if fit:
-            table.add_row(label, value)
-    console.print(table)
-    for (label, value), fit in zip(rows, fits):
-        if not fit:
-            console.print(f"{label}: {value}", soft_wrap=True, highlight=False, markup=False)
+    print_facts(f"{described['model']}", rows)
 
 
 def _training_rows(training: dict, path: str) -> list[tuple[str, str]]:
@@ -232,7 +209,7 @@ def _describe_state_file(path: str, json_out: bool) -> None:
         ("size", f"{human_bytes(described['file_bytes'])} file, {human_bytes(described['state_bytes'])} of state"),
         ("format", f"version {described['format_version']}, written by glactl {described['glactl_version']}"),
     ]
-    _print_facts(f"{path} (glactl saved state)", rows)
+    print_facts(f"{path} (glactl saved state)", rows)
 
 
 def _runs_inside(folder: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from glactl.cli.common import write
+from glactl.cli.common import print_facts, write
 
 
 def machine_document() -> dict[str, Any]:
@@ -49,8 +49,6 @@ def describe_machine(json_out: bool) -> None:
     if json_out:
         write(sys.stdout, json.dumps(document) + "\n")
         return
-    from glactl.cli.info import _print_facts
-
     here = document["machine"]
     rows = [
         ("cpu", here["cpu"]),
@@ -60,7 +58,7 @@ def describe_machine(json_out: bool) -> None:
         ("--precision auto", f"measured per model shape, {document['calibration']}"),
         ("cache", document["cache"]),
     ]
-    _print_facts("this machine", rows)
+    print_facts("this machine", rows)
     if not document["calibrations"]:
         write(sys.stdout, "no calibration cached for this machine yet (the first generate or perplexity makes one)\n")
     for c in document["calibrations"]:

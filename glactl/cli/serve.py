@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from glactl.cli.common import load_model
+from glactl.cli.common import load_model, runs_as_process
 from glactl.cli.options import (
     CompileOption,
     ContextOption,
@@ -138,8 +138,6 @@ def serve(
         compile=compile,
     )
     listener = listening_socket(host, port)
-    from glactl.cli.app import runs_as_process  # app imports this module
-
     if runs_as_process():  # before the server's threads start (glactl/runtime/process_memory.py)
         from glactl.runtime.process_memory import share_one_heap
 
