@@ -1,5 +1,5 @@
-"""GLA's levers on recall and on text: each change to today's GLA (short convolution 4, 4 heads, lr 1e-3,
-gate normalizer 16) trained on mqar and on enwiki, one change at a time, same seeds and tokens.
+"""GLA's levers on recall, copying and text: each change to today's GLA (short convolution 4, 4 heads, lr 1e-3,
+gate normalizer 16) trained on the probes and on enwiki, one change at a time, same seeds and tokens.
 
     python benchmarks/gla_levers.py --phase mqar --out /tmp/levers          # every lever, one seed
     python benchmarks/gla_levers.py --phase lm --levers base,heads1 --seeds 0,1,2 --out /tmp/levers
@@ -8,9 +8,11 @@ mqar: the probe table's setting (tiny preset, 8 pairs in 32 bytes, batch 64) sto
 today's GLA is still learning, so a lever that speeds recall up (or slows it down) shows.
 mqar-16pairs: 16 pairs in 64 bytes, batch 32, 1000 steps (a harder setting, where every variant tried
 stayed at chance). lm: tiny preset, enwiki-2015, 400 steps x 16 x 256 bytes, final validation bits per
-byte. All float32, one thread. Runs are ordinary run folders under --out; scores go to OUT/levers.json
-after each run and a point already there is not trained again. Prints a markdown table (mean and spread
-over the seeds).
+byte. probe-mqar and probe-copy: the probe table's mqar and selective-copy settings at their full budgets
+(2,500 and 2,000 steps; selective copying at the table's lr 3e-3 unless a lever sets lr); screen-mqar and
+screen-copy: the same stopped at 1,000 steps. All float32, one thread. Runs are ordinary run folders under
+--out; scores and wall seconds go to OUT/levers.json after each run and a point already there is not
+trained again. Prints a markdown table (mean and spread over the seeds, which seeds, seconds per run).
 """
 
 from __future__ import annotations
@@ -148,11 +150,13 @@ def spread(values: list[float]) -> str:
 def table(known: dict[str, Any]) -> str:
     phases = [p for p in PHASES if p in known]
     lines = [
-        "| lever | change | " + " | ".join(f"{COLUMNS[p]} | seeds" for p in phases) + " |",
-        "|---|---|" + "---:|---:|" * len(phases),
+        "| lever | change | " + " | ".join(f"{COLUMNS[p]} | seeds | s/run" for p in phases) + " |",
+        "|---|---|" + "---:|---:|---:|" * len(phases),
     ]
     for lever, fields in LEVERS.items():
-        scores = {p: [v.get("accuracy", v.get("bpb")) for v in known[p].get(lever, {}).values()] for p in phases}
+        points = {p: sorted(known[p].get(lever, {}).items()) for p in phases}
+        scores = {p: [v.get("accuracy", v.get("bpb")) for _, v in points[p]] for p in phases}
+        seconds = {p: [v["seconds"] for _, v in points[p] if "seconds" in v] for p in phases}
         if not any(scores.values()):
             continue
         change = (
@@ -166,7 +170,12 @@ def table(known: dict[str, Any]) -> str:
             or "today's GLA"
         )
         change = "softmax attention (reference)" if fields.get("model") == "transformer" else change
-        cells = [f"{spread(scores[p]) if scores[p] else '-'} | {len(scores[p])}" for p in phases]
+        cells = [
+            f"{spread(scores[p]) if scores[p] else '-'} | "
+            + (",".join(seed for seed, _ in points[p]) or "-")
+            + f" | {round(statistics.fmean(seconds[p])) if seconds[p] else '-'}"
+            for p in phases
+        ]
         lines.append(f"| {lever} | {change} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
