@@ -67,10 +67,10 @@ def enabled() -> bool:
 
 def machine() -> dict[str, Any]:
     """The machine facts a calibration holds for: CPU model and the flags that change kernels, torch version."""
-    from glactl.runtime.devices import _cpu_flags, _cpu_name
+    from glactl.runtime.devices import cpu_flags, cpu_name
 
-    flags = _cpu_flags() or set()
-    return {"cpu": _cpu_name(), "flags": [f for f in CPU_FLAGS if f in flags], "torch": torch.__version__}
+    flags = cpu_flags() or set()
+    return {"cpu": cpu_name(), "flags": [f for f in CPU_FLAGS if f in flags], "torch": torch.__version__}
 
 
 def candidates(device: torch.device) -> list[str]:

@@ -47,7 +47,7 @@ def cpu_supports_bf16() -> bool:
     this project's 2-core AVX512 machine, bfloat16 autocast trained GLA 3-11x slower than float32.
     So the CPU flags decide where they can be read; oneDNN's answer is the fallback.
     """
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags is not None:
         return "avx512_bf16" in flags or "amx_bf16" in flags
     try:
@@ -56,7 +56,7 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def _cpu_flags() -> set[str] | None:
+def cpu_flags() -> set[str] | None:
     """The CPU feature flags of /proc/cpuinfo (Linux), or None where there is no such file."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -141,7 +141,7 @@ def cpu_dtype_by_measurement(
     shape = config.to_dict() if hasattr(config, "to_dict") else repr(model)[:200]
     batch = max(1, min(batch_size, 4))
     key = json.dumps(
-        [_cpu_name(), torch.__version__, torch.get_num_threads(), shape, seq_len, batch], sort_keys=True, default=str
+        [cpu_name(), torch.__version__, torch.get_num_threads(), shape, seq_len, batch], sort_keys=True, default=str
     )
     path = Path(cache) / CALIBRATION_FILE if cache is not None else None
     known: dict[str, Any] = {}
@@ -186,7 +186,8 @@ def cpu_dtype_by_measurement(
     return ("bfloat16" if speedup > 1.0 else "float32"), speedup, False
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; the platform's processor or machine elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

@@ -11,6 +11,7 @@ memory (least recently used out); the rest load from disk on demand, checked lik
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -62,8 +63,6 @@ class SessionStore:
     def _adopt_split_sessions(self) -> None:
         """Sessions stored in the earlier two-file layout (<id>.state beside its record <id>.json) become
         one file each, unchanged in content."""
-        import json
-
         for record_path in self.folder.glob("*.json"):
             session_id, state_path = record_path.stem, record_path.with_suffix(".state")
             if not SESSION_ID.fullmatch(session_id) or not state_path.is_file():
