@@ -126,7 +126,7 @@ class SessionStore:
         """
         with self._writing:
             data, write = self._packed(reading, version, created)
-            written = self._put_file(session_id, data, replace)
+        written = self._put_file(session_id, data, replace)  # the write and its fsync need no turn
         if written:
             self._remember(session_id, reading, write)
         return written
