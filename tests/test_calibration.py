@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import glactl
+from glactl.errors import InputError
 from glactl.inference import calibration
 from glactl.inference.precision import AUTO_BPB_BOUND
 from glactl.models import LanguageModel, ModelConfig
@@ -48,12 +49,18 @@ def measuring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_the_fastest_precision_within_the_cost_bound_is_chosen() -> None:
-    assert calibration.choose({"float32": 3.0, "bfloat16": 2.0, "int8": 1.0}) == "int8"
-    assert calibration.choose({"float32": 1.0, "bfloat16": 2.0, "int8": 1.5}) == "float32"
-    assert calibration.choose({"float32": 1.0, "int8": 1.0}) == "float32"  # a tie keeps the exact one
+    one = lambda seconds: {(p, 1): s for p, s in seconds.items()}  # noqa: E731
+    assert calibration.choose(one({"float32": 3.0, "bfloat16": 2.0, "int8": 1.0})) == ("int8", 1)
+    assert calibration.choose(one({"float32": 1.0, "bfloat16": 2.0, "int8": 1.5})) == ("float32", 1)
+    assert calibration.choose(one({"float32": 1.0, "int8": 1.0})) == ("float32", 1)  # a tie keeps the exact one
     costly = {"float32": 0.0, "bfloat16": AUTO_BPB_BOUND * 2, "int8": AUTO_BPB_BOUND}
-    assert calibration.choose({"float32": 3.0, "bfloat16": 1.0, "int8": 2.0}, costly) == "int8"
+    assert calibration.choose(one({"float32": 3.0, "bfloat16": 1.0, "int8": 2.0}), costly) == ("int8", 1)
     assert all(cost <= AUTO_BPB_BOUND for cost in calibration.BPB_COST.values())
+    # thread counts: the fastest pair wins; a tie keeps the first count given (the rule's)
+    pairs = {("float32", 1): 3.0, ("int8", 1): 2.0, ("float32", 2): 2.5, ("int8", 2): 1.0}
+    assert calibration.choose(pairs) == ("int8", 2)
+    assert calibration.choose({("float32", 1): 1.0, ("float32", 2): 1.0}) == ("float32", 1)
+    assert calibration.choose({("float32", 2): 1.0, ("float32", 1): 1.0}) == ("float32", 2)
 
 
 def test_a_calibration_is_measured_once_and_cached_per_work_and_threads(
@@ -61,7 +68,12 @@ def test_a_calibration_is_measured_once_and_cached_per_work_and_threads(
 ) -> None:
     model, timer = tiny(), StandIn({"float32": 3.0, "bfloat16": 2.0, "int8": 1.0})
     first = calibration.calibrate(model, "decode", 1, tmp_path, timer, by_name)
-    assert first is not None and (first.precision, first.cached, first.speedup) == ("int8", False, 3.0)
+    assert first is not None and (first.precision, first.threads, first.cached, first.speedup) == (
+        "int8",
+        1,
+        False,
+        3.0,
+    )
     assert sorted(timer.calls) == sorted([(p, "decode", 1) for p in ("float32", "bfloat16", "int8")] * 4)
     assert "measured decode" in capsys.readouterr().err
     again = calibration.calibrate(
@@ -76,6 +88,75 @@ def test_a_calibration_is_measured_once_and_cached_per_work_and_threads(
     document = json.loads((tmp_path / calibration.CALIBRATION_FILE).read_text())
     assert len(document) == 4 and {e["work"] for e in document.values()} == {"decode", "score"}
     assert all(e["machine"] == calibration.machine() for e in document.values())
+
+
+class ThreadStandIn(StandIn):
+    """Seconds per (precision, threads): a second thread halves float32 and bfloat16 but slows int8 here."""
+
+    def __call__(self, precision: str, work: str, threads: int) -> float:
+        self.calls.append((precision, work, threads))
+        return self.seconds[precision] * ({"int8": 1.5} if threads == 2 else {}).get(
+            precision, 0.5 if threads == 2 else 1
+        )
+
+
+def test_thread_counts_are_timed_with_each_precision_and_the_fastest_pair_kept(
+    measuring: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, timer = tiny(), ThreadStandIn({"float32": 3.0, "bfloat16": 2.0, "int8": 1.2})
+    chosen = calibration.calibrate(model, "score", (1, 2), tmp_path, timer, by_name)
+    assert chosen is not None and (chosen.precision, chosen.threads, chosen.thread_counts) == ("bfloat16", 2, (1, 2))
+    assert chosen.speedup == 3.0  # float32 on 1 thread (the rule's count) against bfloat16 on 2
+    assert sorted(timer.calls) == sorted([(p, "score", t) for p in ("float32", "bfloat16", "int8") for t in (1, 2)] * 4)
+    assert "bfloat16 on 2 threads" in capsys.readouterr().err
+    cached = calibration.calibrate(model, "score", (1, 2), tmp_path, StandIn({}), by_name)
+    assert cached is not None and cached.cached and (cached.precision, cached.threads) == ("bfloat16", 2)
+    one = calibration.calibrate(model, "score", (1,), tmp_path, timer, by_name)  # other counts: measured again
+    assert one is not None and not one.cached and (one.precision, one.threads) == ("int8", 1)
+
+
+def test_load_runs_the_thread_count_auto_measured_faster(
+    measuring: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from glactl.runtime import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(calibration, "time_run", lambda probe, work, count: 1.0 / count)
+    monkeypatch.setattr(threads, "idle_cores", lambda: (2, "2 idle cores"))
+    try:
+        fast = glactl.load(None, threads=(1, 2), precision="auto")
+        assert fast.threads == 2 and fast.calibration is not None and fast.calibration.threads == 2
+        monkeypatch.setattr(threads, "idle_cores", lambda: (1, "1 idle core"))  # busy now: never oversubscribed
+        assert glactl.load(None, threads=(1, 2), precision="auto").threads == 1
+        exact = glactl.load(None, threads=(1, 2), precision="float32")  # auto does not measure: the first count
+        assert exact.threads == 1 and exact.calibration is None
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(InputError, match="threads"):
+        glactl.load(None, threads=(), precision="float32")
+
+
+def test_thread_choices_time_one_and_the_cores_unless_a_count_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from glactl.runtime import threads
+
+    monkeypatch.setattr(threads, "_ENVIRONMENT_THREADS", "")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "idle_cores", lambda: (3, "3 idle cores of 4"))
+    assert threads.thread_choices("decoding", None) == ((1, 4), "4 cores")
+    assert threads.thread_choices("scoring", None) == ((3, 1), "3 idle cores of 4")
+    assert threads.thread_choices("scoring", 2) == ((2,), "")
+    monkeypatch.setattr(threads, "_ENVIRONMENT_THREADS", "2")
+    assert threads.thread_choices("decoding", None)[0] == (2,)
+    monkeypatch.setattr(threads, "_ENVIRONMENT_THREADS", "")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+    monkeypatch.setattr(threads, "idle_cores", lambda: (1, "1 idle core of 1"))
+    assert threads.thread_choices("decoding", None)[0] == (1,) and threads.thread_choices("scoring", None)[0] == (1,)
+    line = threads.chosen_line("scoring", (3, 1), "3 idle cores of 4", 3, True)
+    assert (
+        line
+        == "threads: 3 threads for scoring: measured faster here than 1 (3 idle cores of 4) (--threads N to choose)"
+    )
+    assert threads.chosen_line("scoring", (2,), "", 2, True) == ""
 
 
 @pytest.mark.parametrize("damage", ["not json {", "[1, 2]", '{"x": 1}'])
@@ -144,7 +225,12 @@ def test_info_machine_shows_the_cached_choices(
     document = json.loads(out)
     assert code == 0 and document["machine"] == calibration.machine() and document["calibration"] == "on"
     (entry,) = document["calibrations"]
-    assert (entry["work"], entry["threads"], entry["precision"]) == ("score", 2, "bfloat16")
-    assert entry["speed_vs_float32"] == {"float32": 1.0, "bfloat16": 2.0, "int8": 0.5}
+    assert (entry["work"], entry["threads"], entry["threads_timed"], entry["precision"]) == (
+        "score",
+        2,
+        [2],
+        "bfloat16",
+    )
+    assert entry["speed_vs_float32"] == {"float32@2": 1.0, "bfloat16@2": 2.0, "int8@2": 0.5}
     code, out, _ = run_cli(["info", "--machine"], capsys)
-    assert code == 0 and "gla d32 x 2 layers, score, 2 thread(s): bfloat16 (bfloat16 2.00x, int8 0.50x" in out
+    assert code == 0 and "gla d32 x 2 layers, score: bfloat16 on 2 thread(s) (bfloat16@2 2.00x, int8@2 0.50x" in out

@@ -44,6 +44,7 @@ class Model:
         self.device = device
         self.threads = threads  # None: the decoding rule (runtime/threads.py decoding_threads)
         self.name = name  # as loaded: a shipped name or the folder as given (saved states record it)
+        self.calibration: Any = None  # what --precision auto measured or found cached here (inference/calibration.py)
         self._owner: Any = None  # the StateOwner of saved states, computed on first use (hashes the checkpoint)
 
     @property

@@ -9,7 +9,7 @@ from pathlib import Path
 def load_model(
     model: str | None,
     device: str | None,
-    threads: int | None,
+    threads: int | tuple[int, ...] | None,
     context: int | None = None,
     kernels: str | None = None,
     precision: str | None = None,

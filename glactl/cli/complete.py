@@ -74,9 +74,9 @@ def complete(
     prefix_bytes = read_prompt(prefix)
     if prefix == "-" and prefix_bytes.endswith(b"\n"):  # `echo text | glactl complete -`: echo's newline is not typed
         prefix_bytes = prefix_bytes[:-2] if prefix_bytes.endswith(b"\r\n") else prefix_bytes[:-1]
-    from glactl.runtime.threads import thread_line
+    from glactl.runtime.threads import thread_choices
 
-    lm = load_model(model, device, thread_line("decoding", threads)[0], context, kernels, precision, compile)
+    lm = load_model(model, device, thread_choices("decoding", threads)[0], context, kernels, precision, compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
     start = time.perf_counter()
     after_prefix = None

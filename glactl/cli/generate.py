@@ -114,10 +114,10 @@ def generate(
 
         raise InputError("--save-state needs --num-samples 1 (it saves one text to continue)")
     prompt_bytes = read_prompt(prompt)
-    from glactl.runtime.threads import thread_line
+    from glactl.runtime.threads import thread_choices
 
-    threads = thread_line("decoding", threads)[0]  # 1 unless --threads: byte steps are too small to share
-    lm = load_model(model, device, threads, context, kernels, precision, compile)
+    # 1 and every core for auto to time (one count where --threads gives it); 1 where auto does not measure
+    lm = load_model(model, device, thread_choices("decoding", threads)[0], context, kernels, precision, compile)
     start_state = lm.load_state(state_file) if state_file is not None else None
     run = lm.stream(
         prompt_bytes,

@@ -1,5 +1,5 @@
 """`glactl info --machine`: this machine as glactl sees it (CPU, the flags that pick kernels, torch, cores) and the
-choices `--precision auto` measured here, from the calibration cache."""
+choices `--precision auto` measured here (precision and threads), from the calibration cache."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from glactl.cli.common import print_facts, write
 
 def machine_document() -> dict[str, Any]:
     """{"machine", "cores", "cache", "calibrations": [...]}: the facts and every cached calibration for them."""
-    import os
-
-    from glactl.inference.calibration import CALIBRATION_FILE, enabled, machine, read_cache
+    from glactl.inference.calibration import CALIBRATION_FILE, enabled, machine, parse_label, read_cache
     from glactl.runtime.cache import cache_root
+    from glactl.runtime.threads import usable_cores
 
     here = machine()
     path = cache_root() / CALIBRATION_FILE
@@ -23,20 +22,25 @@ def machine_document() -> dict[str, Any]:
     for entry in read_cache(path).values():
         if not isinstance(entry, dict) or entry.get("machine") != here or not isinstance(entry.get("seconds"), dict):
             continue
-        model, seconds = entry.get("model") or {}, entry["seconds"]
-        float32 = seconds.get("float32") or 0
+        timed = entry.get("threads") if isinstance(entry.get("threads"), list) and entry.get("threads") else [1]
+        seconds = {label: s for label, s in entry["seconds"].items() if parse_label(label) and s}
+        baseline = seconds.get(f"float32@{timed[0]}")
+        if not baseline:
+            continue  # an entry of another glactl's format: measured again when it is next used
+        model = entry.get("model") or {}
         calibrations.append(
             {
                 "model": {key: model.get(key) for key in ("mixer", "d_model", "n_layers", "n_heads", "context")},
                 "work": entry.get("work"),
-                "threads": entry.get("threads"),
+                "threads_timed": timed,
                 "precision": entry.get("precision"),
-                "speed_vs_float32": {p: round(float32 / s, 3) for p, s in seconds.items() if s},
+                "threads": entry.get("chosen_threads"),
+                "speed_vs_float32": {label: round(baseline / s, 3) for label, s in seconds.items()},
             }
         )
     return {
         "machine": here,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cores(),
         "calibration": "on" if enabled() else "off (GLACTL_CALIBRATE=0: the fixed rule)",
         "cache": str(path),
         "calibrations": calibrations,
@@ -62,10 +66,10 @@ def describe_machine(json_out: bool) -> None:
     if not document["calibrations"]:
         write(sys.stdout, "no calibration cached for this machine yet (the first generate or perplexity makes one)\n")
     for c in document["calibrations"]:
-        m = c["model"]
-        speeds = ", ".join(f"{p} {x:.2f}x" for p, x in c["speed_vs_float32"].items() if p != "float32")
+        m, base = c["model"], f"float32@{c['threads_timed'][0]}"
+        speeds = ", ".join(f"{label} {x:.2f}x" for label, x in c["speed_vs_float32"].items() if label != base)
         write(
             sys.stdout,
-            f"{m['mixer']} d{m['d_model']} x {m['n_layers']} layers, {c['work']}, {c['threads']} thread(s): "
-            f"{c['precision']} ({speeds} float32's speed)\n",
+            f"{m['mixer']} d{m['d_model']} x {m['n_layers']} layers, {c['work']}: {c['precision']} on "
+            f"{c['threads']} thread(s) ({speeds} {base}'s speed)\n",
         )

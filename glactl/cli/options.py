@@ -36,9 +36,10 @@ _DTYPE_HELP = (
     "float16 is refused on CPUs. The log says which dtype runs."
 )
 _THREADS_HELP = (
-    "CPU threads for torch. Default: OMP_NUM_THREADS if it is set; otherwise 1 for decoding (generate, "
-    "complete, serve), and for scoring and training one per core that other work leaves idle (stderr says "
-    "how many)."
+    "CPU threads for torch. Default: OMP_NUM_THREADS if it is set; otherwise, with --precision auto, the faster "
+    "of 1 and the cores for decoding (generate, complete, serve) and of the idle cores and 1 for scoring, "
+    "timed once with the precision and cached; else 1 for decoding, and for scoring and training one per "
+    "core that other work leaves idle (stderr says how many)."
 )
 _KERNEL_CHOICES = choices("torch", "fla")
 _KERNELS_HELP = "GLA kernels: torch, or fla (flash-linear-attention; CUDA only, needs the fla package) (default torch)."
@@ -51,8 +52,9 @@ _PRECISION_HELP = (
 COMPILE_CHOICES = choices("auto", "on", "off")
 _COMPILE_HELP = (
     "Compile the decoding step ahead of time with AOTInductor, cached for later runs (default auto: for runs "
-    "of 1000 or more steps of GLA, minGRU, minLSTM or Performer on CPU; falls back to eager with a note "
-    "where it cannot)."
+    "of 1000 or more steps of GLA, minGRU, minLSTM, Performer, or a windowed Transformer or Reflex on CPU, "
+    "kept only where it times faster than eager steps here; falls back to eager with a note where it "
+    "cannot)."
 )
 _STATE_HELP = 'Continue from a state file (written by --save-state) instead of the usual "\\n" start: the input is read after the text the state holds.'
 _SHORT_CONV_HELP = (

@@ -76,10 +76,11 @@ def perplexity(
     check_save_state(save_state)
     if save_state is not None and len(paths) + (data is not None) != 1:
         raise InputError("--save-state needs exactly one FILE or --data (it saves the state after that text)")
-    from glactl.runtime.threads import thread_line
+    from glactl.runtime.threads import chosen_line, thread_choices
 
-    threads, thread_note = thread_line("scoring", threads)
-    lm = load_model(model, device, threads, context, kernels, precision, compile, work="score")
+    counts, why = thread_choices("scoring", threads)
+    lm = load_model(model, device, counts, context, kernels, precision, compile, work="score")
+    thread_note = chosen_line("scoring", counts, why, lm.threads or counts[0], lm.calibration is not None)
     if (compile or "auto").lower() == "on":
         from glactl.inference.precision import note
 

@@ -119,7 +119,7 @@ def serve(
     from glactl.inference.precision import PRECISION_CHOICES, check_choice
     from glactl.report.display import run_name
     from glactl.runtime.devices import select_device, select_kernels
-    from glactl.runtime.threads import thread_line
+    from glactl.runtime.threads import thread_choices
     from glactl.serve.app import create_app
     from glactl.serve.served import Settings, stderr_line
     from glactl.storage.model_paths import resolve_model
@@ -131,7 +131,7 @@ def serve(
     name = run_name(folder)
     load = dict(
         device=device,
-        threads=thread_line("decoding", threads)[0],
+        threads=thread_choices("decoding", threads)[0],
         context=context,
         kernels=kernels,
         precision=precision,

@@ -1,15 +1,16 @@
-"""--precision auto decided by measuring this machine, once, and cached.
+"""--precision auto decided by measuring this machine, once, and cached: the precision and the thread count.
 
 A fixed rule measured on one or two CPU kinds loses on another: int8 weights decoded the shipped GLA
 2.2x faster than float32 on an AVX512-BF16 EPYC but scored text slower than float32 on a Xeon with AMX,
 where float32 GEMMs are fast. So the first run of a model's shape on a machine times each precision
-this build can run (float32, bfloat16 where native, int8 where torch has the kernel) on the model's own
-weights, for the work at hand: one-row decode steps ("decode": generate, complete, serve) or a window
-of bytes read at once ("score": perplexity), at the run's thread count. It keeps the fastest whose cost
-in bits per byte, measured offline (BPB_COST), stays within AUTO_BPB_BOUND of float32. That takes a
-second or two; the answer is cached in the glactl cache, keyed by CPU model and flags, torch version,
-model shape, work and threads, and said once on stderr. `glactl info --machine` shows the cached
-answers. Where the cache cannot be written, or GLACTL_CALIBRATE=0, the fixed rule in precision.py holds.
+this build can run (float32, bfloat16 where native, int8 where torch has the kernel) at each thread count
+the caller allows (runtime/threads.thread_choices: 1 and the idle cores unless --threads gives one) on the
+model's own weights, for the work at hand: one-row decode steps ("decode": generate, complete, serve) or a
+window of bytes read at once ("score": perplexity). It keeps the fastest pair whose cost in bits per byte,
+measured offline (BPB_COST), stays within AUTO_BPB_BOUND of float32. That takes a few seconds; the answer
+is cached in the glactl cache, keyed by CPU model and flags, torch version, model shape, work and thread
+counts, and said once on stderr. `glactl info --machine` shows the cached answers. Where the cache cannot
+be written, or GLACTL_CALIBRATE=0, the fixed rules hold (precision.py; the first thread count).
 """
 
 from __future__ import annotations
@@ -42,22 +43,40 @@ REPEATS = 3  # best of, after one untimed run each; the candidates take turns, s
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 Timer = Callable[[Any, str, int], float]  # (a prepared copy, work, threads) -> seconds of one run
+Candidate = tuple[str, int]  # (precision, threads)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What auto chose for a work on this machine, and the seconds each precision took (one step or one window)."""
+    """What auto chose for a work on this machine, and the seconds each (precision, threads) took (a step or a window).
+
+    `thread_counts` are the counts that were timed, the rule's first: speeds are said against float32 at it.
+    """
 
     precision: str
-    work: str
     threads: int
-    seconds: dict[str, float]
+    work: str
+    thread_counts: tuple[int, ...]
+    seconds: dict[Candidate, float]
     cached: bool
 
     @property
     def speedup(self) -> float:
-        """The chosen precision's speed over float32's."""
-        return self.seconds["float32"] / max(self.seconds[self.precision], 1e-12)
+        """The chosen pair's speed over float32's at the rule's thread count."""
+        return self.seconds[("float32", self.thread_counts[0])] / max(
+            self.seconds[(self.precision, self.threads)], 1e-12
+        )
+
+
+def label(candidate: Candidate) -> str:
+    """'int8@2': a (precision, threads) pair as the cache file writes it."""
+    return f"{candidate[0]}@{candidate[1]}"
+
+
+def parse_label(text: str) -> Candidate | None:
+    """The pair a cache label names (None where it names none)."""
+    precision, _, threads = str(text).partition("@")
+    return (precision, int(threads)) if threads.isdigit() and int(threads) > 0 else None
 
 
 def enabled() -> bool:
@@ -83,10 +102,13 @@ def candidates(device: torch.device) -> list[str]:
     return found
 
 
-def choose(seconds: dict[str, float], costs: dict[str, float] = BPB_COST, bound: float = AUTO_BPB_BOUND) -> str:
-    """The fastest precision among those whose cost in bits per byte stays within `bound` (float32 on a tie)."""
-    allowed = [p for p in seconds if costs.get(p, float("inf")) <= bound]
-    return min(allowed, key=lambda p: (seconds[p], p != "float32"))
+def choose(
+    seconds: dict[Candidate, float], costs: dict[str, float] = BPB_COST, bound: float = AUTO_BPB_BOUND
+) -> Candidate:
+    """The fastest pair among those whose precision costs at most `bound` bits per byte; a tie keeps float32, then the
+    earlier thread count (the dict's order puts the rule's count first)."""
+    allowed = [c for c in seconds if costs.get(c[0], float("inf")) <= bound]
+    return min(allowed, key=lambda c: (seconds[c], c[0] != "float32"))
 
 
 def prepared(model: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -108,10 +130,14 @@ def time_run(probe: torch.nn.Module, work: str, threads: int) -> float:
         return (time.perf_counter() - start) / DECODE_STEPS
 
 
-def _key(model: torch.nn.Module, work: str, threads: int) -> tuple[str, dict[str, Any]]:
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else vars(model.config)
-    facts = {"machine": machine(), "model": config, "work": work, "threads": threads}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24], facts
+def cache_key(facts: dict[str, Any]) -> str:
+    """The cache entry's name: a hash of the facts it holds for (machine, model shape, and what was timed)."""
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def model_facts(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's shape as its config says it (what a calibration holds for, with the machine)."""
+    return model.config.to_dict() if hasattr(model.config, "to_dict") else vars(model.config)
 
 
 def read_cache(path: Path) -> dict[str, Any]:
@@ -123,70 +149,104 @@ def read_cache(path: Path) -> dict[str, Any]:
     return known if isinstance(known, dict) else {}
 
 
-def _valid(entry: Any, device: torch.device) -> bool:
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("seconds"), dict)
-        and entry.get("precision") in candidates(device)
-        and all(isinstance(v, (int, float)) and v > 0 for v in entry["seconds"].values())
-        and "float32" in entry["seconds"]
-    )
-
-
-def calibrate(
-    model: torch.nn.Module,
-    work: str,
-    threads: int,
-    folder: Path | None = None,
-    timer: Timer | None = None,
-    prepare: Callable[[torch.nn.Module, str], Any] | None = None,
-) -> Calibration | None:
-    """auto's precision for `work` with `model` (float32, on the CPU) at `threads`: cached, or measured now and
-    cached; None where auto may not measure here (the caller keeps the fixed rule). `prepare` makes each
-    precision's copy and `timer` times one run of it (the defaults: prepared, time_run)."""
-    if work not in WORKS:
-        raise ValueError(f"work must be one of {WORKS}, got {work!r}")
-    device = next(model.parameters()).device
-    if not enabled() or device.type != "cpu":
-        return None
-    path = (folder or cache_root()) / CALIBRATION_FILE
-    key, facts = _key(model, work, threads)
-    known = read_cache(path)
-    if _valid(known.get(key), device):
-        entry = known[key]
-        return Calibration(entry["precision"], work, threads, dict(entry["seconds"]), cached=True)
+def writable_cache(path: Path, what: str) -> bool:
+    """Whether the cache file's folder can be written (made where missing); a note saying the fixed rule holds if not."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        writable = os.access(path.parent, os.W_OK)
+        if os.access(path.parent, os.W_OK):
+            return True
     except OSError:
-        writable = False
-    if not writable:
-        note(
-            f"--precision auto: cannot write the glactl cache ({path.parent}); using the fixed rule, not a measurement"
-        )
-        return None
-    precisions, timer, prepare = candidates(device), timer or time_run, prepare or prepared
-    probes = {p: prepare(model, p) for p in precisions}
-    seconds: dict[str, list[float]] = {p: [] for p in precisions}
-    for rounds in range(1 + REPEATS):  # the candidates take turns; the first round is not counted (warm-up)
-        for precision in precisions:
-            taken = timer(probes[precision], work, threads)
-            if rounds:
-                seconds[precision].append(taken)
-    del probes
-    best = {p: min(times) for p, times in seconds.items()}
-    chosen = choose(best)
-    known[key] = {**facts, "precision": chosen, "seconds": best, "measured": int(time.time())}
+        pass
+    note(f"{what}: cannot write the glactl cache ({path.parent}); using the fixed rule, not a measurement")
+    return False
+
+
+def write_cache(path: Path, known: dict[str, Any]) -> None:
+    """Write the cache whole (a temporary file renamed over it); a failed write only loses the cache."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         temporary.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)
-    result = Calibration(chosen, work, threads, best, cached=False)
-    ratios = ", ".join(f"{p} {best['float32'] / best[p]:.2f}x" for p in precisions if p != "float32")
+
+
+def _cached(entry: Any, device: torch.device, thread_counts: tuple[int, ...]) -> Calibration | None:
+    """The calibration a cache entry holds, or None where it is not one this run can use."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("seconds"), dict):
+        return None
+    seconds = {parse_label(k): v for k, v in entry["seconds"].items()}
+    chosen = (entry.get("precision"), entry.get("chosen_threads"))
+    if (
+        None in seconds
+        or not all(isinstance(v, (int, float)) and v > 0 for v in seconds.values())
+        or chosen not in seconds
+        or chosen[0] not in candidates(device)
+        or ("float32", thread_counts[0]) not in seconds
+    ):
+        return None
+    return Calibration(chosen[0], chosen[1], entry["work"], thread_counts, seconds, cached=True)
+
+
+def calibrate(
+    model: torch.nn.Module,
+    work: str,
+    threads: int | tuple[int, ...],
+    folder: Path | None = None,
+    timer: Timer | None = None,
+    prepare: Callable[[torch.nn.Module, str], Any] | None = None,
+) -> Calibration | None:
+    """auto's precision and thread count for `work` with `model` (float32, on the CPU) among `threads` (the rule's
+    count first): cached, or measured now and cached; None where auto may not measure here (the caller keeps the
+    fixed rules). `prepare` makes each precision's copy and `timer` times one run of it (defaults: prepared, time_run).
+    """
+    if work not in WORKS:
+        raise ValueError(f"work must be one of {WORKS}, got {work!r}")
+    thread_counts = (threads,) if isinstance(threads, int) else tuple(dict.fromkeys(threads))
+    device = next(model.parameters()).device
+    if not enabled() or device.type != "cpu":
+        return None
+    path = (folder or cache_root()) / CALIBRATION_FILE
+    facts = {"machine": machine(), "model": model_facts(model), "work": work, "threads": list(thread_counts)}
+    key, known = cache_key(facts), read_cache(path)
+    cached = _cached(known.get(key), device, thread_counts)
+    if cached is not None:
+        return cached
+    if not writable_cache(path, "--precision auto"):
+        return None
+    timer, prepare = timer or time_run, prepare or prepared
+    precisions = candidates(device)
+    probes = {p: prepare(model, p) for p in precisions}
+    pairs = [(p, t) for t in thread_counts for p in precisions]
+    taken: dict[Candidate, list[float]] = {c: [] for c in pairs}
+    for rounds in range(1 + REPEATS):  # the candidates take turns; the first round is not counted (warm-up)
+        for precision, count in pairs:
+            seconds = timer(probes[precision], work, count)
+            if rounds:
+                taken[(precision, count)].append(seconds)
+    del probes
+    best = {c: min(times) for c, times in taken.items()}
+    chosen = choose(best)
+    known[key] = {
+        **facts,
+        "precision": chosen[0],
+        "chosen_threads": chosen[1],
+        "seconds": {label(c): s for c, s in best.items()},
+        "measured": int(time.time()),
+    }
+    write_cache(path, known)
+    result = Calibration(chosen[0], chosen[1], work, thread_counts, best, cached=False)
+    baseline = best[("float32", thread_counts[0])]
+    ratios = ", ".join(f"{describe(c, thread_counts)} {baseline / s:.2f}x" for c, s in best.items() if s != baseline)
     note(
-        f"--precision auto: measured {work} on this CPU ({ratios} float32's speed): {chosen}; "
+        f"--precision auto: measured {work} on this CPU ({ratios} float32's speed"
+        f"{f' at {thread_counts[0]} thread(s)' if len(thread_counts) > 1 else ''}): {describe(chosen, thread_counts)}; "
         f"cached for this model shape (glactl info --machine shows it)"
     )
     return result
+
+
+def describe(candidate: Candidate, thread_counts: tuple[int, ...]) -> str:
+    """'int8' where one thread count was timed, 'int8 on 2 threads' where several were."""
+    precision, threads = candidate
+    return precision if len(thread_counts) == 1 else f"{precision} on {threads} thread{'s' if threads != 1 else ''}"

@@ -7,7 +7,9 @@ Like --precision (inference/precision.py) it leaves the checkpoint alone. Rule m
   on CPU: build the package for a run of at least COMPILE_MIN_STEPS decode steps (the compile costs
   tens of seconds once, and is kept for later runs); use an already cached package for a run of at
   least CACHED_MIN_STEPS (finding it hashes the weights, ~0.05 s for the shipped model, and loading
-  it ~0.07 s: that pays after ~50 steps of ~2 ms saved each). Never on other devices.
+  it ~0.07 s: that pays after ~50 steps of ~2 ms saved each). Never on other devices. Once a package is
+  ready, auto times it against eager steps on this machine and keeps whichever is faster, a verdict cached
+  for later runs (compile_check.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from glactl.inference.compile_check import cached_verdict, compiled_pays
 from glactl.inference.precision import check_choice, note
 
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -52,9 +55,11 @@ def should_compile(model: nn.Module, batch: int, steps: int) -> bool:
                 f"(compiled: {', '.join(COMPILED_MIXERS)} on CPU)"
             )
         return False
-    if choice == "on" or steps >= COMPILE_MIN_STEPS:
+    if choice == "on":
         return True
-    return steps >= CACHED_MIN_STEPS and package_path(model, batch).is_file()
+    if cached_verdict(model, batch) is False:  # eager measured faster here (compile_check.py)
+        return False
+    return steps >= COMPILE_MIN_STEPS or (steps >= CACHED_MIN_STEPS and package_path(model, batch).is_file())
 
 
 def stepper(model: nn.Module, batch: int, steps: int) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
@@ -84,6 +89,7 @@ class CompiledStep:
         self.compile_seconds = 0.0  # spent compiling the package (not loading a cached one): not decoding time
         self._paddings: dict[int, torch.Tensor] = {}
         self._padded: tuple[Any, Any] | None = None  # (the padded state the package returned, the rows handed back)
+        self.eager_faster = False  # --compile auto timed this package against eager steps here, and eager won
 
     @property
     def ran_compiled(self) -> bool:
@@ -120,7 +126,7 @@ class CompiledStep:
         Generation calls it before its first byte, so the compile note comes before any text and its time
         stays out of the decoding speed.
         """
-        if self.compiled is None and not getattr(self.model, "_compile_failed", False):
+        if self.compiled is None and not self.eager_faster and not getattr(self.model, "_compile_failed", False):
             state = decode_form(self.model, state)
             if not _tensors_only(state):
                 self.model._compile_failed = True  # a Python number in the state would need a package per position
@@ -130,6 +136,9 @@ class CompiledStep:
                     self.compiled = self._build()
                 except Exception as e:  # noqa: BLE001 - no compiler, unsupported platform, a backend bug: eager still works
                     self._fall_back(e)
+                if self.compiled is not None and getattr(self.model, "compile_choice", "off") == "auto":
+                    if not compiled_pays(self.model, self.batch, self.compiled):
+                        self.compiled, self.eager_faster = None, True
         return self.ran_compiled
 
     def _fall_back(self, error: Exception) -> None:

@@ -66,10 +66,25 @@ def default_threads(kind: str) -> tuple[int, str]:
         raise ValueError(f"kind of work must be one of {THREAD_KINDS}, got {kind!r}")
     if kind == "decoding":
         return decoding_threads(None), "byte-by-byte decoding is too small to share between threads"
+    return idle_cores()
+
+
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on."""
     try:
-        cpus = os.sched_getaffinity(0)
+        return os.sched_getaffinity(0)
     except (AttributeError, OSError):
-        cpus = set(range(os.cpu_count() or 1))
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """How many CPUs this process may run on."""
+    return len(usable_cpus())
+
+
+def idle_cores() -> tuple[int, str]:
+    """(cores that other work leaves idle now, at least 1; the line that says how that was found)."""
+    cpus = usable_cpus()
     cores, busy = len(cpus), busy_cores(cpus)
     if busy is not None:
         source = f"{busy:.1f} busy over the last {BUSY_SAMPLE_SECONDS:g} s"
@@ -103,6 +118,38 @@ def thread_line(kind: str, threads: int | None) -> tuple[int, str]:
     else:
         count, why = default_threads(kind)
     return count, f"threads: {plural(count, 'thread')} for {kind}: {why} (--threads N to choose)"
+
+
+def thread_choices(kind: str, threads: int | None) -> tuple[tuple[int, ...], str]:
+    """The counts `--precision auto` may time for `kind`, the rule's count first, and how they were found.
+
+    One count where --threads or OMP_NUM_THREADS gives it (with thread_line's line). Otherwise decoding times 1
+    and every core (no sampling of the load, so a cached choice costs nothing at start; a count above 1 is capped
+    at the idle cores when it is used), and the rest time the idle cores and 1.
+    """
+    if threads is not None or environment_threads() is not None:
+        count, why = thread_line(kind, threads)
+        return (count,), why
+    if kind == "decoding":
+        cores = usable_cores()
+        return ((1,) if cores == 1 else (1, cores)), f"{plural(cores, 'core')}"
+    idle, why = default_threads(kind)
+    return ((1,) if idle == 1 else (idle, 1)), why
+
+
+def affordable(count: int) -> int:
+    """`count` threads, or fewer where other work keeps cores busy now (a chosen count is never oversubscribed)."""
+    return count if count <= 1 else min(count, idle_cores()[0])
+
+
+def chosen_line(kind: str, counts: tuple[int, ...], why: str, used: int, measured: bool) -> str:
+    """The line saying how many threads `kind` ran on and why, for counts from thread_choices ("" where --threads
+    gave the count)."""
+    if len(counts) == 1 and (not why or why.startswith("threads:")):  # --threads, or OMP_NUM_THREADS's line
+        return why
+    others = " and ".join(str(c) for c in counts if c != used)
+    how = f"measured faster here than {others} ({why})" if measured and others else why
+    return f"threads: {plural(used, 'thread')} for {kind}: {how} (--threads N to choose)"
 
 
 def set_threads(threads: int | None) -> int:
