@@ -10,7 +10,8 @@ mqar-16pairs: 16 pairs in 64 bytes, batch 32, 1000 steps (a harder setting, wher
 stayed at chance). lm: tiny preset, enwiki-2015, 400 steps x 16 x 256 bytes, final validation bits per
 byte. probe-mqar and probe-copy: the probe table's mqar and selective-copy settings at their full budgets
 (2,500 and 2,000 steps; selective copying at the table's lr 3e-3 unless a lever sets lr); screen-mqar and
-screen-copy: the same stopped at 1,000 steps. All float32, one thread. Runs are ordinary run folders under
+screen-copy: the same stopped at 1,000 steps. A lever's warm-up given as a share of the steps
+(warmup_fraction) is the same share in every phase. All float32, one thread. Runs are ordinary run folders under
 --out; scores and wall seconds go to OUT/levers.json after each run and a point already there is not
 trained again. Prints a markdown table (mean and spread over the seeds, which seeds, seconds per run).
 """
@@ -52,7 +53,11 @@ LEVERS: dict[str, dict[str, Any]] = {
     "conv2": {"short_conv": 2},
     "conv8": {"short_conv": 8},
     "heads2-qk-norm": {"n_heads": 2, "model_options": {"gla_qk_norm": True}},
+    "warmup10%": {"warmup_fraction": 0.1},
+    "lr2e-3-warmup10%": {"lr": 2e-3, "warmup_fraction": 0.1},
+    "heads2-warmup10%": {"n_heads": 2, "warmup_fraction": 0.1},
     "transformer": {"model": "transformer"},  # the reference, not a lever: the same budget for softmax attention
+    "transformer-lr1e-3": {"model": "transformer", "lr": 1e-3},  # the reference at its own default learning rate
 }
 
 PHASES: dict[str, dict[str, Any]] = {
@@ -122,6 +127,8 @@ COLUMNS = {
 def run(phase: str, lever: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     """Train one point; the score of its last evaluation (mqar: accuracy and answer loss; lm: bits per byte)."""
     fields = {"model": "gla", **PHASES[phase], **LEVERS[lever]}
+    if "warmup_fraction" in fields:  # a warm-up over this share of the phase's steps, whatever its length
+        fields["warmup"] = max(1, round(fields.pop("warmup_fraction") * fields["steps"]))
     folder = Path(args.out) / f"{phase}-{lever}-seed{seed}"
     options = TrainOptions(
         preset="tiny",
@@ -169,7 +176,8 @@ def table(known: dict[str, Any]) -> str:
             )
             or "today's GLA"
         )
-        change = "softmax attention (reference)" if fields.get("model") == "transformer" else change
+        if fields.get("model") == "transformer":
+            change = "softmax attention (reference)" + (f", lr {fields['lr']}" if "lr" in fields else "")
         cells = [
             f"{spread(scores[p]) if scores[p] else '-'} | "
             + (",".join(seed for seed, _ in points[p]) or "-")
