@@ -335,9 +335,26 @@ def test_schedule_and_durations() -> None:
     assert short.lr(30, 2.0) == pytest.approx(timed.lr(30, 2.0))  # past the time warmup: the cosine
     assert short.lr(50, 1.0) == pytest.approx(0.51)  # the step ramp when it is ahead of the time ramp
     assert default_warmup(200) == 10 and default_warmup(40) == 4 and default_warmup(10**6) == 1000
+    # an architecture's own share (GLA warms up over 10% of its steps), within the same bounds
+    assert default_warmup(2500, 0.1) == 250 and default_warmup(400, 0.1) == 40 and default_warmup(10**6, 0.1) == 1000
+    assert default_warmup(50, 0.1) == 5  # at most a tenth of the run
     assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2h") == 7200
     with pytest.raises(InputError):
         parse_duration("0m")
+
+
+@pytest.mark.parametrize(("mixer", "warmup"), [("gla", 50), ("transformer", 10), ("mingru", 10)])
+def test_a_new_run_warms_up_for_its_architectures_share(tmp_path: Path, mixer: str, warmup: int) -> None:
+    """GLA warms up over 10% of the steps, the others over 2% (within 10..1000); --warmup still decides."""
+    task = dict(task="sort", task_options={"sort_count": 4, "sort_range": 3}, preset="tiny", d_model=32, n_layers=1)
+    common = dict(model=mixer, steps=500, batch_size=2, dtype="float32", threads=1, **task)
+    for given, expected in ((None, warmup), (7, 7)):
+        trainer = Trainer(TrainOptions(out=str(tmp_path / f"{mixer}-{given}"), warmup=given, **common))
+        trainer.setup()
+        try:
+            assert trainer.parts.schedule.warmup == expected
+        finally:
+            trainer.lock.release()
 
 
 def test_a_resumed_schedule_with_a_new_end_continues_from_the_current_rate() -> None:

@@ -36,6 +36,11 @@ DEFAULT_LR: dict[str, float] = {
     "gru": 1e-3,
 }
 FALLBACK_LR = 1e-3
+# Share of a run's steps spent warming up, where an architecture needs more than the usual 2%
+# (training/options.default_warmup). GLA: 10% took the probe table's mqar from 1 seed of 3 to 3 of 3 and
+# did not cost text (benchmarks/gla_levers.py; docs/comparing.md, "GLA's levers").
+DEFAULT_WARMUP_SHARE: dict[str, float] = {"gla": 0.10}
+FALLBACK_WARMUP_SHARE = 0.02
 
 
 def mixer_class(name: str) -> type:
@@ -49,3 +54,8 @@ def mixer_class(name: str) -> type:
 def default_lr(name: str) -> float:
     """The tuned default peak learning rate of an architecture."""
     return DEFAULT_LR.get(name, FALLBACK_LR)
+
+
+def default_warmup_share(name: str) -> float:
+    """The share of its steps a run of this architecture warms up for by default."""
+    return DEFAULT_WARMUP_SHARE.get(name, FALLBACK_WARMUP_SHARE)

@@ -125,11 +125,12 @@ def parse_duration(text: str) -> float:
 TIME_WARMUP_FRACTION = 0.02
 
 
-def default_warmup(total_steps: int | None) -> int:
-    """2% of the steps, clamped to [10, 1000] and at most a tenth of the run; 100 for a time budget."""
+def default_warmup(total_steps: int | None, share: float = 0.02) -> int:
+    """`share` of the steps (2% unless the architecture asks for more), clamped to [10, 1000] and at most a tenth
+    of the run; 100 for a time budget."""
     if total_steps is None:
         return 100
-    return max(1, min(max(10, min(1000, round(0.02 * total_steps))), total_steps // 10))
+    return max(1, min(max(10, min(1000, round(share * total_steps))), total_steps // 10))
 
 
 def is_task_run(options: TrainOptions) -> bool:

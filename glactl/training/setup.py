@@ -15,7 +15,7 @@ from glactl.data.tasks import Task, TaskBatches, make_task
 from glactl.data.training_data import TextBatches, TrainingData, load_training_data
 from glactl.errors import InputError
 from glactl.models import LanguageModel, ModelConfig
-from glactl.models.registry import default_lr
+from glactl.models.registry import default_lr, default_warmup_share
 from glactl.report.display import clock
 from glactl.report.progress import Reporter
 from glactl.runtime.devices import Precision, select_device, select_kernels, select_precision, use_kernels
@@ -153,7 +153,7 @@ def set_up(options: TrainOptions, dist: Distributed, report: Reporter, out: Path
         betas=(0.9, 0.95),
         eps=1e-8,
     )
-    warmup = o.warmup if o.warmup is not None else default_warmup(o.steps)
+    warmup = o.warmup if o.warmup is not None else default_warmup(o.steps, default_warmup_share(built.config.mixer))
     timed_warmup = o.warmup is None and o.steps is None and o.time_budget is not None
     warmup_seconds = TIME_WARMUP_FRACTION * o.time_budget if timed_warmup else None
     before = None  # a resumed run's schedule so far, from trainer.json
