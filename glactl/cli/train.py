@@ -63,7 +63,8 @@ def train(
     warmup: int | None = typer.Option(
         None,
         "--warmup",
-        help="Warmup steps (default: 2% of --steps, kept within 10..1000 and at most a tenth of --steps; 100 with --time alone).",
+        help="Warmup steps (default: 2% of --steps, 10% for GLA, kept within 10..1000 and at most a tenth of --steps; "
+        "100 with --time alone).",
     ),
     schedule: str | None = typer.Option(
         None,
