@@ -99,3 +99,10 @@ def test_the_stepper_runs_eager_where_eager_measured_faster(measuring: Path, mon
     assert compiled_step.should_compile(fresh, 1, steps) is False  # the cached verdict: no build at all
     compiled_step.configure(fresh, "on")
     assert compiled_step.should_compile(fresh, 1, steps) is True
+
+
+@pytest.mark.parametrize("mixer", ["gla", "transformer"])
+def test_the_real_timer_steps_a_fresh_state_of_each_form(mixer: str) -> None:
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig.tiny(mixer=mixer, d_model=32, n_layers=1, n_heads=2, context=16)).eval()
+    assert 0 < compile_check.time_steps(model.step, model, 3) < 5

@@ -37,13 +37,12 @@ StepTimer = Callable[[Step, Any, int], float]  # (a step, the model, batch) -> s
 
 
 def time_steps(step: Step, model: Any, batch: int) -> float:
-    """Seconds per decode step of `batch` rows through `step`, from a fresh state."""
-    from glactl.inference.compiled_step import decode_form
-
+    """Seconds per decode step of `batch` rows through `step`, from a fresh state in the form the step runs on."""
     tokens = torch.randint(0, 256, (batch, STEPS), generator=torch.Generator().manual_seed(0))
     tokens = tokens.to(next(model.parameters()).device)
     with torch.inference_mode():
-        state = decode_form(model, model.init_state(batch))
+        state = model.init_state(batch)
+        state = model.decode_state(state) if hasattr(model, "decode_state") else state  # a window preallocated
         start = time.perf_counter()
         for t in range(STEPS):
             _, state = step(tokens[:, t], state)
