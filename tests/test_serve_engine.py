@@ -23,7 +23,8 @@ from glactl.inference.reading import Reading
 from glactl.inference.sampling import SamplingParams
 from glactl.models import LanguageModel, ModelConfig
 from glactl.models.registry import MIXERS
-from glactl.serve.engine import Done, Engine, Job, Stream, Token
+from glactl.serve.engine import Engine
+from glactl.serve.jobs import Done, Job, Stream, Token
 from glactl.serve.prefix_cache import PrefixCache
 from glactl.storage.checkpoint import save_model
 

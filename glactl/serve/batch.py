@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -17,10 +17,8 @@ from glactl.inference.reading import START, Reading, extend_tail, next_logits, r
 from glactl.inference.sampling import SamplingParams, next_tokens
 from glactl.inference.stops import StopMatcher
 from glactl.models.state import select_state
+from glactl.serve.jobs import Job, Stream
 from glactl.tokenizer import StreamDecoder
-
-if TYPE_CHECKING:
-    from glactl.serve.engine import Job, Stream
 
 Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 MAX_LOGPROBS = 5

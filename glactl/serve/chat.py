@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from glactl.serve.choices import ChoiceBuilder
-from glactl.serve.engine import Done
+from glactl.serve.jobs import Done
 from glactl.serve.schemas import ChatMessage
 
 SPEAKERS = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}

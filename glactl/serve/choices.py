@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
-from glactl.serve.engine import Done, Token
+from glactl.serve.jobs import Done, Token
 from glactl.tokenizer import StreamDecoder
 
 

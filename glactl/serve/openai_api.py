@@ -17,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from glactl.inference.sampling import SamplingParams
 from glactl.serve.chat import TURN_STOP, ChatShape, transcript
 from glactl.serve.choices import ChoiceBuilder
-from glactl.serve.engine import Done, Job
 from glactl.serve.http_errors import ApiError
+from glactl.serve.jobs import Done, Job
 from glactl.serve.responses import Planned, SessionTarget, respond
 from glactl.serve.schemas import MAX_CHOICES, SEED_BOUND, ChatRequest, CompletionRequest, Sampling
 from glactl.serve.served import Backend, backend

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from glactl.serve.choices import ChoiceBuilder
-from glactl.serve.engine import Done, Job, Stream
 from glactl.serve.http_errors import ApiError, error_body
+from glactl.serve.jobs import Done, Job, Stream
 from glactl.serve.served import Backend
 from glactl.serve.sessions import SessionConflict
 

@@ -29,6 +29,7 @@ from glactl.storage.state_format import (
     FORMAT_VERSION,
     MAX_HEADER_BYTES,
     METADATA_KEY,
+    StateOwner,
     TensorPlan,
     build_state,
     check_owner,
@@ -39,20 +40,6 @@ from glactl.version import __version__
 
 
 # ---- what a state belongs to ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class StateOwner:
-    """The model a state belongs to: checkpoint hashes, mixer, attention window and sinks, precision."""
-
-    config_sha256: str
-    weights_sha256: str
-    mixer: str
-    context: int | None
-    sink_tokens: int | None
-    windowed: bool  # whether the window and sinks change what the model computes (attention mixers)
-    precision: str
-    name: str | None = None  # the model as loaded: a shipped name or the folder as given (what -m takes)
-
-
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes, read in 1 MB pieces."""
     digest = hashlib.sha256()

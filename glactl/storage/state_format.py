@@ -5,19 +5,30 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from glactl.errors import InputError
 from glactl.storage.safe_read import read_safetensors_header
 
-if TYPE_CHECKING:
-    from glactl.storage.state_file import StateOwner
-
-
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StateOwner:
+    """The model a state belongs to: checkpoint hashes, mixer, attention window and sinks, precision."""
+
+    config_sha256: str
+    weights_sha256: str
+    mixer: str
+    context: int | None
+    sink_tokens: int | None
+    windowed: bool  # whether the window and sinks change what the model computes (attention mixers)
+    precision: str
+    name: str | None = None  # the model as loaded: a shipped name or the folder as given (what -m takes)
 
 
 METADATA_KEY = "glactl_state"
