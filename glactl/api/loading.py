@@ -27,8 +27,8 @@ def load(
     defaults are the exact ones, float32 and eager; the command line defaults to auto for both. `work`
     ("decode" or "score") is what auto precision is measured for on this machine, once per model shape
     (glactl/inference/calibration.py). `threads` is a count, None (torch's), or several counts for auto to
-    choose among with the precision (the first where it does not measure); the CLI gives 1 and the idle cores
-    (runtime/threads.thread_choices).
+    choose among with the precision (the first where it does not measure; a count above 1 is capped at the idle
+    cores); the CLI gives two unless --threads gives one (runtime/threads.thread_choices).
 
     `context` overrides the attention window W in tokens (sliding window for attention models;
     no effect on recurrent ones). `kernels="fla"` runs GLA's chunk form through flash-linear-attention

@@ -132,7 +132,7 @@ def thread_choices(kind: str, threads: int | None) -> tuple[tuple[int, ...], str
         return (count,), why
     if kind == "decoding":
         cores = usable_cores()
-        return ((1,) if cores == 1 else (1, cores)), f"{plural(cores, 'core')}"
+        return ((1,) if cores == 1 else (1, cores)), plural(cores, "core")
     idle, why = default_threads(kind)
     return ((1,) if idle == 1 else (idle, 1)), why
 
