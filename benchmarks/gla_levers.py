@@ -56,6 +56,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "warmup10%": {"warmup_fraction": 0.1},
     "lr2e-3-warmup10%": {"lr": 2e-3, "warmup_fraction": 0.1},
     "heads2-warmup10%": {"n_heads": 2, "warmup_fraction": 0.1},
+    "lr1e-3-warmup10%": {"lr": 1e-3, "warmup_fraction": 0.1},  # GLA's own defaults on selective copying
     "transformer": {"model": "transformer"},  # the reference, not a lever: the same budget for softmax attention
     "transformer-lr1e-3": {"model": "transformer", "lr": 1e-3},  # the reference at its own default learning rate
 }
