@@ -106,3 +106,16 @@ def test_the_real_timer_steps_a_fresh_state_of_each_form(mixer: str) -> None:
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig.tiny(mixer=mixer, d_model=32, n_layers=1, n_heads=2, context=16)).eval()
     assert 0 < compile_check.time_steps(model.step, model, 3) < 5
+
+
+def test_info_machine_shows_the_cached_verdicts(measuring: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import run_cli
+
+    model = tiny()
+    compile_check.compiled_pays(model, 4, compiled_stand_in, timer=StandIn(compiled=3.0, eager=2.0))
+    capsys.readouterr()
+    code, out, _ = run_cli(["info", "--machine", "--json"], capsys)
+    (check,) = json.loads(out)["compile_checks"]
+    assert code == 0 and (check["batch"], check["compiled_kept"], check["speed_vs_eager"]) == (4, False, 0.667)
+    code, out, _ = run_cli(["info", "--machine"], capsys)
+    assert code == 0 and "gla d32 x 2 layers, float32, batch 4, " in out and "0.67x eager's speed, eager runs" in out

@@ -1,5 +1,5 @@
 """`glactl info --machine`: this machine as glactl sees it (CPU, the flags that pick kernels, torch, cores) and the
-choices `--precision auto` measured here (precision and threads), from the calibration cache."""
+choices `--precision auto` (precision and threads) and `--compile auto` measured here, from the calibration caches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from glactl.cli.common import print_facts, write
 
 
 def machine_document() -> dict[str, Any]:
-    """{"machine", "cores", "cache", "calibrations": [...]}: the facts and every cached calibration for them."""
+    """{"machine", "cores", "cache", "calibrations": [...], "compile_checks": [...]}: the facts and what is cached."""
     from glactl.inference.calibration import CALIBRATION_FILE, enabled, machine, parse_label, read_cache
     from glactl.runtime.cache import cache_root
     from glactl.runtime.threads import usable_cores
@@ -44,7 +44,35 @@ def machine_document() -> dict[str, Any]:
         "calibration": "on" if enabled() else "off (GLACTL_CALIBRATE=0: the fixed rule)",
         "cache": str(path),
         "calibrations": calibrations,
+        "compile_checks": compile_checks(here),
     }
+
+
+def compile_checks(here: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every cached verdict of `--compile auto` for this machine: the compiled step's speed over eager steps."""
+    from glactl.inference.calibration import read_cache
+    from glactl.inference.compile_check import COMPILE_FILE
+    from glactl.runtime.cache import cache_root
+
+    checks = []
+    for entry in read_cache(cache_root() / COMPILE_FILE).values():
+        seconds = entry.get("seconds") if isinstance(entry, dict) and entry.get("machine") == here else None
+        if not isinstance(seconds, dict) or not all(
+            isinstance(seconds.get(k), (int, float)) for k in ("eager", "compiled")
+        ):
+            continue
+        model = entry.get("model") or {}
+        checks.append(
+            {
+                "model": {key: model.get(key) for key in ("mixer", "d_model", "n_layers", "n_heads", "context")},
+                "precision": entry.get("precision"),
+                "batch": entry.get("batch"),
+                "threads": entry.get("threads"),
+                "compiled_kept": bool(entry.get("compiled_faster")),
+                "speed_vs_eager": round(seconds["eager"] / max(seconds["compiled"], 1e-12), 3),
+            }
+        )
+    return checks
 
 
 def describe_machine(json_out: bool) -> None:
@@ -72,4 +100,12 @@ def describe_machine(json_out: bool) -> None:
             sys.stdout,
             f"{m['mixer']} d{m['d_model']} x {m['n_layers']} layers, {c['work']}: {c['precision']} on "
             f"{c['threads']} thread(s) ({speeds} {base}'s speed)\n",
+        )
+    for c in document["compile_checks"]:
+        m = c["model"]
+        write(
+            sys.stdout,
+            f"{m['mixer']} d{m['d_model']} x {m['n_layers']} layers, {c['precision']}, batch {c['batch']}, "
+            f"{c['threads']} thread(s): compiled step {c['speed_vs_eager']:.2f}x eager's speed, "
+            + ("kept\n" if c["compiled_kept"] else "eager runs\n"),
         )
