@@ -397,7 +397,7 @@ def test_help_uses_click_labels_lists_choices_and_fits_80_columns(
         assert "a state file written by --save-state" in flat and "a saved state file" in flat
         assert "--context" in out
     if "--threads" in out:
-        assert "Default: OMP_NUM_THREADS if it is set; otherwise 1 for decoding" in flat
+        assert "Default: OMP_NUM_THREADS if it is set; otherwise, with --precision auto, the faster of 1 and" in flat
 
 
 def test_shared_options_come_first_in_one_order_in_every_command() -> None:
