@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -384,6 +385,18 @@ def test_serve_command_end_to_end(folder: Path, tmp_path: Path) -> None:
         process.kill()
     assert process.returncode == 130 and "POST /v1/completions 200" in err and "Traceback" not in err, err
     assert streamed and b"the server is shutting down" in streamed[0], streamed
+
+
+def test_a_ctrl_c_is_remembered_so_the_command_exits_130_even_if_uvicorn_loses_it() -> None:
+    """uvicorn re-raises a caught SIGINT as the event loop ends, where a late one can be lost; serve raises it again."""
+    from glactl.cli.serve import closing_server
+
+    for sig, interrupted in ((signal.SIGTERM, False), (signal.SIGINT, True)):
+        closed: list[bool] = []
+        server = closing_server(uvicorn)(uvicorn.Config(lambda scope, receive, send: None))
+        server.on_exit = SimpleNamespace(close=partial(closed.append, True))
+        server.handle_exit(sig, None)
+        assert (server.interrupted, server.should_exit, closed) == (interrupted, True, [True])
 
 
 def start_server(folder: Path, sessions: Path) -> tuple[subprocess.Popen, str]:

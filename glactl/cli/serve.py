@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -156,6 +157,8 @@ def serve(
         loader.close()
     if loader.error is not None:
         raise loader.error
+    if server.interrupted:  # uvicorn re-raises a caught Ctrl-C, but a late one can be lost as the loop ends
+        raise KeyboardInterrupt
 
 
 def _url_host(host: str) -> str:
@@ -168,8 +171,10 @@ def closing_server(uvicorn: Any) -> type:
 
     class ClosingServer(uvicorn.Server):
         on_exit: Any = None
+        interrupted = False  # a Ctrl-C (SIGINT) stopped it: the command exits 130
 
         def handle_exit(self, sig: int, frame: Any) -> None:
+            self.interrupted = self.interrupted or sig == signal.SIGINT
             if self.on_exit is not None:
                 self.on_exit.close()
             super().handle_exit(sig, frame)
