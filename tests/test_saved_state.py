@@ -472,6 +472,29 @@ def test_hostile_state_files_exit_2_with_one_line(
     assert not (tmp_path / "pwned").exists()
 
 
+def test_state_bytes_in_memory_are_checked_as_a_file_is(
+    folders: dict[str, Path], good_state: Path, tmp_path: Path
+) -> None:
+    """An upload or a stored session is read from memory: the same state as from the file, the same refusals."""
+    from glactl.storage.state_file import load_state, state_from_bytes
+
+    lm = glactl.load(folders["transformer-window"], threads=1)
+    owner = lm.state_owner()
+    from_file = load_state(good_state, lm.model, owner).reading
+    from_bytes = state_from_bytes(good_state.read_bytes(), "uploaded state", lm.model, owner).reading
+    assert same_leaves(snapshot(from_bytes.state), snapshot(from_file.state))
+    assert torch.equal(from_bytes.logits, from_file.logits) and from_bytes.tail == from_file.tail
+    for name, (path, options, words) in _hostile_files(tmp_path, good_state, folders).items():
+        if options or not path.is_file():  # a window option or a path problem: nothing to read from memory
+            continue
+        with pytest.raises(InputError) as error:
+            state_from_bytes(path.read_bytes(), "uploaded state", lm.model, owner)
+        message = str(error.value)
+        assert message.startswith("uploaded state: ") and "\n" not in message, name
+        assert all(word in message for word in words if word not in path.name), (name, message)  # not the name
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_state_of_another_model_or_other_weights_is_refused(
     folders: dict[str, Path], good_state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

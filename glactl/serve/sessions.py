@@ -27,7 +27,7 @@ from glactl.errors import InputError, RunFailure
 from glactl.inference.reading import Reading
 from glactl.models.layers import tensor_nbytes
 from glactl.serve.session_file import pack, read_record, read_state_file
-from glactl.storage.state_file import State, StateOwner, load_state, state_file_bytes
+from glactl.storage.state_file import State, StateOwner, state_file_bytes, state_from_bytes
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # secrets.token_urlsafe(18): 18 random bytes, 24 characters
 
@@ -175,17 +175,13 @@ class SessionStore:
 
     def _load(self, session_id: str) -> Reading:
         """The reading in the session's file (the caller holds its lock), checked like --state."""
-        data = read_state_file(self.path(session_id))
-        copy = self.folder / f".{session_id}.read-{os.getpid()}-{secrets.token_hex(4)}.state"
+        path = self.path(session_id)
         try:
-            copy.write_bytes(data)
-            return load_state(copy, self.module, self.owner).reading
+            return state_from_bytes(read_state_file(path), str(path), self.module, self.owner).reading
         except OSError as e:
-            raise RunFailure(f"{self.path(session_id)}: cannot read the session ({e.strerror})") from None
+            raise RunFailure(f"{path}: cannot read the session ({e.strerror})") from None
         except InputError as e:  # a stored state that no longer fits: the store's fault, not the request's
-            raise RunFailure(str(e).replace(str(copy), str(self.path(session_id)))) from None
-        finally:
-            copy.unlink(missing_ok=True)
+            raise RunFailure(str(e)) from None
 
     # ---- the interface -------------------------------------------------------------------------
     def create(self, reading: Reading) -> str:
@@ -241,14 +237,7 @@ class SessionStore:
         fit this store's model), as a new session (id None) or as the given one; returns the id."""
         if session_id is not None:
             check_id(session_id)
-        upload = self.folder / f".upload-{secrets.token_hex(8)}.state"
-        try:
-            upload.write_bytes(bytes(data))
-            reading = load_state(upload, self.module, self.owner).reading
-        except InputError as e:
-            raise InputError(str(e).replace(str(upload), "uploaded state")) from None
-        finally:
-            upload.unlink(missing_ok=True)
+        reading = state_from_bytes(bytes(data), "uploaded state", self.module, self.owner).reading
         if session_id is None:
             return self.create(reading)
         while True:

@@ -7,7 +7,7 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -41,29 +41,37 @@ def read_json(path: Path, what: str) -> Any:
 def read_safetensors_header(
     path: Path, dtypes: dict[str, torch.dtype] = DTYPES, max_header: int = MAX_HEADER_BYTES
 ) -> dict[str, Any]:
-    """Parse and check a safetensors header against the file size before reading any tensor.
-
-    Every entry needs a dtype from `dtypes`, a shape whose size matches its span, and a span inside
-    the file that overlaps no other; `__metadata__` is kept as it is for the caller to read.
-    """
+    """Parse and check a safetensors file's header (safetensors_header) before reading any tensor."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputError(f"{path}: truncated safetensors file ({size} bytes)")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(max_header, size - 8):
-                raise InputError(f"{path}: safetensors header claims {header_len} bytes, more than the file holds")
-            header = json.loads(f.read(header_len).decode("utf-8"))
-    except InputError:
-        raise
+            return safetensors_header(f, size, str(path), dtypes, max_header)
     except FileNotFoundError:
         raise InputError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except OSError as e:
         raise InputError(f"{path}: not a safetensors file ({type(e).__name__})") from None
+
+
+def safetensors_header(
+    f: BinaryIO, size: int, label: str, dtypes: dict[str, torch.dtype] = DTYPES, max_header: int = MAX_HEADER_BYTES
+) -> dict[str, Any]:
+    """The header of the safetensors bytes `f` (a file, or io.BytesIO) of `size` bytes, checked against that size.
+
+    Every entry needs a dtype from `dtypes`, a shape whose size matches its span, and a span inside
+    the file that overlaps no other; `__metadata__` is kept as it is for the caller to read. Errors name `label`.
+    """
+    try:
+        head = f.read(8)
+        if len(head) < 8:
+            raise InputError(f"{label}: truncated safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(max_header, size - 8):
+            raise InputError(f"{label}: safetensors header claims {header_len} bytes, more than the file holds")
+        header = json.loads(f.read(header_len).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"{label}: not a safetensors file ({type(e).__name__})") from None
     if not isinstance(header, dict):
-        raise InputError(f"{path}: not a safetensors file (header is not an object)")
+        raise InputError(f"{label}: not a safetensors file (header is not an object)")
     data_size = size - 8 - header_len
     spans = []
     for name, info in header.items():
@@ -74,25 +82,25 @@ def read_safetensors_header(
             or not isinstance(info.get("data_offsets"), list)
             or len(info["data_offsets"]) != 2
         ):
-            raise InputError(f"{path}: malformed entry for tensor {name!r}")
+            raise InputError(f"{label}: malformed entry for tensor {name!r}")
         begin, end = info["data_offsets"]
         if (
             not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end))
             or not 0 <= begin <= end <= data_size
         ):
-            raise InputError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
+            raise InputError(f"{label}: tensor {name!r} lies outside the file (truncated or corrupt)")
         if not isinstance(info.get("dtype"), str) or info["dtype"] not in dtypes:
-            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+            raise InputError(f"{label}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
         shape = info.get("shape")
         if not isinstance(shape, list) or not all(
             isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape
         ):
-            raise InputError(f"{path}: tensor {name!r} has a malformed shape")
+            raise InputError(f"{label}: tensor {name!r} has a malformed shape")
         nbytes = math.prod(shape) * dtypes[info["dtype"]].itemsize
         if nbytes != end - begin:
-            raise InputError(f"{path}: tensor {name!r} claims {nbytes} bytes but spans {end - begin}")
+            raise InputError(f"{label}: tensor {name!r} claims {nbytes} bytes but spans {end - begin}")
         spans.append((begin, end))
     spans.sort()
     if any(b < a_end for (_, a_end), (b, _) in zip(spans, spans[1:])):
-        raise InputError(f"{path}: tensors overlap (corrupt file)")
+        raise InputError(f"{label}: tensors overlap (corrupt file)")
     return header

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from glactl.storage.state_format import (
     TensorPlan,
     build_state,
     check_owner,
+    header_of_bytes,
     read_header,
     tensor_name,
 )
@@ -208,6 +210,32 @@ def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwne
 
     path = Path(path)
     header, document = read_header(path)
+
+    def tensors() -> dict[str, torch.Tensor]:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in header}
+
+    return _checked_state(header, document, tensors, path, model, owner)
+
+
+def state_from_bytes(data: bytes, label: str, model: torch.nn.Module, owner: StateOwner) -> State:
+    """load_state for a state file's bytes in memory (an upload, a stored session), checked alike; errors name `label`."""
+    from safetensors.torch import load
+
+    header, document = header_of_bytes(data, label)
+    return _checked_state(header, document, lambda: load(bytes(data)), label, model, owner)
+
+
+def _checked_state(
+    header: dict[str, Any],
+    document: dict[str, Any],
+    read_tensors: Callable[[], dict[str, torch.Tensor]],
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    owner: StateOwner,
+) -> State:
+    """The State a checked header describes: its owner and every tensor's name, shape and dtype checked against
+    `model` before `read_tensors` reads any data, then the values (no NaN, finite logits); errors name `path`."""
     check_owner(path, document, owner)
     tokens_read = document["bytes_read"] + 1
     template = model.init_state(1, torch.device("cpu"), model.dtype)
@@ -227,11 +255,8 @@ def load_state(path: str | os.PathLike, model: torch.nn.Module, owner: StateOwne
     unexpected = sorted(set(header) - set(plan.expected) - set(extras))
     if unexpected:
         raise InputError(f"{path}: state file holds unexpected tensors {', '.join(unexpected[:3])}")
-    tensors: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt") as f:
-            for name in header:
-                tensors[name] = f.get_tensor(name)
+        tensors = read_tensors()
     except Exception as e:  # safetensors raises its own error types for corrupt data
         raise InputError(
             f"{path}: unreadable state file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"

@@ -3,6 +3,7 @@ document, the owner model and window, and the plan of tensors the loading model'
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 
 from glactl.errors import InputError
-from glactl.storage.safe_read import read_safetensors_header
+from glactl.storage.safe_read import read_safetensors_header, safetensors_header
 
 FORMAT_VERSION = 1
 
@@ -73,28 +74,44 @@ def _check_file(path: Path) -> int:
             head = f.read(9)
     except OSError as e:
         raise InputError(f"{path}: cannot read state file ({e.strerror or type(e).__name__})") from None
-    if size == 0:
-        raise InputError(f"{path}: empty file, not a state file")
-    if head.startswith(_PICKLE_MAGIC):
-        raise InputError(f"{path}: a pickle or torch.save file; glactl reads only its own safetensors state files")
-    if head[8:9] != b"{":  # safetensors: the header's length in 8 bytes, then its JSON object
-        raise InputError(f"{path}: not a glactl state file (those are written by --save-state or State.save)")
+    _check_start(head, size, path)
     return size
+
+
+def _check_start(head: bytes, size: int, label: str | os.PathLike) -> None:
+    """InputError for an empty file, a pickle, or bytes that do not start like a safetensors file."""
+    if size == 0:
+        raise InputError(f"{label}: empty file, not a state file")
+    if head.startswith(_PICKLE_MAGIC):
+        raise InputError(f"{label}: a pickle or torch.save file; glactl reads only its own safetensors state files")
+    if head[8:9] != b"{":  # safetensors: the header's length in 8 bytes, then its JSON object
+        raise InputError(f"{label}: not a glactl state file (those are written by --save-state or State.save)")
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """(tensor entries, metadata document) of a state file, checked against the file size; nothing else is read."""
     path = Path(path)
     _check_file(path)
-    header = read_safetensors_header(path, DTYPE_CODES, MAX_HEADER_BYTES)
+    return _split_metadata(read_safetensors_header(path, DTYPE_CODES, MAX_HEADER_BYTES), path)
+
+
+def header_of_bytes(data: bytes, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """read_header for a state file's bytes in memory (an upload, a stored session); errors name `label`."""
+    _check_start(data[:9], len(data), label)
+    header = safetensors_header(io.BytesIO(data), len(data), label, DTYPE_CODES, MAX_HEADER_BYTES)
+    return _split_metadata(header, label)
+
+
+def _split_metadata(header: dict[str, Any], label: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the tensor entries, glactl's checked metadata document) of a parsed safetensors header."""
     metadata = header.pop("__metadata__", None)
     if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
-        raise InputError(f"{path}: a safetensors file but not a glactl state file (no {METADATA_KEY} metadata)")
+        raise InputError(f"{label}: a safetensors file but not a glactl state file (no {METADATA_KEY} metadata)")
     try:
         document = json.loads(metadata[METADATA_KEY])
     except (ValueError, RecursionError) as e:
-        raise InputError(f"{path}: unreadable state metadata ({type(e).__name__})") from None
-    _check_document(path, document)
+        raise InputError(f"{label}: unreadable state metadata ({type(e).__name__})") from None
+    _check_document(label, document)
     return header, document
 
 
@@ -102,7 +119,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_document(path: Path, document: Any) -> None:
+def _check_document(path: str | os.PathLike, document: Any) -> None:
     """The metadata document has every field, with the right types."""
     if not isinstance(document, dict):
         raise InputError(f"{path}: state metadata is not an object")
@@ -133,7 +150,7 @@ def _check_document(path: Path, document: Any) -> None:
 
 
 # ---- checking against the loading model ----------------------------------------------------------
-def check_owner(path: Path, document: dict[str, Any], owner: StateOwner) -> None:
+def check_owner(path: str | os.PathLike, document: dict[str, Any], owner: StateOwner) -> None:
     """The state was read by this checkpoint, with this window: one line saying what differs (and which -m to pass)."""
     model = document["model"]
     if model["config_sha256"] != owner.config_sha256 or model["mixer"] != owner.mixer:
@@ -180,7 +197,7 @@ def _window(context: int | None, sinks: int | None) -> str:
 class TensorPlan:
     """What the stored structure must hold, derived from the model's init_state: tensors expected, values read."""
 
-    def __init__(self, path: Path, header: dict[str, Any], tokens_read: int) -> None:
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any], tokens_read: int) -> None:
         self.path, self.header, self.tokens_read = path, header, tokens_read
         self.expected: dict[str, torch.dtype] = {}
 
