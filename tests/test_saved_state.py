@@ -580,14 +580,14 @@ def test_a_save_failing_at_the_end_still_prints_the_results(
     folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The folder became unwritable while the model worked: results on stdout, then one error line, exit 2."""
-    import glactl.storage.state_file
+    import glactl.storage.atomic
 
     def denied(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         if "w" in mode:
             raise PermissionError(13, "Permission denied")
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(glactl.storage.state_file, "open", denied, raising=False)  # the state file's own writes
+    monkeypatch.setattr(glactl.storage.atomic, "open", denied, raising=False)  # the state file's own writes
     (tmp_path / "a.txt").write_text(TEXT_A)
     target = tmp_path / "y.state"
     for argv, printed in (

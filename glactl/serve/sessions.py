@@ -27,6 +27,7 @@ from glactl.errors import InputError, RunFailure
 from glactl.inference.reading import Reading
 from glactl.models.layers import tensor_nbytes
 from glactl.serve.session_file import pack, read_record, read_state_file
+from glactl.storage.atomic import write_bytes_whole
 from glactl.storage.state_file import State, StateOwner, state_file_bytes, state_from_bytes
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # secrets.token_urlsafe(18): 18 random bytes, 24 characters
@@ -145,26 +146,12 @@ class SessionStore:
         return pack(record, state_file_bytes(State(reading, self.owner))), write
 
     def _put_file(self, session_id: str, data: bytes, replace: bool) -> bool:
-        """Write the session file whole, through a temporary file: over the old one or only where there is none."""
+        """Write the session file whole: over the old one, or only where there is none (False if there is one)."""
         path = self.path(session_id)
-        temporary = self.folder / f".{session_id}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            with open(temporary, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if replace:
-                os.replace(temporary, path)
-            else:
-                try:
-                    os.link(temporary, path)  # fails where the file exists: never replaces another's session
-                except FileExistsError:
-                    return False
-            return True
+            return write_bytes_whole(path, data, replace)
         except OSError as e:  # no space or permission in the sessions folder: a server failure
             raise RunFailure(f"{path}: could not write the session ({e.strerror or type(e).__name__})") from None
-        finally:
-            temporary.unlink(missing_ok=True)
 
     def _remember(self, session_id: str, reading: Reading, write: str) -> None:
         with self._lock:

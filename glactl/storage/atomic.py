@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,27 @@ def write_json_atomic(path: Path, document: Any) -> None:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, path)
+
+
+def write_bytes_whole(path: Path, data: bytes, replace: bool = True) -> bool:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path` (`replace`), or link it in
+    only where `path` does not exist yet (False if it does): a reader never sees half a file. OSError as raised."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(temporary, path)
+            return True
+        try:
+            os.link(temporary, path)  # fails where the file exists: never replaces another writer's file
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_json(path: Path, document: Any) -> None:

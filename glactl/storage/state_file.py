@@ -164,31 +164,13 @@ def save_state(state: State, path: str | os.PathLike) -> Path:
     """Write `state` as safetensors + JSON metadata: to a temporary file beside `path`, fsynced, then renamed."""
     path = Path(path)
     check_writable(path)
-    data = state_file_bytes(state)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    from glactl.storage.atomic import write_bytes_whole
+
     try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException as e:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        if isinstance(e, Exception):  # a full disk, a lost permission
-            raise InputError(f"{path}: could not save the state ({_reason(e)})") from None
-        raise
+        write_bytes_whole(path, state_file_bytes(state))
+    except OSError as e:  # a full disk, a lost permission
+        raise InputError(f"{path}: could not save the state ({e.strerror or type(e).__name__})") from None
     return path
-
-
-def _reason(error: Exception) -> str:
-    """Why a write failed, in a few words: the OS's message where there is one."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = str(error)
-    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 def check_writable(path: str | os.PathLike) -> Path:
