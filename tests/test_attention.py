@@ -371,7 +371,8 @@ def test_preallocated_window_across_the_wrap_equals_the_concatenating_cache(wind
 @pytest.mark.parametrize("mixer", ["transformer", "reflex"])
 @torch.no_grad()
 def test_rows_at_different_positions_step_in_one_batch_as_each_alone(mixer: str) -> None:
-    cat_states = pytest.importorskip("glactl.serve.batch").cat_states
+    from glactl.models.state import cat_states
+
     model = tiny_lm(mixer, context=16, n_layers=4)
     idx = random_tokens(3, 80, 11)
     starts = [40, 7, 15]  # past the wrap, before the sinks fill... the window, at the window's edge
@@ -379,7 +380,7 @@ def test_rows_at_different_positions_step_in_one_batch_as_each_alone(mixer: str)
     for row, start in enumerate(starts):
         logits, state = model(idx[row : row + 1, :start])
         alone.append(model.decode_state(state))
-        together = model.decode_state(state) if row == 0 else cat_states(together, model.decode_state(state))
+        together = model.decode_state(state) if row == 0 else cat_states([together, model.decode_state(state)])
     for t in range(30):
         tokens = torch.tensor([idx[row, start + t] for row, start in enumerate(starts)])
         batch_logits, together = model.step(tokens, together)

@@ -16,7 +16,7 @@ from glactl.errors import InputError
 from glactl.inference.reading import START, Reading, extend_tail, next_logits, read_piece
 from glactl.inference.sampling import SamplingParams, next_tokens
 from glactl.inference.stops import StopMatcher
-from glactl.models.state import select_state
+from glactl.models.state import cat_states, select_state
 from glactl.serve.jobs import Job, Stream
 from glactl.tokenizer import StreamDecoder
 
@@ -31,18 +31,6 @@ def shares_batch(state: Any) -> bool:
     if isinstance(state, (list, tuple)):
         return all(shares_batch(v) for v in state)
     return state is None or (isinstance(state, torch.Tensor) and state.dim() > 0)
-
-
-def cat_states(first: Any, second: Any) -> Any:
-    """Two batch-first states of the same structure as one: the rows of `first`, then those of `second`."""
-    if isinstance(first, torch.Tensor):
-        return torch.cat((first, second))
-    if isinstance(first, dict):
-        return {key: cat_states(value, second[key]) for key, value in first.items()}
-    if isinstance(first, (list, tuple)):
-        items = [cat_states(a, b) for a, b in zip(first, second)]
-        return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
-    return first
 
 
 def byte_logprobs(logits: torch.Tensor, targets: bytes, top: int) -> tuple[list[float], list[dict[int, float]]]:
@@ -203,7 +191,7 @@ class DecodeBatch:
         for row in rows:
             if row.state is not None:  # a new row joins
                 joining = self.decode_form(row.state) if self.decode_form is not None else row.state
-                self.state = joining if self.state is None else cat_states(self.state, joining)
+                self.state = joining if self.state is None else cat_states([self.state, joining])
                 self.rows.append(row)
                 row.state = None
         assert len(rows) == len(self.rows), "every row of a shared batch steps"
