@@ -162,10 +162,10 @@ def state_file_bytes(state: State) -> bytes:
 
 def save_state(state: State, path: str | os.PathLike) -> Path:
     """Write `state` as safetensors + JSON metadata: to a temporary file beside `path`, fsynced, then renamed."""
-    path = Path(path)
-    check_writable(path)
     from glactl.storage.atomic import write_bytes_whole
 
+    path = Path(path)
+    check_writable(path)
     try:
         write_bytes_whole(path, state_file_bytes(state))
     except OSError as e:  # a full disk, a lost permission
